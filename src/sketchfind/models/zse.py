@@ -1,0 +1,348 @@
+"""ZSE-SBIR (Lin et al., CVPR 2023): token source, self-attention encoder with a [Ret] token,
+cross-attention between sketch and photo tokens, and a relation network on the token-correspondence map.
+
+Read top to bottom:
+  token sources   ViTTokens (patch embedding averaged with a conv tokenizer) or CNNTokens (a CNN's last map)
+  Encoder         [Ret] token + position embedding + pre-LN transformer blocks + final LayerNorm
+  CrossAttention  one layer per stream: sketch queries attend to photo keys, photo queries to sketch keys
+  RelationHead    down-sample tokens, cosine map between sketch and photo positions, MLP -> sigmoid score
+  ZSEModel        the whole model and the API every other part of sketchfind uses
+
+Shapes: B batch, N patch tokens, T = N + 1 tokens with [Ret] first, D width, P sketch-photo pairs,
+A = relation_grid**2 anchors (49 for the official model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+# ---------------------------------------------------------------------------------------------
+# token sources
+
+
+class ViTTokens(nn.Module):
+    """ViT-B/16 patch embedding averaged with the learnable convolutional sketch tokenizer."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, p = cfg.width, cfg.patch_size
+        self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)
+        # four stride-2 convs (k7 then k3) reach the same 1/16 grid; no bias, no final activation
+        chans = (3, *cfg.tokenizer_channels)
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
+            k = 7 if i == 0 else 3
+            layers += [nn.Conv2d(cin, cout, k, stride=2, padding=k // 2, bias=False), nn.ReLU()]
+        layers.append(nn.Conv2d(chans[-1], d, 3, stride=2, padding=1, bias=False))
+        self.conv_tokenizer = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        grid = (self.patch_embed(images) + self.conv_tokenizer(images)) / 2  # (B, D, g, g)
+        return grid.flatten(2).transpose(1, 2)  # (B, N, D), token index y*g + x
+
+
+class CNNTokens(nn.Module):
+    """A CNN backbone's last feature map, projected to the token width: one token per cell."""
+
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
+        super().__init__()
+        if backbone is None:
+            from .efficientnet import EfficientNetLite
+
+            backbone = EfficientNetLite(cfg.backbone.removeprefix("efficientnet_"))
+        self.backbone = backbone
+        self.proj = nn.Linear(cfg.backbone_channels, cfg.width)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature map (B, C, g, g)."""
+        return self.backbone.forward_features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(images).flatten(2).transpose(1, 2))  # (B, N, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# self-attention encoder
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (q, k, v chunks in that order)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))  # (B,h,T,hs)
+        scale = (D // self.heads) ** -0.5
+        attn = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)  # (B, h, T, T)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, T, D))
+
+
+class Mlp(nn.Module):
+    """Linear -> exact GELU -> dropout -> Linear -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.attn = SelfAttention(cfg.width, cfg.heads)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+    """Prepends the [Ret] token, adds position embeddings, runs the blocks, normalises."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ret_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
+        nn.init.normal_(self.ret_token, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+
+    def embed(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) patch tokens -> (B, T, D) encoder input ([Ret] first, positions added)."""
+        ret = self.ret_token.expand(patch_tokens.shape[0], -1, -1)
+        return self.drop(torch.cat([ret, patch_tokens], dim=1) + self.pos_embed)
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(patch_tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-attention
+
+
+class UnbiasedLayerNorm(nn.Module):
+    """The official CA LayerNorm: a * (x - mean) / (std + eps) + b with the unbiased (N-1) std."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        std = x.std(-1, keepdim=True)  # unbiased, eps outside the sqrt (as official)
+        return self.weight * (x - mean) / (std + self.eps) + self.bias
+
+
+class CrossAttentionLayer(nn.Module):
+    """One stream: queries from its own image, keys from the other image, values and residual its own."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.width
+        self.heads = cfg.ca_heads
+        self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
+        self.norm1 = UnbiasedLayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.ca_ff)
+        self.fc2 = nn.Linear(cfg.ca_ff, d)
+        self.norm2 = UnbiasedLayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, h, T, hs)."""
+        B, T, D = x.shape
+        return x.reshape(B, T, self.heads, D // self.heads).transpose(1, 2)
+
+    def project(self, own: torch.Tensor, other: torch.Tensor):
+        """Per-image projections (q, v from own tokens, k from the other image's): cacheable."""
+        return self.split(self.q(own)), self.split(self.k(other)), self.split(self.v(own))
+
+    def attend(self, own: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention with projected heads, then the residual on the own tokens and the FFN."""
+        B, T, D = own.shape
+        attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, h, T, T)
+        mixed = (self.drop(attn) @ v).transpose(1, 2).reshape(B, T, D)
+        h = self.norm1(own + self.drop(self.out(mixed)))
+        return self.norm2(h + self.drop(self.fc2(self.drop(F.relu(self.fc1(h))))))
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.attend(own, *self.project(own, other))
+
+
+class CrossAttention(nn.Module):
+    """Both streams updated simultaneously from the original inputs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.sketch_layer = CrossAttentionLayer(cfg)
+        self.photo_layer = CrossAttentionLayer(cfg)
+        # the official state dict holds a third copy that forward never uses; kept so checkpoints load
+        self.unused_layer = CrossAttentionLayer(cfg)
+
+    def forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor):
+        """(P, T, D) x2 -> (P, T, D) x2, pair p = (sketch_tokens[p], photo_tokens[p])."""
+        return self.sketch_layer(sketch_tokens, photo_tokens), self.photo_layer(photo_tokens, sketch_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# relation head
+
+
+class RelationHead(nn.Module):
+    """Down-sampled tokens -> A x A cosine map (sketch rows, photo columns) -> MLP -> sigmoid score."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.mode, self.grid = cfg.downsample, cfg.grid
+        if cfg.downsample == "conv2x2":
+            self.down = nn.Conv2d(cfg.width, cfg.down_dim, kernel_size=2, stride=2)
+        elif cfg.downsample == "linear":
+            self.down = nn.Linear(cfg.width, cfg.down_dim)
+        else:
+            raise ValueError(f"unknown downsample {cfg.downsample!r}")
+        anchors = cfg.relation_grid**2
+        sizes = (anchors * anchors, *cfg.rn_hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+        self.out = nn.Linear(sizes[-1], 1)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def conv_input(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D, g, g) by the official plain C-order reinterpretation of the (N, D) buffer."""
+        B, T, D = tokens.shape
+        return tokens[:, 1:].contiguous().reshape(B, D, self.grid, self.grid)
+
+    def downsample(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) CA outputs -> (B, A, down_dim) anchor features ([Ret] dropped)."""
+        if self.mode == "linear":
+            return self.down(tokens[:, 1:])
+        return self.down(self.conv_input(tokens)).flatten(2).transpose(1, 2)
+
+    @staticmethod
+    def cosine_map(sketch_feats: torch.Tensor, photo_feats: torch.Tensor) -> torch.Tensor:
+        """(P, A, C) x2 -> (P, A, A) cosines; NaN (zero vectors) -> 0."""
+        dots = sketch_feats @ photo_feats.transpose(1, 2)
+        cos = dots / sketch_feats.norm(dim=-1, keepdim=True) / photo_feats.norm(dim=-1).unsqueeze(1)
+        return torch.nan_to_num(cos, nan=0.0)
+
+    def mlp(self, cos_map: torch.Tensor, return_hidden: bool = False):
+        """(P, A, A) -> (P,) logits (and the pre-ReLU hidden activations when asked)."""
+        x, hidden = cos_map.flatten(1), []
+        for layer in self.hidden:
+            x = layer(x)
+            hidden.append(x)
+            x = self.drop(F.relu(x))
+        logits = self.out(x).squeeze(-1)
+        return (logits, hidden) if return_hidden else logits
+
+    def forward(self, sketch_ca: torch.Tensor, photo_ca: torch.Tensor) -> torch.Tensor:
+        """CA outputs of P pairs -> (P,) relation scores in (0, 1)."""
+        cos = self.cosine_map(self.downsample(sketch_ca), self.downsample(photo_ca))
+        return torch.sigmoid(self.mlp(cos))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class ZSEModel(nn.Module):
+    """ZSE-SBIR: the API used by indexing, search, training and the web service."""
+
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokens = ViTTokens(cfg) if cfg.backbone == "vit" else CNNTokens(cfg, backbone)
+        self.encoder = Encoder(cfg)
+        self.cross = CrossAttention(cfg)
+        self.relation = RelationHead(cfg)
+
+    # -- encoding ---------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, T, D) encoder tokens, [Ret] first."""
+        return self.encoder(self.tokens(images))
+
+    def encode_sketch(self, images: torch.Tensor) -> torch.Tensor:
+        """Sketch images -> tokens (the encoder is shared by both modalities)."""
+        return self.encode(images)
+
+    def encode_photo(self, images: torch.Tensor) -> torch.Tensor:
+        """Photo images -> tokens."""
+        return self.encode(images)
+
+    @staticmethod
+    def retrieval_embedding(tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D) L2-normalised [Ret] embeddings (the paper's "Ret" ranking)."""
+        return F.normalize(tokens[:, 0].float(), dim=-1)
+
+    # -- pairs --------------------------------------------------------------------------------
+    def pair_forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor):
+        """P aligned pairs -> (sketch CA tokens, photo CA tokens, (P,) scores)."""
+        sketch_ca, photo_ca = self.cross(sketch_tokens, photo_tokens)
+        return sketch_ca, photo_ca, self.relation(sketch_ca, photo_ca)
+
+    def relation_scores(
+        self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor, max_pairs: int | None = None
+    ) -> torch.Tensor:
+        """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs."""
+        S, P = sketch_tokens.shape[0], photo_tokens.shape[0]
+        dtype = self.relation.out.weight.dtype
+        sketch_tokens, photo_tokens = sketch_tokens.to(dtype), photo_tokens.to(dtype)
+        if max_pairs is None:  # ~64 MB of activations per chunk
+            max_pairs = max(1, (1 << 24) // (self.cfg.num_tokens * max(self.cfg.width, self.cfg.ca_ff)))
+        sk_layer, ph_layer = self.cross.sketch_layer, self.cross.photo_layer
+        # per-image projections computed once, not once per pair
+        sk_q, sk_v = sk_layer.split(sk_layer.q(sketch_tokens)), sk_layer.split(sk_layer.v(sketch_tokens))
+        ph_k_of_sk = ph_layer.split(ph_layer.k(sketch_tokens))
+        out = torch.empty(S, P, dtype=dtype, device=sketch_tokens.device)
+        photos_per_chunk = max(1, max_pairs // S) if S <= max_pairs else 1
+        sketches_per_chunk = S if S <= max_pairs else max_pairs
+        for p0 in range(0, P, photos_per_chunk):
+            ph = photo_tokens[p0 : p0 + photos_per_chunk]
+            ph_q, ph_v = ph_layer.split(ph_layer.q(ph)), ph_layer.split(ph_layer.v(ph))
+            sk_k_of_ph = sk_layer.split(sk_layer.k(ph))
+            n = ph.shape[0]
+            for s0 in range(0, S, sketches_per_chunk):
+                s1 = min(S, s0 + sketches_per_chunk)
+                m = s1 - s0
+                # pair i*n + j = (sketch s0+i, photo p0+j): sketch side repeat_interleave, photo side repeat
+                sk_rows = [t[s0:s1].repeat_interleave(n, dim=0) for t in (sketch_tokens, sk_q, sk_v, ph_k_of_sk)]
+                ph_rows = [t.repeat(m, *([1] * (t.dim() - 1))) for t in (ph, ph_q, ph_v, sk_k_of_ph)]
+                sketch_ca = sk_layer.attend(sk_rows[0], sk_rows[1], ph_rows[3], sk_rows[2])
+                photo_ca = ph_layer.attend(ph_rows[0], ph_rows[1], sk_rows[3], ph_rows[2])
+                out[s0:s1, p0 : p0 + n] = self.relation(sketch_ca, photo_ca).reshape(m, n)
+        return out
+
+    def forward(self, sketches: torch.Tensor, photos: torch.Tensor):
+        """Training forward on images: aligned (B, 3, S, S) sketches and photos ->
+        (CA [Ret] tokens of [sketch rows; photo rows] (2B, D), relation scores (B,)), as official train mode."""
+        tokens = self.encode(torch.cat([sketches, photos]))
+        sketch_tokens, photo_tokens = tokens.chunk(2)
+        sketch_ca, photo_ca, scores = self.pair_forward(sketch_tokens, photo_tokens)
+        return torch.cat([sketch_ca[:, 0], photo_ca[:, 0]]), scores

@@ -1,0 +1,1 @@
+"""Training: datasets, losses and the training loop."""

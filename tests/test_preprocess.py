@@ -1,0 +1,325 @@
+"""Preprocessing: official parity (goldens), every input kind, rendering, and friendly errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sketchfind.config import PreprocessConfig
+from sketchfind.errors import EmptySketchError, InputError, SketchfindError
+from sketchfind.preprocess import (
+    MAX_PIXELS,
+    preprocess_photo,
+    preprocess_sketch,
+    read_photo,
+    read_sketch_rgb,
+    render_strokes,
+    render_svg,
+    sketch_array,
+    sketch_steps,
+    to_tensor,
+)
+
+SHARED = Path(__file__).parents[2] / "shared"
+REFERENCE = SHARED / "reference" / "zse-sbir"
+SKETCHY = SHARED / "data" / "sketchy-mini"
+CFG = PreprocessConfig()
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(REFERENCE / "preprocess.npz") as data:
+        return dict(data)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG with a valid header of the given size and no pixel data (cheap 'huge' image)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def draw_strokes(mode: str, background: tuple) -> Image.Image:
+    image = Image.new(mode, (200, 150), background)
+    draw = ImageDraw.Draw(image)
+    ink = (0, 0, 0, 255)[: len(mode)]
+    draw.line([(20, 30), (180, 40), (100, 130)], fill=ink, width=4)
+    draw.ellipse([60, 50, 90, 80], outline=ink, width=2)
+    return image
+
+
+# ----------------------------------------------------------------------------- official parity
+
+
+@pytest.mark.parametrize("name", ["sketch_a", "sketch_b"])
+def test_sketch_intermediates_match_official_exactly(golden, name):
+    rgb = read_sketch_rgb(REFERENCE / f"{name}.png")
+    assert rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, golden[f"{name}_decoded_rgb"])
+    steps = sketch_steps(rgb, CFG)
+    for step in ("cropped", "resized", "squared"):
+        assert steps[step].dtype == np.uint8
+        np.testing.assert_array_equal(steps[step], golden[f"{name}_{step}"], err_msg=step)
+
+
+@pytest.mark.parametrize("name", ["sketch_a", "sketch_b", "photo_a", "photo_b"])
+def test_tensors_match_official(golden, name):
+    fn = preprocess_sketch if name.startswith("sketch") else preprocess_photo
+    tensor = fn(REFERENCE / f"{name}.png", CFG)
+    assert tensor.dtype == torch.float32 and tensor.shape == (3, 224, 224)
+    assert np.abs(tensor.numpy() - golden[name]).max() <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["sketch_b", "photo_a"])
+def test_every_source_kind_gives_the_same_tensor(name):
+    fn = preprocess_sketch if name.startswith("sketch") else preprocess_photo
+    path = REFERENCE / f"{name}.png"
+    data = path.read_bytes()
+    expected = fn(path, CFG)
+    for source in (str(path), data, io.BytesIO(data), Image.open(path), np.asarray(Image.open(path))):
+        assert torch.equal(fn(source, CFG), expected), type(source)
+
+
+def test_to_tensor_normalises_with_config():
+    arr = np.array([[[0, 255, 51]]], dtype=np.uint8)
+    cfg = PreprocessConfig(mean=(0.0, 0.5, 0.2), std=(1.0, 0.5, 0.1))
+    np.testing.assert_allclose(to_tensor(arr, cfg)[:, 0, 0].numpy(), [0.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_image_size_comes_from_config():
+    cfg = PreprocessConfig(image_size=64)
+    assert preprocess_sketch(REFERENCE / "sketch_a.png", cfg).shape == (3, 64, 64)
+    assert preprocess_photo(REFERENCE / "photo_b.png", cfg).shape == (3, 64, 64)
+    assert sketch_array(REFERENCE / "sketch_b.png", cfg).shape == (64, 64, 3)
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_sketchy_mini_files_go_through():
+    classes = ["airplane", "apple"]
+    for cls in classes:
+        for path in sorted((SKETCHY / "sketches" / cls).glob("*.png"))[:2]:
+            tensor = preprocess_sketch(path, CFG)
+            assert tensor.shape == (3, 224, 224) and tensor.min() < 0 and tensor.max() <= 1
+        for path in sorted((SKETCHY / "photos" / cls).glob("*.jpg"))[:2]:
+            tensor = preprocess_photo(path, CFG)
+            assert tensor.shape == (3, 224, 224) and torch.isfinite(tensor).all()
+            assert -1 <= tensor.min() and tensor.max() <= 1
+
+
+# ----------------------------------------------------------------------------- transparency, orientation
+
+
+def test_transparent_sketch_equals_same_strokes_on_white():
+    on_white = preprocess_sketch(png_bytes(draw_strokes("RGB", (255, 255, 255))), CFG)
+    transparent = draw_strokes("RGBA", (0, 0, 0, 0))  # black ink, transparent *black* background
+    for source in (png_bytes(transparent), transparent, np.asarray(transparent)):
+        assert torch.equal(preprocess_sketch(source, CFG), on_white)
+
+
+def test_transparent_photo_is_composited_on_white():
+    transparent = draw_strokes("RGBA", (0, 0, 0, 0))
+    expected = preprocess_photo(draw_strokes("RGB", (255, 255, 255)), CFG)
+    assert torch.equal(preprocess_photo(png_bytes(transparent), CFG), expected)
+
+
+def test_palette_png_with_transparency_is_white_background():
+    image = draw_strokes("RGBA", (0, 0, 0, 0)).convert("P")
+    image.info["transparency"] = image.getpixel((0, 0))
+    rgb = read_sketch_rgb(png_bytes(image))
+    assert (rgb[0, 0] == 255).all() and (rgb.sum(axis=2) == 0).any()
+    assert read_photo(png_bytes(image)).mode == "RGB"
+
+
+def test_photo_follows_exif_orientation():
+    image = Image.new("RGB", (40, 20), "white")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    assert read_photo(buffer.getvalue()).size == (20, 40)
+
+
+def test_float_and_gray_arrays():
+    gray = np.full((50, 60), 255, dtype=np.uint8)
+    gray[10:40, 20:30] = 0
+    expected = preprocess_sketch(gray, CFG)
+    assert torch.equal(preprocess_sketch(gray.astype(np.float32) / 255, CFG), expected)
+    assert torch.equal(preprocess_sketch(np.stack([gray] * 3, axis=2), CFG), expected)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        preprocess_sketch(gray.astype(np.float32), CFG)
+
+
+# ----------------------------------------------------------------------------- strokes and SVG
+
+
+SQUARE = [[[0, 100, 100, 0, 0], [0, 0, 100, 100, 0]]]
+
+
+def test_render_strokes_puts_ink_on_the_strokes():
+    image = np.asarray(render_strokes(SQUARE, size=128, line_width=3))
+    assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+    ink = image.sum(axis=2) == 0
+    ys, xs = np.nonzero(ink)
+    margin = 128 // 16
+    assert abs(xs.min() - margin) <= 2 and abs(xs.max() - (127 - margin)) <= 2  # fitted with a margin
+    assert ink[64, margin] and ink[margin, 64]  # the left and top edges are drawn
+    assert not ink[64, 64]  # the inside of the square stays white
+    assert (image[0] == 255).all()  # the margin stays white
+
+
+def test_square_stroke_list_makes_a_sketch():
+    tensor = preprocess_sketch(SQUARE, CFG)
+    assert tensor.shape == (3, 224, 224) and tensor.min() == -1 and tensor.max() == 1
+
+
+def test_single_point_stroke_draws_a_dot_and_timestamps_are_ignored():
+    image = np.asarray(render_strokes([[[5], [7], [0]]], size=32, line_width=1))
+    assert (image.sum(axis=2) == 0).sum() >= 1
+    with_time = [[[0, 50, 90], [0, 80, 10], [0, 10, 20]]]
+    assert np.array_equal(np.asarray(render_strokes(with_time)), np.asarray(render_strokes([s[:2] for s in with_time])))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".ndjson"])
+def test_strokes_files_and_bytes(tmp_path, suffix):
+    expected = preprocess_sketch(SQUARE, CFG)
+    record = json.dumps({"word": "square", "drawing": SQUARE})
+    path = tmp_path / f"square{suffix}"
+    path.write_text(record if suffix == ".json" else record + "\n" + record + "\n")
+    assert torch.equal(preprocess_sketch(path, CFG), expected)
+    assert torch.equal(preprocess_sketch(json.dumps(SQUARE).encode(), CFG), expected)
+    assert preprocess_photo(path, CFG).shape == (3, 224, 224)
+
+
+SVG = b"""<?xml version="1.0"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="200" height="100" viewBox="0 0 400 200">
+  <rect width="400" height="200" fill="white"/>
+  <path d="M 20 20 L 120 20 C 160 20 160 100 120 100" stroke="black" stroke-width="4" fill="none"/>
+  <g transform="translate(300 100)"><circle r="40" fill="none" stroke="#333" stroke-width="8"/></g>
+</svg>"""
+
+
+def test_svg_path_and_circle_render_ink(tmp_path):
+    image = np.asarray(render_svg(SVG))
+    assert image.shape == (128, 256, 3)  # the 200x100 document, longer side raised to 256 px
+    ink = image.sum(axis=2) <= 300
+    scale = 256 / 400  # viewBox units -> pixels
+    assert ink[round(20 * scale), round(70 * scale)]  # on the horizontal line of the path
+    assert ink[round(100 * scale), round(340 * scale)]  # right edge of the translated circle
+    assert not ink[round(100 * scale), round(300 * scale)]  # circle centre: not filled
+    assert not ink[round(150 * scale), round(60 * scale)]  # the white background rect is not ink
+    path = tmp_path / "drawing.svg"
+    path.write_bytes(SVG)
+    assert torch.equal(preprocess_sketch(path, CFG), preprocess_sketch(SVG, CFG))
+
+
+def test_svg_stroke_width_and_default_fill():
+    def ink_pixels(width: str) -> int:
+        svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300">' \
+              f'<line x1="50" y1="150" x2="250" y2="150" stroke="black" stroke-width="{width}"/></svg>'
+        return int((np.asarray(render_svg(svg)).sum(axis=2) == 0).sum())
+
+    assert ink_pixels("12") > 4 * ink_pixels("2") > 0
+    filled = render_svg('<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300"><circle cx="150" '
+                        'cy="150" r="50"/></svg>')
+    assert np.asarray(filled)[150, 150].sum() == 0  # SVG's default fill is black
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def truncated_png() -> bytes:
+    data = png_bytes(draw_strokes("RGB", (255, 255, 255)))
+    return data[: len(data) // 2]
+
+
+def truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()[:1500]
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "corrupt"),
+        (b"\xff\xd8\xff" + b"\x00" * 100, "corrupt"),
+        (truncated_png(), "corrupt or truncated"),
+        (truncated_jpeg(), "corrupt or truncated"),
+        (b"hello, this is not an image", "not an image"),
+        (png_header(8000, 6000), "too large"),
+        (png_header(20000, 10000), "too large"),  # over Pillow's own decompression-bomb limit
+        (b'{"drawing": [[[0, 1], [0]]]}', "malformed strokes"),
+        (b"[[[0, 1], [0, 1]]", "malformed strokes JSON"),
+        (b'{"word": "cat"}', "drawing"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'><path d='M 0 0 L 1 1'", "malformed SVG"),
+        (42, "unsupported input type"),
+        (np.zeros((4, 4, 2), dtype=np.uint8), "HxW"),
+    ],
+)
+@pytest.mark.parametrize("fn", [preprocess_sketch, preprocess_photo])
+def test_bad_inputs_raise_input_error(fn, source, match):
+    with pytest.raises(InputError, match=match):
+        fn(source, CFG)
+
+
+def test_error_messages_name_the_file(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("just some text\n")
+    with pytest.raises(InputError, match="notes.png is not an image"):
+        preprocess_photo(text, CFG)
+    missing = tmp_path / "missing.png"
+    with pytest.raises(InputError, match="file not found: .*missing.png"):
+        preprocess_sketch(missing, CFG)
+    bad_json = tmp_path / "strokes.json"
+    bad_json.write_text("[[[0, 1], [0, 1]],")
+    with pytest.raises(InputError, match="malformed strokes JSON in .*strokes.json"):
+        preprocess_sketch(bad_json, CFG)
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header(8000, 6000))
+    with pytest.raises(InputError, match=f"big.png is too large: 8000x6000 .*{MAX_PIXELS:,}"):
+        read_sketch_rgb(big)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        np.full((40, 30, 3), 255, dtype=np.uint8),
+        png_bytes(Image.new("RGB", (30, 40), (200, 200, 200))),  # light gray is not ink
+        png_bytes(Image.new("RGBA", (30, 40), (0, 0, 0, 0))),  # fully transparent
+        [],
+        [[[], []]],
+    ],
+)
+def test_empty_sketches(source):
+    with pytest.raises(EmptySketchError, match="the sketch is empty"):
+        preprocess_sketch(source, CFG)
+
+
+def test_empty_image_message_names_the_threshold(tmp_path):
+    path = tmp_path / "blank.png"
+    Image.new("L", (20, 20), 255).save(path)
+    with pytest.raises(EmptySketchError, match=r"no pixel darker than .*300.*blank.png"):
+        preprocess_sketch(path, CFG)
+
+
+def test_errors_are_sketchfind_errors():
+    assert issubclass(EmptySketchError, InputError) and issubclass(InputError, SketchfindError)
