@@ -296,6 +296,18 @@ class ZSEModel(nn.Module):
         """Photo images -> tokens."""
         return self.encode(images)
 
+    def encode_with_global(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (tokens (B, T, D), global embedding (B, G)) in one backbone pass.
+
+        The global embedding (L2-normalised) is what the clustered strategy groups photos by:
+        the CNN backbone's average-pooled features, or the mean encoder patch token for ViT."""
+        if isinstance(self.tokens, CNNTokens):
+            feats = self.tokens.features(images)  # (B, C, g, g)
+            tokens = self.encoder(self.tokens.proj(feats.flatten(2).transpose(1, 2)))
+            return tokens, F.normalize(feats.mean((2, 3)).float(), dim=-1)
+        tokens = self.encode(images)
+        return tokens, F.normalize(tokens[:, 1:].mean(1).float(), dim=-1)
+
     @staticmethod
     def retrieval_embedding(tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, D) L2-normalised [Ret] embeddings (the paper's "Ret" ranking)."""
