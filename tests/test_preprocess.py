@@ -97,6 +97,17 @@ def test_every_source_kind_gives_the_same_tensor(name):
         assert torch.equal(fn(source, CFG), expected), type(source)
 
 
+@pytest.mark.parametrize(("fmt", "options"), [("BMP", {}), ("WEBP", {"lossless": True}), ("JPEG", {"quality": 100})])
+def test_other_raster_formats(fmt, options):
+    image = draw_strokes("RGB", (255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    expected = preprocess_sketch(png_bytes(image), CFG)
+    tensor = preprocess_sketch(buffer.getvalue(), CFG)
+    assert (tensor - expected).abs().max() <= (0.1 if fmt == "JPEG" else 0)  # JPEG is lossy
+    assert preprocess_photo(buffer.getvalue(), CFG).shape == (3, 224, 224)
+
+
 def test_to_tensor_normalises_with_config():
     arr = np.array([[[0, 255, 51]]], dtype=np.uint8)
     cfg = PreprocessConfig(mean=(0.0, 0.5, 0.2), std=(1.0, 0.5, 0.1))
@@ -233,13 +244,16 @@ def test_svg_path_and_circle_render_ink(tmp_path):
 
 def test_svg_stroke_width_and_default_fill():
     def ink_pixels(width: str) -> int:
-        svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300">' \
-              f'<line x1="50" y1="150" x2="250" y2="150" stroke="black" stroke-width="{width}"/></svg>'
+        svg = (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300">'
+            f'<line x1="50" y1="150" x2="250" y2="150" stroke="black" stroke-width="{width}"/></svg>'
+        )
         return int((np.asarray(render_svg(svg)).sum(axis=2) == 0).sum())
 
     assert ink_pixels("12") > 4 * ink_pixels("2") > 0
-    filled = render_svg('<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300"><circle cx="150" '
-                        'cy="150" r="50"/></svg>')
+    filled = render_svg(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="300"><circle cx="150" cy="150" r="50"/></svg>'
+    )
     assert np.asarray(filled)[150, 150].sum() == 0  # SVG's default fill is black
 
 

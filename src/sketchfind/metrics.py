@@ -53,9 +53,7 @@ def precision_at_k(rel: Sequence[int] | np.ndarray, npos: int, k: int) -> float:
     return float(np.mean(np.asarray(rel, dtype=np.float64)[: min(k, npos)]))
 
 
-def ranked_relevance(
-    dist_row: np.ndarray, query_label: object, gallery_labels: np.ndarray
-) -> tuple[np.ndarray, int]:
+def ranked_relevance(dist_row: np.ndarray, query_label: object, gallery_labels: np.ndarray) -> tuple[np.ndarray, int]:
     """(0/1 relevance in ascending-distance order, total positives) for one query."""
     # Sort the row in its own dtype (float16 stays float16) with numpy's default kind, as official.
     order = np.argsort(dist_row)

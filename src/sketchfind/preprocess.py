@@ -95,15 +95,10 @@ def read_sketch_rgb(source: Any) -> np.ndarray:
         return _gray_to_rgb(_flatten_alpha(_array_to_uint8(source, name)))
     if isinstance(source, Image.Image):
         return _pil_to_rgb(source, name)
-    if isinstance(source, list | dict):
-        return np.asarray(render_strokes(_strokes_from_object(source, name)))
-    data, suffix = _read_bytes(source, name)
-    kind = _sniff(data, suffix, name)
-    if kind == "svg":
-        return np.asarray(render_svg(data))
-    if kind == "strokes":
-        return np.asarray(render_strokes(_parse_strokes_json(data, name)))
-    return _decode_raster_rgb(data, name)
+    encoded = _bytes_or_drawing(source, name)
+    if isinstance(encoded, Image.Image):
+        return np.asarray(encoded)
+    return _decode_raster_rgb(encoded, name)
 
 
 def read_photo(source: Any) -> Image.Image:
@@ -115,15 +110,10 @@ def read_photo(source: Any) -> Image.Image:
         _check_pixels(source.width, source.height, name)
         _load(source, name)
         return _flatten_pil(_exif_transpose(source))
-    if isinstance(source, list | dict):
-        return render_strokes(_strokes_from_object(source, name))
-    data, suffix = _read_bytes(source, name)
-    kind = _sniff(data, suffix, name)
-    if kind == "svg":
-        return render_svg(data)
-    if kind == "strokes":
-        return render_strokes(_parse_strokes_json(data, name))
-    image = _open_image(data, name)
+    encoded = _bytes_or_drawing(source, name)
+    if isinstance(encoded, Image.Image):
+        return encoded
+    image = _open_image(encoded, name)
     _load(image, name)
     return _flatten_pil(_exif_transpose(image))
 
@@ -170,8 +160,7 @@ def _crop_to_ink(rgb: np.ndarray, cfg: PreprocessConfig, name: str) -> np.ndarra
     rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
     if rows.size == 0:
         raise EmptySketchError(
-            f"the sketch is empty: no pixel darker than the ink threshold "
-            f"(R+G+B <= {cfg.ink_threshold}) in {name}"
+            f"the sketch is empty: no pixel darker than the ink threshold (R+G+B <= {cfg.ink_threshold}) in {name}"
         )
     height, width = ink.shape
     margin = cfg.sketch_margin
@@ -203,6 +192,19 @@ def _pad_to_square(image: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- decoding
+
+
+def _bytes_or_drawing(source: Any, name: str) -> bytes | Image.Image:
+    """Raster sources as encoded bytes; stroke lists and SVG / strokes files rendered to an image."""
+    if isinstance(source, list | dict):
+        return render_strokes(_strokes_from_object(source, name))
+    data, suffix = _read_bytes(source, name)
+    kind = _sniff(data, suffix, name)
+    if kind == "svg":
+        return render_svg(data)
+    if kind == "strokes":
+        return render_strokes(_parse_strokes_json(data, name))
+    return data
 
 
 def _read_bytes(source: Any, name: str) -> tuple[bytes, str]:
@@ -291,9 +293,7 @@ def _load(image: Image.Image, name: str) -> None:
 
 def _check_pixels(width: int, height: int, name: str) -> None:
     if width * height > MAX_PIXELS:
-        raise InputError(
-            f"{name} is too large: {width}x{height} = {width * height:,} pixels (limit {MAX_PIXELS:,})"
-        )
+        raise InputError(f"{name} is too large: {width}x{height} = {width * height:,} pixels (limit {MAX_PIXELS:,})")
     if width * height == 0:
         raise InputError(f"{name} has no pixels ({width}x{height})")
 
