@@ -101,6 +101,13 @@ def test_larger_variants_match_reference(variant):
     assert out["logits"].argmax(dim=1).tolist() == [340, 980]
 
 
+def test_shapes_and_headless_model():
+    model = EfficientNetLite("lite0", num_classes=0).eval()
+    with torch.inference_mode():
+        assert model.forward_features(torch.zeros(1, 3, 100, 64)).shape == (1, 1280, 4, 2)
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)  # pooled features
+
+
 def test_freeze_leaves_last_stages_trainable():
     model = EfficientNetLite("lite0")
     assert len(model.stages) == NUM_STAGES == 9

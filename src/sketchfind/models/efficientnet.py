@@ -182,7 +182,7 @@ class EfficientNetLite(nn.Module):
         return [self.stem, *self.blocks, self.head]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B, 3, H, W) -> feature map (B, 1280, H/32, W/32) after head ReLU6."""
+        """Normalised images (B, 3, H, W) -> feature map (B, 1280, ceil(H/32), ceil(W/32)), post-ReLU6."""
         x = self.stem(x)  # (B, 32, H/2, W/2)
         x = self.blocks(x)  # (B, 320 * width, H/32, W/32)
         return self.head(x)  # (B, 1280, H/32, W/32)
