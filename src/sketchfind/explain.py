@@ -1,0 +1,218 @@
+"""Which parts of a sketch matched which parts of a photo: token-correspondence heat-maps.
+
+ZSE-SBIR scores a sketch-photo pair from a map that relates every sketch position to every photo
+position. We show that map as pictures a person can read at a glance:
+
+* **cosine map** (models whose relation head down-samples per token, ``downsample == "linear"``,
+  e.g. ``zse-lite0``): the (A, A) cosine map the relation network scores is itself spatial — row i is
+  sketch cell i, column j photo cell j of the ``relation_grid`` x ``relation_grid`` grid. We show
+  exactly what the score was computed from.
+* **cross-attention** (the official ``conv2x2`` head): its anchors come from a C-order reinterpretation
+  of the token buffer (the official reshape quirk), so each anchor mixes every image region and the
+  cosine map has no spatial reading. The cross-attention weights between patch tokens do: we average
+  sketch->photo attention and the transposed photo->sketch attention over heads.
+
+From the (N_sketch, N_photo) matrix: a sketch cell's heat is how well its best photo cell matches it,
+a photo cell's heat how well its best sketch cell does (each scaled to [0, 1] within the pair, so the
+pictures show *where*, the score shows *how much*); the strongest links from inked sketch cells to
+photo cells are drawn as lines between the two images.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .preprocess import preprocess_photo, read_photo, sketch_array, to_tensor
+
+DISPLAY_SIZE = 320  # side of each picture in the rendered explanation
+# perceptually ordered colour stops (dark blue -> cyan -> yellow -> red): cold = weak match, hot = strong
+_STOPS = np.array([[0.0, 40, 40, 160], [0.35, 30, 170, 230], [0.65, 250, 220, 40], [1.0, 230, 30, 20]])
+
+
+@dataclass
+class Explanation:
+    """One sketch-photo pair explained: the score, the correspondence matrix and its heat-maps."""
+
+    score: float  # relation score in (0, 1), the same number the re-ranker uses
+    source: str  # "cosine" or "cross-attention" (see the module docstring)
+    grid: int  # the matrix relates grid x grid sketch cells to grid x grid photo cells (row-major)
+    matrix: np.ndarray  # (grid**2, grid**2) rows sketch cells, columns photo cells
+    sketch_heat: np.ndarray  # (grid, grid) in [0, 1]
+    photo_heat: np.ndarray  # (grid, grid) in [0, 1]
+    links: list[tuple[int, int, float]] = field(default_factory=list)  # (sketch cell, photo cell, strength 0..1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the full matrix is included: grid**4 floats, 2,401 for a 7x7 grid)."""
+        return {
+            "score": self.score,
+            "source": self.source,
+            "grid": self.grid,
+            "sketch_heat": np.round(self.sketch_heat, 4).tolist(),
+            "photo_heat": np.round(self.photo_heat, 4).tolist(),
+            "links": [{"sketch_cell": s, "photo_cell": p, "strength": round(w, 4)} for s, p, w in self.links],
+            "matrix": np.round(self.matrix, 4).tolist(),
+        }
+
+
+# ----------------------------------------------------------------------------- computation
+
+
+@torch.inference_mode()
+def explain_tokens(
+    model, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor, sketch_image: np.ndarray | None = None
+) -> Explanation:
+    """(1, T, D) sketch and photo tokens -> Explanation.
+
+    ``sketch_image``, the squared (S, S, 3) uint8 sketch, limits the links to cells that hold ink."""
+    dtype = model.relation.out.weight.dtype
+    sketch_tokens = sketch_tokens[:1].to(dtype)
+    photo_tokens = photo_tokens[:1].to(dtype)
+    sketch_ca, photo_ca = model.cross(sketch_tokens, photo_tokens)
+    score = float(model.relation(sketch_ca, photo_ca)[0])
+    if model.cfg.downsample == "linear":
+        relation = model.relation
+        matrix = relation.cosine_map(relation.downsample(sketch_ca), relation.downsample(photo_ca))[0]
+        source, grid = "cosine", model.cfg.relation_grid
+    else:
+        matrix = _attention_matrix(model, sketch_tokens, photo_tokens)
+        source, grid = "cross-attention", model.cfg.grid
+    matrix = matrix.float().cpu().numpy()
+    sketch_heat = _unit(matrix.max(axis=1)).reshape(grid, grid)
+    photo_heat = _unit(matrix.max(axis=0)).reshape(grid, grid)
+    inked = _inked_cells(sketch_image, grid) if sketch_image is not None else np.ones(grid * grid, bool)
+    return Explanation(score, source, grid, matrix, sketch_heat, photo_heat, _links(matrix, inked))
+
+
+def explain(model, sketch: Any, photo: Any) -> tuple[Explanation, dict[str, Image.Image]]:
+    """Any sketch and photo source -> (Explanation, rendered images); encodes both with ``model``."""
+    cfg = model.cfg.preprocess
+    squared = sketch_array(sketch, cfg)
+    photo_image = read_photo(photo).convert("RGB")
+    with torch.inference_mode():
+        sketch_tokens = model.encode_sketch(to_tensor(squared, cfg)[None])
+        photo_tokens = model.encode_photo(preprocess_photo(photo_image, cfg)[None])
+    explanation = explain_tokens(model, sketch_tokens, photo_tokens, squared)
+    return explanation, render(explanation, squared, photo_image)
+
+
+def _attention_matrix(model, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor) -> torch.Tensor:
+    """(N, N) patch-token correspondence from both cross-attention streams, averaged over heads."""
+    sketch_layer, photo_layer = model.cross.sketch_layer, model.cross.photo_layer
+    sk_q, ph_k = sketch_layer.split(sketch_layer.q(sketch_tokens)), sketch_layer.split(sketch_layer.k(photo_tokens))
+    ph_q, sk_k = photo_layer.split(photo_layer.q(photo_tokens)), photo_layer.split(photo_layer.k(sketch_tokens))
+    scale = 1 / math.sqrt(sk_q.shape[-1])
+    sketch_to_photo = torch.softmax(sk_q @ ph_k.transpose(-2, -1) * scale, dim=-1).mean(1)[0]  # (T, T)
+    photo_to_sketch = torch.softmax(ph_q @ sk_k.transpose(-2, -1) * scale, dim=-1).mean(1)[0]  # (T, T)
+    return ((sketch_to_photo + photo_to_sketch.T) / 2)[1:, 1:]  # drop [Ret]
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1]; a constant vector becomes all zeros."""
+    values = np.nan_to_num(values.astype(np.float64))
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 1e-12 else np.zeros_like(values)
+
+
+def _inked_cells(squared: np.ndarray, grid: int) -> np.ndarray:
+    """(grid**2,) bool: which cells of the squared sketch hold ink (R+G+B <= 300, the preprocessing rule)."""
+    ink = squared.astype(np.int32).sum(axis=2) <= 300
+    edges = np.linspace(0, ink.shape[0], grid + 1).round().astype(int)
+    cells = [ink[edges[r] : edges[r + 1], edges[c] : edges[c + 1]].any() for r in range(grid) for c in range(grid)]
+    inked = np.array(cells, dtype=bool)
+    return inked if inked.any() else np.ones_like(inked)
+
+
+def _links(matrix: np.ndarray, inked: np.ndarray, count: int = 8) -> list[tuple[int, int, float]]:
+    """The strongest (sketch cell -> its best photo cell) links among inked sketch cells."""
+    best_photo = matrix.argmax(axis=1)
+    strength = _unit(matrix.max(axis=1))
+    order = [int(i) for i in np.argsort(-strength) if inked[i]][:count]
+    return [(i, int(best_photo[i]), float(strength[i])) for i in order]
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours (cold blue -> hot red)."""
+    heat = np.clip(heat, 0, 1)
+    return np.stack([np.interp(heat, _STOPS[:, 0], _STOPS[:, c]) for c in (1, 2, 3)], axis=-1).astype(np.uint8)
+
+
+def _upsample(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(g, g) heat -> (H, W) smooth heat for a picture of ``size`` = (W, H)."""
+    image = Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float64)
+
+
+def sketch_overlay(squared: np.ndarray, heat: np.ndarray, size: int = DISPLAY_SIZE) -> Image.Image:
+    """The sketch as the model saw it, its strokes kept dark over a heat-map wash."""
+    lines = np.asarray(Image.fromarray(squared).convert("L").resize((size, size), Image.Resampling.BILINEAR))
+    wash = colorize(_upsample(heat, (size, size))).astype(np.float64)
+    wash = 255 - 0.55 * (255 - wash)  # pale enough that strokes stay readable
+    darkness = lines[..., None].astype(np.float64) / 255
+    return Image.fromarray((wash * darkness).round().astype(np.uint8))
+
+
+def photo_overlay(photo: Image.Image, heat: np.ndarray, size: int = DISPLAY_SIZE) -> Image.Image:
+    """The photo (own aspect ratio, longer side ``size``) blended with its heat-map.
+
+    The model sees the photo squashed to a square, so each heat cell maps to the same fraction of the
+    original width and height: stretching the heat-map over the photo is exact."""
+    photo = photo.convert("RGB")
+    scale = size / max(photo.size)
+    shown = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))))
+    smooth = _upsample(heat, shown.size)
+    alpha = (0.2 + 0.45 * smooth)[..., None]
+    blended = np.asarray(shown, dtype=np.float64) * (1 - alpha) + colorize(smooth) * alpha
+    return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def render(explanation: Explanation, squared: np.ndarray, photo: Image.Image) -> dict[str, Image.Image]:
+    """The three pictures of an explanation: ``sketch``, ``photo`` overlays and ``combined`` (side by side)."""
+    sketch_img = sketch_overlay(squared, explanation.sketch_heat)
+    photo_img = photo_overlay(photo, explanation.photo_heat)
+    return {"sketch": sketch_img, "photo": photo_img, "combined": _combine(explanation, sketch_img, photo_img)}
+
+
+def _combine(explanation: Explanation, sketch_img: Image.Image, photo_img: Image.Image) -> Image.Image:
+    """Sketch and photo side by side, lines linking matched cells, a caption with score and method."""
+    size, gap, caption = DISPLAY_SIZE, 40, 28
+    canvas = Image.new("RGB", (2 * size + gap, size + caption), (255, 255, 255))
+    photo_origin = (size + gap + (size - photo_img.width) // 2, (size - photo_img.height) // 2)
+    canvas.paste(sketch_img, (0, 0))
+    canvas.paste(photo_img, photo_origin)
+    draw = ImageDraw.Draw(canvas)
+    grid = explanation.grid
+
+    def centre(cell: int, origin: tuple[int, int], width: int, height: int) -> tuple[float, float]:
+        row, col = divmod(cell, grid)
+        return origin[0] + (col + 0.5) * width / grid, origin[1] + (row + 0.5) * height / grid
+
+    for sketch_cell, photo_cell, strength in reversed(explanation.links):  # strongest drawn last, on top
+        start = centre(sketch_cell, (0, 0), size, size)
+        end = centre(photo_cell, photo_origin, photo_img.width, photo_img.height)
+        colour = tuple(int(v) for v in colorize(np.array([0.4 + 0.6 * strength]))[0])
+        draw.line([start, end], fill=colour, width=2)
+        for x, y in (start, end):
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(0, 0, 0), fill=colour)
+    text = (
+        f"match score {explanation.score:.3f}   |   {explanation.source} map {grid}x{grid}   |   "
+        "warm = strong match, lines = best links"
+    )
+    draw.text((6, size + 7), text, fill=(30, 30, 30), font=ImageFont.load_default())
+    return canvas
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode a picture as PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -1,0 +1,153 @@
+"""What routes share: the service state (one Searcher), the token check, reading a sketch from a request."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .errors import ApiError
+from .settings import Settings
+from .thumbnails import ThumbnailCache
+
+
+@dataclass
+class ServiceState:
+    """Built once in the lifespan hook: the Searcher and what goes with it."""
+
+    searcher: Any
+    settings: Settings
+    thumbnails: ThumbnailCache
+    # One model at a time: torch already uses both cores for one query, and index writes must not
+    # interleave with searches. Photo files and thumbnails are served without it.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def run(self, fn, *args, **kwargs):
+        """Run blocking Searcher work in the thread pool, one call at a time."""
+
+        def locked():
+            with self.lock:
+                return fn(*args, **kwargs)
+
+        return await run_in_threadpool(locked)
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.sketchfind
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_token(request: Request, state: State) -> None:
+    """Photo upload and delete need ``Authorization: Bearer <token>`` matching the configured token."""
+    if state.settings.token is None:
+        raise ApiError(
+            403,
+            "changing the index over HTTP is disabled: start the server with --token "
+            "(or set SKETCHFIND_TOKEN) to allow it",
+            "uploads_disabled",
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = state.settings.token.get_secret_value()
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected.encode()):
+        raise ApiError(
+            401,
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+@dataclass
+class SketchRequest:
+    """A sketch source the preprocessing accepts, plus the other fields that came with it."""
+
+    source: Any
+    fields: dict[str, Any]
+
+
+async def read_sketch(request: Request, model: type[BaseModel]) -> SketchRequest:
+    """The sketch from a multipart upload (field ``sketch``), a JSON body, or a raw image body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _from_form(request, model)
+    if content_type in ("application/json", "text/json"):
+        return _from_json(await request.body(), model)
+    if content_type.startswith("image/") or content_type in ("application/octet-stream",):
+        data = await request.body()
+        return SketchRequest(data, _validate(model, {"image": "-", **request.query_params}, skip="image"))
+    raise ApiError(
+        415,
+        "send the sketch as multipart/form-data (field 'sketch'), as JSON "
+        "({'image': base64} or {'strokes': [...]}) or as a raw image/png body",
+    )
+
+
+async def _from_form(request: Request, model: type[BaseModel]) -> SketchRequest:
+    form = await request.form(max_files=1, max_fields=16)
+    upload = form.get("sketch")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "the form needs a file field named 'sketch'", "invalid_request")
+    data = await upload.read()
+    values = {key: value for key, value in form.items() if key != "sketch" and isinstance(value, str)}
+    return SketchRequest(data, _validate(model, {"image": "-", **request.query_params, **values}, skip="image"))
+
+
+def _from_json(body: bytes, model: type[BaseModel]) -> SketchRequest:
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ApiError(400, f"malformed JSON: {err}", "malformed_json") from None
+    if not isinstance(obj, dict):
+        raise ApiError(
+            422, 'the JSON body must be an object like {"image": ...} or {"strokes": [...]}', "invalid_request"
+        )
+    fields = _validate(model, obj)
+    strokes, image = fields.pop("strokes"), fields.pop("image")
+    return SketchRequest(strokes if strokes is not None else decode_base64_image(image), fields)
+
+
+def _validate(model: type[BaseModel], values: dict, skip: str | None = None) -> dict[str, Any]:
+    """Validate with the pydantic model; answer 422 naming the first problems."""
+    try:
+        fields = model.model_validate(values).model_dump()
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:3])
+        raise ApiError(422, problems, "invalid_request") from None
+    if skip:
+        fields.pop(skip, None)
+        fields.pop("strokes", None)
+    return fields
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Plain base64 or a ``data:image/...;base64,`` URL -> bytes."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if ";base64" not in header:
+            raise ApiError(422, "a data: URL must be base64-encoded (data:image/png;base64,...)", "bad_input")
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "'image' is not valid base64", "bad_input") from None
+    if not data:
+        raise ApiError(422, "'image' is empty", "bad_input")
+    return data
+
+
+def clamp_k(k: int | None, state: ServiceState) -> int:
+    """The requested number of results, or the default; over the maximum is refused."""
+    settings = state.settings
+    k = settings.default_k if k is None else k
+    if k > settings.max_k:
+        raise ApiError(422, f"k must be at most {settings.max_k}", "invalid_request")
+    return k

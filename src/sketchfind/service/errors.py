@@ -1,0 +1,136 @@
+"""Every failure becomes a JSON body ``{"detail": sentence, "code": word}`` with a 4xx status.
+
+Bad input is the client's problem and says so (never a 500 or a traceback); a bug still answers
+JSON (500, "internal") and is logged with its traceback on the server side only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import EmptySketchError, IndexStoreError, InputError, SketchfindError
+
+log = logging.getLogger("sketchfind.service")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+}
+
+
+class ApiError(Exception):
+    """An error answered as ``status`` with a JSON body."""
+
+    def __init__(self, status: int, detail: str, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.code, self.headers = status, detail, code or _CODES.get(status, "error"), headers
+
+
+def error_response(status: int, detail: str, code: str | None = None, headers=None) -> JSONResponse:
+    """The one shape every error takes."""
+    return JSONResponse({"detail": detail, "code": code or _CODES.get(status, "error")}, status, headers=headers)
+
+
+def _validation_message(errors: list) -> str:
+    parts = []
+    for err in errors[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that keep every answer JSON."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.detail, exc.code, exc.headers)
+
+    @app.exception_handler(EmptySketchError)
+    async def empty_sketch(_: Request, exc: EmptySketchError):
+        return error_response(422, f"{str(exc).rstrip('.')}. Draw something first.", "empty_sketch")
+
+    @app.exception_handler(InputError)
+    async def bad_input(_: Request, exc: InputError):
+        too_large = "too large" in str(exc) or "megapixel" in str(exc).lower()
+        return error_response(413 if too_large else 422, str(exc), "too_large" if too_large else "bad_input")
+
+    @app.exception_handler(IndexStoreError)
+    async def index_error(_: Request, exc: IndexStoreError):
+        log.error("index error: %s", exc)
+        return error_response(503, f"the index cannot be used: {exc}", "index_unavailable")
+
+    @app.exception_handler(SketchfindError)
+    async def sketchfind_error(_: Request, exc: SketchfindError):
+        return error_response(422, str(exc), "bad_input")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError):
+        errors = json.loads(json.dumps(exc.errors(), default=str))  # ctx may hold exceptions
+        body = {"detail": _validation_message(errors), "code": "invalid_request", "errors": errors}
+        return JSONResponse(body, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "no such page or API route (the API lives under /api; its schema is at /openapi.json)"
+        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception):
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal error: the server log has the details", "internal")
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, before reading more than that.
+
+    ``Content-Length`` is checked first; bodies without one (chunked) are counted as they stream in
+    and cut off at the limit. A body under the limit is buffered and replayed to the app."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH", "DELETE"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await error_response(400, "invalid Content-Length header")(scope, receive, send)
+            if int(length) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+        messages, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            messages.append(message)
+            if not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send):
+        limit = f"{self.max_bytes / 2**20:g} MB"
+        response = error_response(413, f"the upload is too large: the limit is {limit}", "too_large")
+        return await response(scope, receive, send)

@@ -1,0 +1,75 @@
+"""Builds the FastAPI app: settings, the Searcher (loaded once, in the lifespan hook), routers, the page."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from .deps import ServiceState
+from .errors import BodyLimit, install_error_handlers
+from .routes import meta, photos, search
+from .settings import Settings
+from .thumbnails import ThumbnailCache
+
+# The page loads nothing from other hosts; the browser is told so too.
+_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
+
+
+def open_searcher(settings: Settings) -> Any:
+    """The Searcher for ``settings``: the index's own model unless a model (and weights) is named."""
+    from ..search import Searcher
+
+    model = None
+    if settings.model or settings.weights:
+        from ..models import load_model
+
+        model = load_model(settings.model, weights=settings.weights)
+    kwargs = {"strategy": settings.strategy} if settings.strategy else {}
+    return Searcher.open(settings.index, model=model, **kwargs)
+
+
+def create_app(settings: Settings | None = None, searcher_factory: Callable[[Settings], Any] | None = None) -> FastAPI:
+    """The app. ``searcher_factory(settings)`` runs once at start-up (default: :func:`open_searcher`)."""
+    settings = settings or Settings()
+    factory = searcher_factory or open_searcher
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        searcher = factory(settings)
+        app.state.sketchfind = ServiceState(searcher, settings, ThumbnailCache(settings.thumbnail_cache))
+        yield
+        app.state.sketchfind = None
+
+    app = FastAPI(
+        title="sketchfind",
+        version=__version__,
+        description="Draw a sketch, find matching photos in your own collection (ZSE-SBIR). "
+        "The page is at /, this schema at /openapi.json.",
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's /docs and /redoc load their scripts from a CDN: nothing may download at run time
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+
+    @app.middleware("http")
+    async def security_headers(request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", _CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    for router in (meta.router, search.router, photos.router):
+        app.include_router(router)
+    static = resources.files("sketchfind.service") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app

@@ -1,0 +1,1 @@
+"""One router per area: search (and explain), photos, meta."""

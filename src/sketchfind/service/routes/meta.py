@@ -1,0 +1,46 @@
+"""GET /api/health, GET /api/info, and the page itself."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+from ...preprocess import MAX_PIXELS
+from ..deps import State
+from ..schemas import Health, Info
+
+router = APIRouter(tags=["meta"])
+
+
+@router.get("/api/health", response_model=Health)
+async def health() -> Health:
+    """Liveness: the app is up and its Searcher is loaded."""
+    return Health(status="ok")
+
+
+@router.get("/api/info", response_model=Info)
+async def info(state: State) -> Info:
+    """The index (photo count, model, how it was built) and the service's limits."""
+    details = dict(state.searcher.info())
+    settings = state.settings
+    return Info(
+        photos=int(details.get("count", details.get("photos", 0)) or 0),
+        model=state.searcher.model.cfg.name,
+        strategies=["exhaustive", "clustered", "ann"],
+        default_strategy=settings.strategy or getattr(state.searcher, "strategy", None),
+        default_k=settings.default_k,
+        max_k=settings.max_k,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_pixels=MAX_PIXELS,
+        uploads_enabled=settings.token is not None,
+        index=details,
+    )
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    """The draw-to-search page."""
+    html = (resources.files("sketchfind.service") / "static" / "index.html").read_text(encoding="utf-8")
+    return HTMLResponse(html, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,197 @@
+"""Photos: served only from the index (by integer id, never by a client-chosen path); upload and delete
+need the bearer token."""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from ...errors import IndexStoreError, SketchfindError
+from ...preprocess import read_photo
+from ..deps import State, require_token
+from ..errors import ApiError
+from ..schemas import DeleteResponse, ErrorBody, PhotoInfo, UploadResponse
+from .search import photo_urls
+
+router = APIRouter(prefix="/api/photos", tags=["photos"])
+
+PhotoId = Annotated[int, PathParam(description="the photo's id in the index", ge=0, le=2**62)]
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+_NOT_FOUND = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+
+
+def _record(searcher, photo_id: int):
+    try:
+        return searcher.photo(photo_id)
+    except IndexStoreError:
+        raise ApiError(404, f"no photo with id {photo_id} in the index") from None
+
+
+def _existing_file(record) -> Path:
+    path = Path(record.path)
+    if not path.is_file():
+        raise ApiError(404, f"the file of photo {record.id} is no longer on disk", "photo_file_missing")
+    return path
+
+
+@router.get("/{photo_id}", responses={200: {"content": {"image/jpeg": {}}}, **_NOT_FOUND})
+async def photo(state: State, photo_id: PhotoId) -> FileResponse:
+    """The original photo file."""
+    path = _existing_file(_record(state.searcher, photo_id))
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/{photo_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, **_NOT_FOUND})
+async def thumbnail(
+    request: Request, state: State, photo_id: PhotoId, size: Annotated[int | None, Query(ge=32, le=1024)] = None
+) -> Response:
+    """A JPEG thumbnail (longer side ``size``, default 256), made once and cached in memory."""
+    record = _record(state.searcher, photo_id)
+    path = _existing_file(record)
+    size = size or state.settings.thumbnail_size
+    etag = f'"{(record.sha256 or "")[:16]}-{size}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=300"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    try:
+        data = await run_in_threadpool(state.thumbnails.get, path, record.sha256 or "", size)
+    except SketchfindError as err:
+        raise ApiError(404, f"photo {photo_id} cannot be read any more: {err}", "photo_file_missing") from None
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def photo_info(record) -> PhotoInfo:
+    return PhotoInfo(
+        id=record.id, name=Path(record.path).name, label=record.label, size=record.size, **photo_urls(record.id)
+    )
+
+
+@router.post(
+    "",
+    response_model=UploadResponse,
+    dependencies=[Depends(require_token)],
+    responses={code: {"model": ErrorBody} for code in (401, 403, 413, 422)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["files"],
+                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def upload(request: Request, state: State) -> UploadResponse:
+    """Add photos to the index (multipart field ``files``, one or more). Needs the bearer token."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+        raise ApiError(415, "upload photos as multipart/form-data in the field 'files'")
+    form = await request.form(max_files=64, max_fields=8)
+    uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not uploads:
+        raise ApiError(422, "no files: send one or more photos in the multipart field 'files'", "invalid_request")
+    saved, failed = [], []
+    for upload_file in uploads:
+        name = Path(upload_file.filename or "photo").name
+        try:
+            saved.append((name, _store_upload(await upload_file.read(), name, state.settings.uploads)))
+        except SketchfindError as err:
+            failed.append({"name": name, "error": str(err)})
+
+    def add():
+        before = {path for _, path in saved}
+        report = state.searcher.add_photos([path for _, path in saved]) if saved else None
+        return report, before
+
+    report, _ = await state.run(add)
+    added, skipped = _report_records(state.searcher, report, saved)
+    failed += [{"name": name, "error": error} for name, error in _report_failures(report, saved)]
+    return UploadResponse(added=added, skipped=skipped, failed=failed)
+
+
+def _store_upload(data: bytes, name: str, folder: Path) -> Path:
+    """Check the bytes are a usable photo, then write them (atomically) under a content-hash file name."""
+    image = read_photo(data)  # InputError for non-images, >40 MP, corrupt files
+    extension = _EXTENSIONS.get(image.format or "", None) or _sniff_extension(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (hashlib.sha256(data).hexdigest()[:32] + extension)
+    if not target.exists():
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=extension)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return target.resolve()
+
+
+def _sniff_extension(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return ".png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data.startswith(b"BM"):
+        return ".bmp"
+    return ".jpg"
+
+
+def _report_records(searcher, report, saved) -> tuple[list[PhotoInfo], list[str]]:
+    """Added photos (with their new ids) and the names of files that were already indexed."""
+    by_path = {str(path): name for name, path in saved}
+    records = {str(Path(r.path).resolve()): r for r in _all_records(searcher, [path for _, path in saved])}
+    new_paths = {str(Path(p).resolve()) for p in _paths(getattr(report, "new", []))}
+    new_paths |= {str(Path(p).resolve()) for p in _paths(getattr(report, "updated", []))}
+    added = [photo_info(records[p]) for p in by_path if p in new_paths and p in records]
+    skipped = [by_path[p] for p in by_path if p not in new_paths and p in records]
+    return added, skipped
+
+
+def _report_failures(report, saved) -> list[tuple[str, str]]:
+    by_path = {str(path): name for name, path in saved}
+    out = []
+    for item in getattr(report, "failed", []) or []:
+        path, error = (item if isinstance(item, tuple | list) else (item, "could not be indexed"))[:2]
+        out.append((by_path.get(str(Path(path).resolve()), Path(str(path)).name), str(error)))
+    return out
+
+
+def _paths(items) -> list[str]:
+    return [str(item[0] if isinstance(item, tuple | list) else getattr(item, "path", item)) for item in items or []]
+
+
+def _all_records(searcher, paths) -> list:
+    find = getattr(searcher, "find_paths", None)
+    return list(find(paths)) if find else []
+
+
+@router.delete(
+    "/{photo_id}",
+    response_model=DeleteResponse,
+    dependencies=[Depends(require_token)],
+    responses={code: {"model": ErrorBody} for code in (401, 403, 404, 422)},
+)
+async def delete(state: State, photo_id: PhotoId) -> DeleteResponse:
+    """Remove a photo from the index (its file stays where it is). Needs the bearer token."""
+
+    def remove():
+        _record(state.searcher, photo_id)
+        return state.searcher.remove_photos([photo_id])
+
+    return DeleteResponse(removed=int(await state.run(remove)))

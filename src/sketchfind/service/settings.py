@@ -1,0 +1,31 @@
+"""Service settings, read from the environment (``SKETCHFIND_*``) or given by ``sketchfind serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the app needs to know; ``SKETCHFIND_INDEX=/data/index`` etc. override the defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="SKETCHFIND_", extra="ignore")
+
+    index: Path = Path("sketchfind-index")  # the index directory the Searcher opens
+    model: str | None = None  # model name; None = the model the index was built with
+    weights: Path | None = None  # weights file for ``model``; None = the weights shipped in the package
+    token: SecretStr | None = None  # bearer token for photo upload / delete; None = those are refused
+    upload_dir: Path | None = None  # where uploaded photos are kept; None = <index>/uploads
+    max_upload_bytes: int = Field(10 * 2**20, ge=1024)  # larger request bodies get 413
+    default_k: int = Field(20, ge=1)
+    max_k: int = Field(200, ge=1)
+    strategy: str | None = None  # default search strategy; None = the Searcher's default
+    thumbnail_size: int = Field(256, ge=32, le=1024)
+    thumbnail_cache: int = Field(4096, ge=0)  # thumbnails kept in memory (LRU)
+
+    @property
+    def uploads(self) -> Path:
+        """The folder uploaded photos are written to."""
+        return self.upload_dir or self.index / "uploads"

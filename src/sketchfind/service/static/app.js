@@ -1,0 +1,386 @@
+// sketchfind page: draw on the canvas, results update after every stroke, click a result to see why.
+// Plain JS, no dependencies, nothing loaded from other hosts.
+"use strict";
+
+const RESULTS = 24;          // thumbnails shown
+const DEBOUNCE_MS = 60;      // a new stroke started within this time replaces the pending search
+const INK = "#000", PAPER = "#fff";
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("canvas");
+const ctx = canvas.getContext("2d", { willReadFrequently: false });
+
+const state = {
+  tool: "pen",
+  width: 5,
+  items: [],        // drawn items in order: {kind: "stroke", tool, width, points} or {kind: "image", image}
+  redo: [],
+  current: null,    // the stroke being drawn
+  pointerId: null,
+  uploaded: null,   // a sketch file being searched as-is (until the next stroke)
+  timer: null,
+  controller: null,
+  seq: 0,
+  strokeEnd: 0,     // performance.now() when the last stroke ended
+  photos: null,
+};
+// read by the tests and the benchmark: latency of the last search, from stroke end to results shown
+window.sketchfind = { searches: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [] };
+
+// ------------------------------------------------------------------ drawing
+
+function clearPaper() {
+  ctx.save();
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = PAPER;
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.restore();
+}
+
+function drawStroke(stroke) {
+  const pts = stroke.points;
+  ctx.strokeStyle = ctx.fillStyle = stroke.tool === "eraser" ? PAPER : INK;
+  ctx.lineWidth = stroke.width;
+  ctx.lineCap = ctx.lineJoin = "round";
+  if (pts.length === 1) {  // a dot
+    ctx.beginPath();
+    ctx.arc(pts[0][0], pts[0][1], stroke.width / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    return;
+  }
+  ctx.beginPath();
+  ctx.moveTo(pts[0][0], pts[0][1]);
+  for (let i = 1; i < pts.length; i++) ctx.lineTo(pts[i][0], pts[i][1]);
+  ctx.stroke();
+}
+
+function drawImageFitted(image) {
+  const scale = Math.min(canvas.width / image.width, canvas.height / image.height);
+  const w = image.width * scale, h = image.height * scale;
+  ctx.drawImage(image, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+}
+
+function redraw() {
+  clearPaper();
+  for (const item of state.items) {
+    if (item.kind === "image") drawImageFitted(item.image);
+    else drawStroke(item);
+  }
+}
+
+function hasInk() {
+  return state.items.some((item) => item.kind === "image" || item.tool === "pen");
+}
+
+function canvasPoint(event) {
+  const rect = canvas.getBoundingClientRect();
+  return [
+    (event.clientX - rect.left) * (canvas.width / rect.width),
+    (event.clientY - rect.top) * (canvas.height / rect.height),
+  ];
+}
+
+canvas.addEventListener("pointerdown", (event) => {
+  if (state.pointerId !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
+  event.preventDefault();
+  canvas.setPointerCapture(event.pointerId);
+  state.pointerId = event.pointerId;
+  clearTimeout(state.timer);  // the person is still drawing: wait for this stroke too
+  state.uploaded = null;
+  state.current = { kind: "stroke", tool: state.tool, width: Number(state.width), points: [canvasPoint(event)] };
+  drawStroke(state.current);
+});
+
+canvas.addEventListener("pointermove", (event) => {
+  if (event.pointerId !== state.pointerId || !state.current) return;
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+  const pts = state.current.points;
+  for (const e of events.length ? events : [event]) pts.push(canvasPoint(e));
+  // draw only the new segment
+  const n = pts.length, seg = { ...state.current, points: pts.slice(Math.max(0, n - events.length - 1)) };
+  drawStroke(seg);
+});
+
+function endStroke(event) {
+  if (event.pointerId !== state.pointerId || !state.current) return;
+  state.pointerId = null;
+  state.items.push(state.current);
+  state.current = null;
+  state.redo = [];
+  state.strokeEnd = performance.now();
+  updateButtons();
+  scheduleSearch();
+}
+canvas.addEventListener("pointerup", endStroke);
+canvas.addEventListener("pointercancel", endStroke);
+
+function setTool(tool) {
+  state.tool = tool;
+  for (const name of ["pen", "eraser"]) {
+    $(name).classList.toggle("active", name === tool);
+    $(name).setAttribute("aria-pressed", String(name === tool));
+  }
+}
+
+function undo() {
+  if (!state.items.length) return;
+  state.redo.push(state.items.pop());
+  afterEdit();
+}
+
+function redo() {
+  if (!state.redo.length) return;
+  state.items.push(state.redo.pop());
+  afterEdit();
+}
+
+function clearAll() {
+  if (!state.items.length) return;
+  state.items = [];
+  state.redo = [];
+  afterEdit();
+}
+
+function afterEdit() {
+  state.uploaded = null;
+  redraw();
+  updateButtons();
+  state.strokeEnd = performance.now();
+  scheduleSearch();
+}
+
+function updateButtons() {
+  $("undo").disabled = !state.items.length;
+  $("redo").disabled = !state.redo.length;
+  $("clear").disabled = !state.items.length;
+}
+
+$("pen").addEventListener("click", () => setTool("pen"));
+$("eraser").addEventListener("click", () => setTool("eraser"));
+$("width").addEventListener("input", (e) => { state.width = Number(e.target.value); });
+$("undo").addEventListener("click", undo);
+$("redo").addEventListener("click", redo);
+$("clear").addEventListener("click", clearAll);
+document.addEventListener("keydown", (event) => {
+  if (event.target instanceof HTMLInputElement || $("viewer").open) return;
+  const key = event.key.toLowerCase();
+  if ((event.ctrlKey || event.metaKey) && key === "z") { event.preventDefault(); event.shiftKey ? redo() : undo(); }
+  else if ((event.ctrlKey || event.metaKey) && key === "y") { event.preventDefault(); redo(); }
+  else if (key === "p") setTool("pen");
+  else if (key === "e") setTool("eraser");
+});
+
+// ------------------------------------------------------------------ upload a sketch file
+
+$("upload").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  state.items = [];
+  state.redo = [];
+  state.uploaded = file;
+  if (file.type.startsWith("image/")) {
+    try {
+      const image = await loadImage(URL.createObjectURL(file));
+      state.items.push({ kind: "image", image });
+    } catch (_) { /* the server will say what is wrong with it */ }
+  }
+  redraw();
+  updateButtons();
+  state.strokeEnd = performance.now();
+  search();
+});
+
+function loadImage(url) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error("not an image"));
+    image.src = url;
+  });
+}
+
+// ------------------------------------------------------------------ searching
+
+function scheduleSearch() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(search, DEBOUNCE_MS);
+}
+
+function canvasBlob() {
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+async function search() {
+  const seq = ++state.seq;
+  if (state.controller) state.controller.abort();  // a newer sketch makes the older request moot
+  if (!state.uploaded && !hasInk()) {
+    showEmpty();
+    return;
+  }
+  const controller = (state.controller = new AbortController());
+  setStatus("Searching…", "busy");
+  const form = new FormData();
+  form.append("sketch", state.uploaded || (await canvasBlob()), state.uploaded ? state.uploaded.name : "sketch.png");
+  form.append("k", String(RESULTS));
+  let body;
+  try {
+    const response = await fetch("/api/search", { method: "POST", body: form, signal: controller.signal });
+    body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, body);
+  } catch (error) {
+    if (error.name === "AbortError" || seq !== state.seq) return;
+    showError(error);
+    return;
+  }
+  if (seq !== state.seq) return;
+  await showResults(body, seq);
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.detail ? body.detail : `the server answered ${status}`);
+    this.status = status;
+    this.code = body && body.code;
+  }
+}
+
+function adviceFor(error) {
+  if (!(error instanceof ApiError)) return "Cannot reach the sketchfind server — is it still running? Then draw again.";
+  switch (error.code) {
+    case "empty_sketch": return "The sketch is empty — draw something (with the pen, not the eraser).";
+    case "too_large": return `${error.message}. Try a smaller file.`;
+    case "bad_input": return `That sketch cannot be used: ${error.message}. Upload a PNG, JPEG, SVG or QuickDraw JSON file, or draw instead.`;
+    default: return `Something went wrong: ${error.message}`;
+  }
+}
+
+function setStatus(text, kind) {
+  const status = $("status");
+  status.textContent = text;
+  status.className = kind || "";
+}
+
+function showEmpty() {
+  window.sketchfind.lastResults = [];
+  const photos = state.photos === null ? "your photos" : `${state.photos.toLocaleString()} photos`;
+  setStatus(`Draw something to search ${photos}.`);
+  $("grid").replaceChildren(emptyBox("Your results will appear here as soon as you lift the pen."));
+}
+
+function showError(error) {
+  setStatus(adviceFor(error), "error");
+  $("grid").replaceChildren();
+}
+
+function emptyBox(text) {
+  const box = document.createElement("div");
+  box.className = "empty";
+  box.textContent = text;
+  return box;
+}
+
+async function showResults(body, seq) {
+  const grid = $("grid");
+  if (!body.results.length) {
+    setStatus("No photos in the index yet.", "error");
+    grid.replaceChildren(emptyBox("The index is empty: start the server with a photo folder, e.g. " +
+      "`sketchfind serve ~/Pictures`, or upload photos through the API."));
+    return;
+  }
+  const cards = body.results.map(resultCard);
+  grid.replaceChildren(...cards);
+  // "shown" = the thumbnails are decoded and on screen, not merely requested
+  await Promise.all(cards.map((card) => card.querySelector("img").decode().catch(() => null)));
+  if (seq !== state.seq) return;
+  const latency = performance.now() - state.strokeEnd;
+  Object.assign(window.sketchfind, {
+    searches: window.sketchfind.searches + 1,
+    lastLatencyMs: latency,
+    lastServerMs: body.server_ms,
+    lastResults: body.results,
+  });
+  setStatus(`${body.results.length} best matches · ${Math.round(latency)} ms ` +
+    `(server ${Math.round(body.server_ms)} ms, ${body.strategy})`);
+  grid.dataset.searches = String(window.sketchfind.searches);
+}
+
+function resultCard(hit) {
+  const card = document.createElement("button");
+  card.className = "hit";
+  card.dataset.id = hit.id;
+  card.dataset.label = hit.label || "";
+  card.title = `${hit.label || hit.name} — score ${hit.score.toFixed(3)}`;
+  const image = document.createElement("img");
+  image.src = hit.thumbnail_url;
+  image.alt = hit.label ? `${hit.label} (${hit.name})` : hit.name;
+  const caption = document.createElement("span");
+  caption.textContent = `#${hit.rank} ${hit.label || hit.name} · ${hit.score.toFixed(2)}`;
+  card.append(image, caption);
+  card.addEventListener("click", () => openViewer(hit));
+  return card;
+}
+
+// ------------------------------------------------------------------ large view + explanation
+
+async function openViewer(hit) {
+  const viewer = $("viewer");
+  $("viewer-title").textContent = `#${hit.rank} ${hit.label || ""} ${hit.name} — score ${hit.score.toFixed(3)}`;
+  $("viewer-photo").src = hit.url;
+  const image = $("explain-image"), status = $("explain-status");
+  image.hidden = true;
+  $("explain-note").hidden = true;
+  status.hidden = false;
+  status.className = "muted";
+  status.textContent = "Working out which parts of your sketch match which parts of the photo…";
+  viewer.dataset.photoId = hit.id;
+  if (!viewer.open) viewer.showModal();
+  const form = new FormData();
+  form.append("sketch", state.uploaded || (await canvasBlob()), state.uploaded ? state.uploaded.name : "sketch.png");
+  form.append("photo_id", String(hit.id));
+  try {
+    const response = await fetch("/api/explain", { method: "POST", body: form });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, body);
+    if (viewer.dataset.photoId !== String(hit.id)) return;
+    image.src = body.images.combined;
+    await image.decode().catch(() => null);
+    image.hidden = false;
+    $("explain-note").hidden = false;
+    status.textContent = `Match score ${body.score.toFixed(3)} (${body.source} map, ${body.grid}×${body.grid} regions).`;
+    viewer.dataset.explained = "1";
+  } catch (error) {
+    status.className = "error";
+    status.textContent = `No explanation: ${adviceFor(error)}`;
+  }
+}
+
+$("viewer").addEventListener("close", () => {
+  $("viewer").dataset.explained = "";
+  $("viewer-photo").removeAttribute("src");
+});
+$("viewer").addEventListener("click", (event) => {  // a click on the backdrop closes
+  if (event.target === $("viewer")) $("viewer").close();
+});
+
+// ------------------------------------------------------------------ start
+
+async function loadInfo() {
+  try {
+    const response = await fetch("/api/info");
+    const info = await response.json();
+    if (!response.ok) throw new ApiError(response.status, info);
+    state.photos = info.photos;
+    $("index-info").textContent = `${info.photos.toLocaleString()} photos · model ${info.model}`;
+  } catch (error) {
+    $("index-info").textContent = "";
+    showError(error);
+    return;
+  }
+  if (!hasInk()) showEmpty();
+}
+
+clearPaper();
+updateButtons();
+showEmpty();
+loadInfo();
