@@ -74,5 +74,52 @@ def models() -> None:
         print(name + (f"  ({', '.join(tags)})" if tags else ""))
 
 
+@app.command("serve")
+@friendly
+def serve(
+    photos: Annotated[Path | None, typer.Argument(help="photo folder to index (new and changed photos) first")] = None,
+    index: Annotated[Path, typer.Option("--index", help="index directory", envvar="SKETCHFIND_INDEX")] = Path(
+        "sketchfind-index"
+    ),
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    model: Annotated[str | None, typer.Option(help="model name (default: the index's model)")] = None,
+    weights: Annotated[Path | None, typer.Option(help="weights file for --model")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="bearer token that allows photo upload/delete", envvar="SKETCHFIND_TOKEN")
+    ] = None,
+) -> None:
+    """Serve the draw-to-search page and the REST API (indexing PHOTOS first when given)."""
+    from .service.run import serve as run_serve
+    from .service.settings import Settings
+
+    settings = Settings(index=index, model=model, weights=weights, token=token)
+    run_serve(settings, photos, host, port, console)
+
+
+@app.command("explain")
+@friendly
+def explain(
+    sketch: Annotated[Path, typer.Argument(help="the sketch (PNG/JPEG/SVG/QuickDraw JSON)")],
+    photo: Annotated[Path, typer.Argument(help="the photo")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write: both images with their heat-maps")] = Path(
+        "explanation.png"
+    ),
+    model: Annotated[str | None, typer.Option(help="model name (default: the default model)")] = None,
+    weights: Annotated[Path | None, typer.Option(help="weights file for --model")] = None,
+) -> None:
+    """Show which parts of SKETCH match which parts of PHOTO (token-correspondence heat-maps)."""
+    from .explain import explain as explain_pair
+    from .models import load_model
+
+    explanation, images = explain_pair(load_model(model, weights=weights), sketch, photo)
+    try:
+        images["combined"].save(out, format="PNG")
+    except OSError as err:
+        raise SketchfindError(f"cannot write {out}: {err.strerror or err}") from err
+    grid = f"{explanation.grid}x{explanation.grid}"
+    print(f"match score {explanation.score:.3f} ({explanation.source} map {grid}) -> {out}")
+
+
 if __name__ == "__main__":
     app()

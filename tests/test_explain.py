@@ -1,0 +1,117 @@
+"""Explanations: the heat-maps come from the pair's own score computation and render as readable PNGs."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+import sketchfind
+from sketchfind.explain import DISPLAY_SIZE, colorize, explain, explain_tokens, png_bytes
+from sketchfind.models import create_model
+from sketchfind.preprocess import preprocess_photo, sketch_array, to_tensor
+
+from .conftest import SKETCHY
+
+SKETCH = sorted((SKETCHY / "sketches" / "airplane").glob("*.png"))[0]
+PHOTO = sorted((SKETCHY / "photos" / "airplane").glob("*.jpg"))[0]
+
+
+@pytest.fixture()
+def linear_model():
+    """zse-tiny with the per-token ("linear") relation head, as zse-lite0 has: spatial anchors."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(sketchfind.get_model_config("zse-tiny"), downsample="linear", rn_hidden=(32, 8))
+    return create_model(cfg).eval()
+
+
+def _tokens(model, sketch, photo):
+    cfg = model.cfg.preprocess
+    squared = sketch_array(sketch, cfg)
+    with torch.inference_mode():
+        sketch_tokens = model.encode_sketch(to_tensor(squared, cfg)[None])
+        photo_tokens = model.encode_photo(preprocess_photo(photo, cfg)[None])
+    return squared, sketch_tokens, photo_tokens
+
+
+@pytest.mark.parametrize("which", ["tiny_model", "linear_model"])
+def test_explanation_is_the_pairs_own_score_and_map(which, request):
+    model = request.getfixturevalue(which)
+    squared, sketch_tokens, photo_tokens = _tokens(model, SKETCH, PHOTO)
+    explanation = explain_tokens(model, sketch_tokens, photo_tokens, squared)
+
+    # the score shown is the relation score the re-ranker computes for the same pair
+    with torch.inference_mode():
+        expected = float(model.relation_scores(sketch_tokens, photo_tokens)[0, 0])
+    assert explanation.score == pytest.approx(expected, abs=1e-5)
+
+    if which == "linear_model":  # anchors are tokens: the map is the relation head's cosine map itself
+        assert explanation.source == "cosine"
+        with torch.inference_mode():
+            sketch_ca, photo_ca = model.cross(sketch_tokens, photo_tokens)
+            cos = model.relation.cosine_map(model.relation.downsample(sketch_ca), model.relation.downsample(photo_ca))
+        np.testing.assert_allclose(explanation.matrix, cos[0].numpy(), atol=1e-6)
+    else:  # the official conv2x2 head's anchors mix all regions: cross-attention between patch tokens instead
+        assert explanation.source == "cross-attention"
+        rows = explanation.matrix.sum(axis=1)
+        assert np.all(rows > 0) and explanation.matrix.min() >= 0
+    cells = model.cfg.grid**2
+    assert explanation.matrix.shape == (cells, cells)
+    for heat in (explanation.sketch_heat, explanation.photo_heat):
+        assert heat.shape == (model.cfg.grid, model.cfg.grid)
+        assert heat.min() == pytest.approx(0) and heat.max() == pytest.approx(1)
+    # each link is a sketch cell's best photo cell
+    for sketch_cell, photo_cell, strength in explanation.links:
+        assert photo_cell == int(explanation.matrix[sketch_cell].argmax())
+        assert 0 <= strength <= 1
+
+
+def test_links_start_only_where_the_sketch_has_ink(linear_model):
+    canvas = Image.new("RGB", (256, 256), "white")
+    ImageDraw.Draw(canvas).ellipse([20, 20, 110, 110], outline="black", width=4)  # ink in the top-left only
+    canvas_arr = np.asarray(canvas)
+    squared, sketch_tokens, photo_tokens = _tokens(linear_model, canvas_arr, PHOTO)
+    # crop-to-ink makes the circle fill the square: check against the model's own view of the sketch
+    explanation = explain_tokens(linear_model, sketch_tokens, photo_tokens, squared)
+    grid, size = explanation.grid, squared.shape[0]
+    ink = squared.sum(axis=2) <= 300
+    for sketch_cell, _, _ in explanation.links:
+        row, col = divmod(sketch_cell, grid)
+        block = ink[row * size // grid : (row + 1) * size // grid + 1, col * size // grid : (col + 1) * size // grid + 1]
+        assert block.any(), f"link from cell {sketch_cell} which holds no ink"
+
+
+def test_rendered_overlays(tiny_model):
+    wide = Image.open(PHOTO).convert("RGB").resize((300, 150))  # not square: the overlay keeps its aspect
+    explanation, images = explain(tiny_model, SKETCH, wide)
+    assert images["sketch"].size == (DISPLAY_SIZE, DISPLAY_SIZE)
+    assert images["photo"].size == (DISPLAY_SIZE, DISPLAY_SIZE // 2)
+    combined = Image.open(io.BytesIO(png_bytes(images["combined"])))
+    assert combined.format == "PNG" and combined.width > 2 * DISPLAY_SIZE
+    # the heat wash is visible: the overlay is coloured, not the grey photo / black-on-white sketch
+    sketch_rgb = np.asarray(images["sketch"]).astype(int)
+    assert (sketch_rgb.max(axis=2) - sketch_rgb.min(axis=2)).mean() > 10
+    # hottest sketch cell is rendered in the hot colour
+    assert tuple(colorize(np.array([1.0]))[0]) == (230, 30, 20)
+    assert 0 < explanation.score < 1
+
+
+def test_explain_command_writes_a_png(tmp_path, tiny_model):
+    from sketchfind.cli import app
+    from sketchfind.models.factory import save_weights
+
+    weights = tmp_path / "tiny.safetensors"
+    save_weights(tiny_model, weights)
+    out = tmp_path / "why.png"
+    result = CliRunner().invoke(app, ["explain", str(SKETCH), str(PHOTO), "--out", str(out), "--weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert "match score" in result.output
+    assert Image.open(out).format == "PNG"
+
+    bad = CliRunner().invoke(app, ["explain", str(tmp_path / "missing.png"), str(PHOTO), "--weights", str(weights)])
+    assert bad.exit_code == 1 and "not found" in bad.output
