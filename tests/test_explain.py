@@ -82,7 +82,8 @@ def test_links_start_only_where_the_sketch_has_ink(linear_model):
     ink = squared.sum(axis=2) <= 300
     for sketch_cell, _, _ in explanation.links:
         row, col = divmod(sketch_cell, grid)
-        block = ink[row * size // grid : (row + 1) * size // grid + 1, col * size // grid : (col + 1) * size // grid + 1]
+        rows = slice(row * size // grid, (row + 1) * size // grid + 1)
+        block = ink[rows, col * size // grid : (col + 1) * size // grid + 1]
         assert block.any(), f"link from cell {sketch_cell} which holds no ink"
 
 
