@@ -121,5 +121,167 @@ def explain(
     print(f"match score {explanation.score:.3f} ({explanation.source} map {grid}) -> {out}")
 
 
+# ---------------------------------------------------------------------------------------------
+# index and search (issue 5): thin wrappers over sketchfind.index and sketchfind.search.Searcher
+
+IndexDir = Annotated[Path, typer.Option("--index", "-i", help="index directory")]
+ModelName = Annotated[str | None, typer.Option("--model", help="model name (default: the index's model)")]
+WeightsFile = Annotated[Path | None, typer.Option("--weights", help="weights file (with the model config inside)")]
+
+
+def _model_or_none(model: str | None, weights: Path | None):
+    from .models import load_model
+
+    return load_model(model, weights=weights) if (model or weights) else None
+
+
+@app.command("index")
+@friendly
+def index_cmd(
+    photos: Annotated[list[Path], typer.Argument(help="photo files and folders (recursive; JPEG/PNG/WebP/BMP)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="index directory (created or updated)")],
+    model: ModelName = None,
+    weights: WeightsFile = None,
+    embedder: Annotated[str, typer.Option(help="global embedding for clustering: default | clip")] = "default",
+    clip_model: Annotated[str | None, typer.Option(help="open_clip model name (--embedder clip)")] = None,
+    clip_weights: Annotated[Path | None, typer.Option(help="local open_clip weights file")] = None,
+    clip_config: Annotated[Path | None, typer.Option(help="open_clip model config JSON (custom models)")] = None,
+    clusters: Annotated[int | None, typer.Option(help="K-means clusters (default 125, capped when small)")] = None,
+    tokens: Annotated[str, typer.Option(help="token storage: int6 | int8 | int4 | fp16 | fp32 (new index)")] = "int6",
+    batch_size: Annotated[int, typer.Option(help="photos per model batch")] = 32,
+    label_from_folder: Annotated[bool, typer.Option(help="label each photo with its folder name")] = False,
+    report: Annotated[Path | None, typer.Option(help="write the full report (incl. every failed file) as JSON")] = None,
+) -> None:
+    """Index photos (only new or changed files when the index exists); unreadable files are skipped and listed."""
+    import json
+
+    from .index import build_index
+
+    result = build_index(photos, out, _model_or_none(model, weights), weights=weights, batch_size=batch_size,
+                         embedder=embedder, clip_model=clip_model, clip_weights=clip_weights, clip_config=clip_config,
+                         token_storage=tokens, n_clusters=clusters, label_from_folder=label_from_folder, progress=True)
+    for path, reason in result.failed[:20]:
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+    if len(result.failed) > 20:
+        console.print(f"... and {len(result.failed) - 20} more (see --report)")
+    if report is not None:
+        report.write_text(json.dumps(result.to_dict(), indent=2))
+    print(f"{out}: {len(result.new)} new, {len(result.updated)} updated, {len(result.skipped)} unchanged, "
+          f"{len(result.failed)} failed; {result.photos} photos in the index ({result.seconds:.1f} s)")
+
+
+@app.command("search")
+@friendly
+def search_cmd(
+    sketches: Annotated[list[Path], typer.Argument(help="sketch files or folders (PNG/JPEG/WebP/BMP/SVG/strokes)")],
+    index: IndexDir,
+    top_k: Annotated[str, typer.Option("--top-k", "-k", help="photos per sketch, or 'all'")] = "10",
+    strategy: Annotated[str, typer.Option(help="exhaustive | clustered | ann")] = "ann",
+    fmt: Annotated[str, typer.Option("--format", help="table | json (JSON Lines, one object per sketch)")] = "table",
+    grid: Annotated[Path | None, typer.Option(help="also draw the results as a PNG grid")] = None,
+    rerank_k: Annotated[int | None, typer.Option(help="photos re-ranked by the relation network (ann)")] = None,
+    model: ModelName = None,
+    weights: WeightsFile = None,
+) -> None:
+    """Rank the indexed photos for each sketch (the model is loaded once)."""
+    import json
+
+    from .search import Searcher, sketch_files
+
+    if fmt not in ("table", "json"):
+        raise SketchfindError(f"unknown format {fmt!r}; choose table or json")
+    k = None if top_k.lower() == "all" else _positive_int(top_k, "--top-k")
+    sources = sketch_files(sketches)
+    failed, drawn = 0, []
+    with Searcher.open(index, _model_or_none(model, weights), strategy=strategy, rerank_k=rerank_k) as searcher:
+        for source in sources:
+            try:
+                result = searcher.search(source, k=k)
+            except SketchfindError as exc:
+                failed += 1
+                console.print(f"[red]error:[/red] {exc}", highlight=False)
+                continue
+            drawn.append((source, result))
+            if fmt == "json":
+                print(json.dumps(result.to_dict()), flush=True)
+            else:
+                _print_result(result)
+    if grid is not None and drawn:
+        from .grid import render_grid
+
+        console.print(f"grid -> {render_grid(drawn, grid)}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _positive_int(text: str, option: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise SketchfindError(f"{option} must be a positive number or 'all', got {text!r}")
+    return int(text)
+
+
+def _print_result(result) -> None:
+    from rich.table import Table
+
+    table = Table("rank", "score", "photo", title=f"{result.query}  ({result.strategy}, {result.seconds:.3f} s)")
+    for hit in result.hits:
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.path)
+    Console().print(table)
+
+
+@app.command("remove")
+@friendly
+def remove_cmd(
+    targets: Annotated[list[str], typer.Argument(help="photo ids, photo paths or folders")],
+    index: IndexDir,
+) -> None:
+    """Remove photos from an index (atomically)."""
+    from .index import remove_photos
+
+    removed = remove_photos(index, targets)
+    if not removed:
+        raise SketchfindError(f"nothing in {index} matches {' '.join(targets)}")
+    print(f"removed {removed} photos from {index}")
+
+
+@app.command("info")
+@friendly
+def info_cmd(
+    index: Annotated[Path, typer.Argument(help="index directory")],
+    fmt: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+) -> None:
+    """Show what an index holds: model, counts, storage, FAISS index and clusters."""
+    import json
+
+    from .index import index_info
+
+    info = index_info(index)
+    if fmt == "json":
+        print(json.dumps(info, indent=2))
+        return
+    model, tokens, ann, clusters = info["model"], info["tokens"], info["ann"], info["clusters"]
+    print(f"index      {index}\nphotos     {info['counts']['photos']}\n"
+          f"model      {model['name']} (config {model['config_hash']}, weights {model['fingerprint']})\n"
+          f"tokens     {tokens['storage']}, {tokens['num_tokens']}x{tokens['width']}, "
+          f"{tokens['row_bytes']} bytes/photo (fp32: {tokens['fp32_row_bytes']})\n"
+          f"ann        FAISS {ann['type']} ({ann['metric']}), params {ann['search_params']}\n"
+          f"clusters   {clusters['n_clusters']} (requested {clusters['requested']}) by "
+          f"{info['global_embedder']['kind']} embeddings\n"
+          f"disk       {info['bytes']['total'] / 2**20:.1f} MiB, {info['bytes']['per_photo']:.0f} bytes/photo")
+
+
+@app.command("recluster")
+@friendly
+def recluster_cmd(
+    index: IndexDir,
+    clusters: Annotated[int | None, typer.Option(help="new number of clusters (default: keep)")] = None,
+) -> None:
+    """Run K-means again over the stored global embeddings (e.g. after many additions)."""
+    from .index import recluster
+
+    info = recluster(index, clusters)
+    print(f"{index}: {info['clusters']['n_clusters']} clusters over {info['counts']['photos']} photos")
+
+
 if __name__ == "__main__":
     app()

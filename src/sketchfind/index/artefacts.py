@@ -1,0 +1,198 @@
+"""Derived artefacts of an index: the FAISS index over [Ret] embeddings, the clusters, index_info.json.
+
+All three are rebuilt from the committed store (:mod:`.store`) whenever they are missing or stale
+(their generation differs from the store's), so a crash while writing them loses nothing. They are
+written to temporary files and moved into place with ``os.replace``; ``index_info.json`` goes last
+and names the generation-stamped files it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..cluster import Clusters, build_clusters, cluster_count
+from .store import FORMAT_VERSION, IndexStore, Snapshot, crash_point
+
+INFO_NAME = "index_info.json"
+DEFAULT_ANN = "SQ8"  # exact inner-product scan over 8-bit [Ret] codes: ~9 MB and a few ms at 70k photos
+ANN_SEARCH_DEFAULTS = {"HNSW": {"efSearch": 128}, "IVF": {"nprobe": 16}}
+
+
+@dataclass
+class Artefacts:
+    """The derived search structures of one store generation."""
+
+    generation: int
+    ann: faiss.Index | None  # over L2-normalised [Ret] embeddings, position i = snapshot.ids[i]
+    clusters: Clusters | None
+    info: dict
+
+
+def read_info(root: str | Path) -> dict | None:
+    """index_info.json, or None when missing or unreadable."""
+    try:
+        return json.loads((Path(root) / INFO_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ret_embeddings(store: IndexStore, snapshot: Snapshot, chunk: int = 8192) -> np.ndarray:
+    """(N, D) L2-normalised [Ret] embeddings decoded from the stored tokens."""
+    parts = [np.zeros((0, store.codec.D), np.float32)]
+    for start in range(0, len(snapshot), chunk):
+        codes = store.read_codes(snapshot, np.arange(start, min(len(snapshot), start + chunk)))
+        parts.append(store.codec.decode_first(codes))
+    emb = np.concatenate(parts)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def default_search_params(ann_type: str) -> dict:
+    """Search parameters recorded with an index type (set explicitly by the Searcher at load)."""
+    return next((dict(v) for k, v in ANN_SEARCH_DEFAULTS.items() if k in ann_type), {})
+
+
+def build_ann(embeddings: np.ndarray, ann_type: str = DEFAULT_ANN) -> faiss.Index:
+    """A FAISS inner-product index over (N, D) embeddings (factory string ``ann_type``)."""
+    index = faiss.index_factory(embeddings.shape[1], ann_type, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(embeddings)
+    index.add(embeddings)
+    return index
+
+
+def load_or_build(store: IndexStore, snapshot: Snapshot, *, persist: bool, recluster: bool = False) -> Artefacts:
+    """Loads the artefacts of this generation, or rebuilds them (and writes them when ``persist``)."""
+    info = read_info(store.root)
+    if not recluster and info and info.get("generation") == snapshot.generation:
+        loaded = _load(store.root, info, len(snapshot))
+        if loaded is not None:
+            return loaded
+    return _rebuild(store, snapshot, info, persist=persist, recluster=recluster)
+
+
+def _load(root: Path, info: dict, n: int) -> Artefacts | None:
+    try:
+        ann = faiss.read_index(str(root / info["ann"]["file"])) if info["ann"].get("file") else None
+        clusters = None
+        if info["clusters"].get("file"):
+            with np.load(root / info["clusters"]["file"]) as z:
+                clusters = Clusters(z["centroids"], z["assign"], z["representatives"].astype(np.float32), z["sizes"])
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return None  # damaged or half-written: rebuilt from the store
+    if (ann is not None and ann.ntotal != n) or (clusters is not None and len(clusters.assign) != n):
+        return None
+    return Artefacts(info["generation"], ann, clusters, info)
+
+
+def _previous_centroids(store: IndexStore, info: dict | None, n_clusters: int, n: int) -> np.ndarray | None:
+    """Centroids of the last clustering when still fitting: same count, gallery at most doubled."""
+    if not info or not info.get("clusters", {}).get("file"):
+        return None
+    meta = info["clusters"]
+    if meta.get("n_clusters") != n_clusters or n > 2 * max(1, meta.get("photos_when_clustered", 0)):
+        return None
+    try:
+        with np.load(store.root / meta["file"]) as z:
+            return z["centroids"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _rebuild(store: IndexStore, snapshot: Snapshot, info: dict | None, *, persist: bool, recluster: bool) -> Artefacts:
+    n, gen = len(snapshot), snapshot.generation
+    ann_type = store.meta.get("ann_type", DEFAULT_ANN)
+    ann = clusters = None
+    n_clusters = cluster_count(n, store.meta.get("n_clusters", 125))
+    clustered_at = (info or {}).get("clusters", {}).get("photos_when_clustered", n)
+    if n:
+        ann = build_ann(ret_embeddings(store, snapshot), ann_type)
+        centroids = None if recluster else _previous_centroids(store, info, n_clusters, n)
+        clustered_at = clustered_at if centroids is not None else n
+        clusters = build_clusters(
+            store.global_embeddings(snapshot), store.iter_tokens(snapshot), n_clusters=n_clusters, centroids=centroids
+        )
+    new_info = _info(store, snapshot, ann_type, clusters, clustered_at)
+    if persist:
+        _write(store, new_info, ann, clusters)
+    return Artefacts(gen, ann, clusters, new_info)
+
+
+def _info(store: IndexStore, snapshot: Snapshot, ann_type: str, clusters: Clusters | None, clustered_at: int) -> dict:
+    n, gen, meta, codec = len(snapshot), snapshot.generation, store.meta, store.codec
+    return {
+        "format_version": FORMAT_VERSION,
+        "generation": gen,
+        "updated": time.time(),
+        "model": meta["model"],
+        "tokens": {
+            "storage": codec.kind,
+            "num_tokens": codec.T,
+            "width": codec.D,
+            "row_bytes": codec.row_bytes,
+            "fp32_row_bytes": codec.T * codec.D * 4,
+        },
+        "global_embedder": {
+            **meta["embedder"],
+            "dim": store.gcodec.G,
+            "storage": "uint4 per-vector min/max",
+            "row_bytes": store.gcodec.row_bytes,
+        },
+        "counts": {"photos": n},
+        "ann": {
+            "file": f"ann-{gen}.faiss" if n else None,
+            "type": ann_type,
+            "metric": "inner_product",
+            "embedding": "L2-normalised [Ret] token",
+            "search_params": default_search_params(ann_type),
+        },
+        "clusters": {
+            "file": f"clusters-{gen}.npz" if clusters is not None else None,
+            "n_clusters": clusters.n_clusters if clusters is not None else 0,
+            "requested": meta.get("n_clusters", 125),
+            "photos_when_clustered": clustered_at,
+            "kmeans": {"spherical": True, "niter": 20, "seed": 0},
+        },
+    }
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write(store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clusters | None) -> None:
+    root = store.root
+    if ann is not None:
+        _replace(root / info["ann"]["file"], lambda p: faiss.write_index(ann, str(p)))
+    if clusters is not None:
+
+        def save(p: Path) -> None:
+            with open(p, "wb") as f:
+                np.savez(
+                    f,
+                    centroids=clusters.centroids,
+                    assign=clusters.assign,
+                    sizes=clusters.sizes,
+                    representatives=clusters.representatives.astype(np.float16),
+                )
+
+        _replace(root / info["clusters"]["file"], save)
+    keep = {info["ann"]["file"], info["clusters"]["file"]}
+    for path in root.iterdir():  # artefacts of older generations (a crash from here on means a rebuild)
+        if path.name.startswith(("ann-", "clusters-")) and path.name not in keep:
+            path.unlink(missing_ok=True)
+    crash_point("artefacts-written")
+    store.checkpoint()
+    total = store.disk_bytes()
+    info["bytes"] = {"total": total, "per_photo": total / max(1, info["counts"]["photos"])}
+    _replace(root / INFO_NAME, lambda p: p.write_text(json.dumps(info, indent=2)))

@@ -1,0 +1,401 @@
+"""``build_index``: photos -> index directory, as reader -> mapper -> writer stages.
+
+* reader + mapper (a thread pool, running ahead of the model): read bytes, hash, decode, preprocess;
+* model (main thread): ``encode_with_global`` on a batch, plus the CLIP tower when clustering by CLIP;
+* writer: quantise and commit the batch atomically (:meth:`IndexStore.commit_batch`).
+Decoding overlaps compute because Pillow and torch release the GIL. A file that cannot be read or
+decoded is listed in the report and skipped; it never aborts the run. Running it again indexes only
+new or changed files (size + mtime, then the content hash) and resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import IndexStoreError, SketchfindError
+from ..models.zse import ZSEModel
+from ..preprocess import MAX_FILE_BYTES, preprocess_photo, read_photo
+from .artefacts import load_or_build
+from .codec import DEFAULT_TOKEN_KIND
+from .embedders import embedder_from_spec, make_embedder
+from .store import IndexStore, PhotoRow, model_fingerprint
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass
+class BuildReport:
+    """What one ``build_index`` run did."""
+
+    index_dir: str
+    new: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already indexed with the same content
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    photos: int = 0  # photos in the index afterwards
+    seconds: float = 0.0
+    encode_seconds: float = 0.0  # time inside the model
+
+    @property
+    def photos_per_second(self) -> float:
+        """Newly encoded photos per wall-clock second."""
+        return (len(self.new) + len(self.updated)) / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {**asdict(self), "photos_per_second": self.photos_per_second}
+
+
+def model_meta(model: ZSEModel, weights: str | Path | None = None) -> dict:
+    """The model identity an index records (name, config hash, weights fingerprint, where to load it)."""
+    cfg = model.cfg
+    return {
+        "name": cfg.name,
+        "config_hash": cfg.hash(),
+        "fingerprint": model_fingerprint(model),
+        "weights": str(Path(weights).resolve()) if weights else None,
+        "num_tokens": cfg.num_tokens,
+        "width": cfg.width,
+        "config": cfg.to_dict(),
+    }
+
+
+def check_model(recorded: dict, model: ZSEModel, index_dir: str | Path) -> None:
+    """IndexStoreError unless ``model`` is the model the index was built with."""
+    if recorded["config_hash"] != model.cfg.hash():
+        raise IndexStoreError(
+            f"{index_dir} was built with model {recorded['name']!r} "
+            f"(config {recorded['config_hash']}), not {model.cfg.name!r} ({model.cfg.hash()})"
+        )
+    if recorded["fingerprint"] != model_fingerprint(model):
+        raise IndexStoreError(
+            f"{index_dir} was built with other {recorded['name']!r} weights "
+            f"(fingerprint {recorded['fingerprint']}); pass the weights it was built with"
+        )
+
+
+def load_index_model(meta: dict, index_dir) -> ZSEModel:
+    """The model an index records (its weights file, or the weights shipped in the package)."""
+    from ..models.factory import load_model, shipped_weights
+
+    weights = meta.get("weights")
+    if weights and Path(weights).is_file():
+        return load_model(meta["name"], weights=weights)
+    if shipped_weights(meta["name"]) is not None:
+        return load_model(meta["name"])
+    where = f" from {weights}" if weights else ""
+    raise IndexStoreError(
+        f"{index_dir} was built with model {meta['name']!r}{where}, which cannot be loaded "
+        "here: pass the model (or --weights)"
+    )
+
+
+def scan_photos(sources) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to index from files and folders (recursive, JPEG/PNG/WebP/BMP) + sources that do not exist."""
+    found, missing = set(), []
+    for source in [sources] if isinstance(sources, str | os.PathLike) else sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            found.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.add(path.resolve())
+        else:
+            missing.append((str(path), "not found"))
+    return sorted(found), missing
+
+
+def open_or_create(
+    out_dir: Path,
+    model: ZSEModel,
+    *,
+    weights=None,
+    embedder: str = "default",
+    token_storage: str = DEFAULT_TOKEN_KIND,
+    n_clusters: int | None = None,
+    **clip,
+) -> tuple:
+    """(writable store, embedder) for a new or existing index built with ``model``."""
+    if (out_dir / "index.sqlite").is_file():
+        try:
+            store = IndexStore.open(out_dir, writable=True)
+        except IndexStoreError as exc:
+            if "interrupted" not in str(exc):
+                raise
+            (out_dir / "index.sqlite").unlink()  # creation never committed: nothing to lose
+            return open_or_create(
+                out_dir,
+                model,
+                weights=weights,
+                embedder=embedder,
+                token_storage=token_storage,
+                n_clusters=n_clusters,
+                **clip,
+            )
+        try:
+            check_model(store.meta["model"], model, out_dir)
+            if embedder != store.meta["embedder"]["kind"]:
+                raise IndexStoreError(
+                    f"{out_dir} clusters by the {store.meta['embedder']['kind']!r} embedder, "
+                    f"not {embedder!r}: build a new index to change it"
+                )
+            emb = embedder_from_spec(store.meta["embedder"], model)
+            if n_clusters is not None and n_clusters != store.meta.get("n_clusters"):
+                store.set_meta("n_clusters", n_clusters)
+        except BaseException:
+            store.close()
+            raise
+        return store, emb
+    emb = make_embedder(embedder, model, **clip)
+    norm = model.encoder.norm
+    store = IndexStore.create(
+        out_dir,
+        model_meta=model_meta(model, weights),
+        token_storage=token_storage,
+        embedder=emb.spec(),
+        global_dim=emb.dim,
+        ln_affine=(norm.weight.detach().tolist(), norm.bias.detach().tolist()),
+    )
+    if n_clusters is not None:
+        store.set_meta("n_clusters", n_clusters)
+    return store, emb
+
+
+def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_folder: bool):
+    """Reader + mapper for one file -> ('ok', PhotoRow, tensor, clip tensor) | ('same', id, mtime) | ('failed', ...)."""
+    try:
+        stat = path.stat()
+        if stat.st_size > MAX_FILE_BYTES:
+            return "failed", str(path), f"larger than {MAX_FILE_BYTES // 2**20} MiB"
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).digest()
+        if known is not None and known[3] == sha:
+            return "same", known[0], stat.st_mtime_ns, str(path)
+        image = read_photo(data)
+        x = preprocess_photo(image, model_pre)
+        y = preprocess_photo(image, clip_pre) if clip_pre is not None else None
+        label = path.parent.name if label_from_folder else None
+        row = PhotoRow(str(path), sha, len(data), stat.st_mtime_ns, label, known[0] if known else None)
+        return "ok", row, x, y
+    except SketchfindError as exc:
+        return "failed", str(path), str(exc).replace("the image", "image")
+    except Exception as exc:  # anything a broken file can raise must not stop the run
+        return "failed", str(path), f"{type(exc).__name__}: {exc}"
+
+
+def build_index(
+    sources,
+    out_dir: str | Path,
+    model: ZSEModel | None = None,
+    *,
+    weights=None,
+    batch_size: int = 32,
+    workers: int = 2,
+    embedder: str = "default",
+    clip_model: str | None = None,
+    clip_weights=None,
+    clip_config=None,
+    token_storage: str = DEFAULT_TOKEN_KIND,
+    n_clusters: int | None = None,
+    label_from_folder: bool = False,
+    progress: bool = False,
+) -> BuildReport:
+    """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
+
+    ``model=None``: the model an existing index was built with, or the default model for a new one."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if model is None:
+        model = _default_model(out_dir)
+    files, missing = scan_photos(sources)
+    report = BuildReport(str(out_dir), failed=list(missing))
+    store, emb = open_or_create(
+        out_dir,
+        model,
+        weights=weights,
+        embedder=embedder,
+        token_storage=token_storage,
+        n_clusters=n_clusters,
+        clip_model=clip_model,
+        clip_weights=clip_weights,
+        clip_config=clip_config,
+    )
+    try:
+        todo = _plan(files, store.file_states(), report)
+        with _progress(progress, len(todo), "indexing") as advance:
+            _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
+        snapshot = store.snapshot()
+        if progress and (report.new or report.updated):
+            print(f"clustering and writing the search index ({len(snapshot)} photos)...", file=sys.stderr)
+        load_or_build(store, snapshot, persist=True)
+        report.photos = len(snapshot)
+    finally:
+        store.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _default_model(out_dir: Path) -> ZSEModel:
+    if (out_dir / "index.sqlite").is_file():
+        with IndexStore.open(out_dir) as store:
+            return load_index_model(store.meta["model"], out_dir)
+    from ..models.factory import load_model
+
+    return load_model()
+
+
+def _plan(files: list[Path], states: dict, report: BuildReport) -> list[tuple[Path, tuple | None]]:
+    """Files whose size or mtime differ from the index (or that are new), with their known state."""
+    todo = []
+    for path in files:
+        known = states.get(str(path))
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            report.failed.append((str(path), exc.strerror or str(exc)))
+            continue
+        if known is not None and known[1] == stat.st_size and known[2] == stat.st_mtime_ns:
+            report.skipped.append(str(path))
+        else:
+            todo.append((path, known))
+    return todo
+
+
+def _run(
+    todo,
+    store: IndexStore,
+    model: ZSEModel,
+    emb,
+    report: BuildReport,
+    batch_size: int,
+    workers: int,
+    label_from_folder: bool,
+    advance,
+) -> None:
+    clip_pre = getattr(emb, "preprocess", None)
+    batch: list = []
+    touched: list[tuple[int, int]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            tokens, global_emb = model.encode_with_global(torch.stack([b[2] for b in batch]))  # (B,T,D), (B,G)
+            if clip_pre is not None:
+                global_emb = emb.embed(torch.stack([b[3] for b in batch]))
+        report.encode_seconds += time.perf_counter() - t0
+        rows = [b[1] for b in batch]
+        store.commit_batch(rows, store.codec.encode(tokens.numpy()), store.gcodec.encode(global_emb.numpy()))
+        for row in rows:
+            (report.updated if row.id is not None else report.new).append(row.path)
+        advance(len(batch))
+        batch.clear()
+
+    prefetch = max(2 * batch_size, 8)
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="sketchfind-decode") as pool:
+        pending: deque = deque()
+        items = iter(todo)
+
+        def fill() -> None:
+            while len(pending) < prefetch and (item := next(items, None)) is not None:
+                pending.append(pool.submit(_load_one, *item, model.cfg.preprocess, clip_pre, label_from_folder))
+
+        fill()
+        while pending:
+            result = pending.popleft().result()
+            fill()
+            if result[0] == "ok":
+                batch.append(result)
+                if len(batch) >= batch_size:
+                    flush()
+            else:
+                if result[0] == "same":
+                    touched.append((result[1], result[2]))
+                    report.skipped.append(result[3])
+                else:
+                    report.failed.append((result[1], result[2]))
+                advance(1)
+        flush()
+    store.touch(touched)
+
+
+class _progress:
+    """A rich progress bar (or nothing); ``advance(n)`` moves it."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label, self.bar = enabled and total > 0, total, label, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.bar.start()
+        task = self.bar.add_task(self.label, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def remove_photos(index_dir: str | Path, targets) -> int:
+    """Removes photos by id, path, or everything under a folder path; returns how many were removed."""
+    store = IndexStore.open(index_dir, writable=True)
+    try:
+        states = store.file_states()
+        ids = set()
+        for target in targets:
+            if isinstance(target, int | np.integer) or (isinstance(target, str) and target.isdigit()):
+                ids.add(int(target))
+                continue
+            path = str(Path(target).expanduser().resolve())
+            ids.update(v[0] for p, v in states.items() if p == path or p.startswith(path.rstrip("/") + "/"))
+        removed = store.remove(sorted(ids))
+        if removed:
+            load_or_build(store, store.snapshot(), persist=True)
+        return removed
+    finally:
+        store.close()
+
+
+def index_info(index_dir: str | Path) -> dict:
+    """index_info.json of an index, brought up to date in memory if it is stale (nothing is written)."""
+    with IndexStore.open(index_dir) as store:
+        snapshot = store.snapshot()
+        info = load_or_build(store, snapshot, persist=False).info
+        if "bytes" not in info:
+            total = store.disk_bytes()
+            info["bytes"] = {"total": total, "per_photo": total / max(1, len(snapshot))}
+        return info
+
+
+def recluster(index_dir: str | Path, n_clusters: int | None = None) -> dict:
+    """Runs K-means again (optionally with a new cluster count); returns the new index_info."""
+    store = IndexStore.open(index_dir, writable=True)
+    try:
+        if n_clusters is not None:
+            if n_clusters < 1:
+                raise IndexStoreError("the number of clusters must be at least 1")
+            store.set_meta("n_clusters", n_clusters)
+        return load_or_build(store, store.snapshot(), persist=True, recluster=True).info
+    finally:
+        store.close()

@@ -1,0 +1,487 @@
+"""The committed part of an index directory: SQLite metadata + append-only token shards.
+
+Commit protocol (a SIGKILL at any instant loses nothing committed before it):
+  1. a batch's token and global-embedding codes are appended to the open shard files and fsynced;
+  2. one SQLite transaction inserts/updates the photo rows that point at (shard, row), raises the
+     shard's committed row count and the store generation. That COMMIT is the commit point.
+Bytes beyond a shard's committed row count are orphans of a crashed batch: readers never look at
+them and the next writer truncates them. Derived artefacts (FAISS index, clusters, index_info.json)
+live in :mod:`.artefacts`, carry the generation they were built from and are rebuilt when stale.
+
+Layout: ``index.sqlite``, ``shards/tokens-00000.bin``, ``shards/global-00000.bin``, ``.lock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import IndexStoreError
+from .codec import DEFAULT_TOKEN_KIND, GlobalCodec, TokenCodec
+
+FORMAT_VERSION = 1
+SHARD_ROWS = 16384  # photos per shard file
+DB_NAME = "index.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY, rows INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS photos (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    sha256 BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    label TEXT,
+    added REAL NOT NULL,
+    shard INTEGER NOT NULL,
+    row INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    """One indexed photo."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    label: str | None
+    added: float
+
+
+@dataclass(frozen=True)
+class PhotoRow:
+    """A photo to commit: ``id`` is set when it replaces the tokens of an indexed path."""
+
+    path: str
+    sha256: bytes
+    size: int
+    mtime_ns: int
+    label: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The committed photos at one generation, in id order: position i <-> ids[i]."""
+
+    generation: int
+    ids: np.ndarray  # (N,) int64
+    shard: np.ndarray  # (N,) int32
+    row: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Short sha256 of every parameter and buffer: two models with equal fingerprints encode alike."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process at the n-th time ``name`` is reached when
+    ``SKETCHFIND_CRASH_AT=name:n`` is set (deterministic crash tests of the commit protocol)."""
+    spec = os.environ.get("SKETCHFIND_CRASH_AT")
+    if not spec or not spec.startswith(name + ":"):
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    if _CRASH_COUNTS[name] == int(spec.rsplit(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_CRASH_COUNTS: dict[str, int] = {}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class IndexStore:
+    """SQLite metadata + memory-mapped token shards of one index directory."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection, writable: bool, lock_fd: int | None):
+        self.root, self.conn, self.writable, self._lock_fd = root, conn, writable, lock_fd
+        self._db_lock = threading.RLock()  # one connection shared by the threads of a web service
+        self.meta = self._read_meta()
+        self._check_format()
+        self.codec = TokenCodec(
+            self.meta["token_storage"], self.meta["num_tokens"], self.meta["width"], *self.meta["ln_affine"]
+        )
+        self.gcodec = GlobalCodec(self.meta["global_dim"])
+        self._maps: dict[tuple[str, int], np.memmap] = {}
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path, *, writable: bool = False) -> IndexStore:
+        """Opens an existing index; a writer takes the directory lock and drops orphans of a crash."""
+        root = Path(root)
+        if not (root / DB_NAME).is_file():
+            raise IndexStoreError(
+                f"no sketchfind index at {root} (missing {DB_NAME}); build one with 'sketchfind index'"
+            )
+        lock_fd = _take_lock(root) if writable else None
+        try:
+            conn = _connect(root / DB_NAME)
+            if _read_meta_raw(conn).get("format_version") is None:
+                raise IndexStoreError(f"{root} holds an index whose creation was interrupted: build it again")
+            store = cls(root, conn, writable, lock_fd)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        if writable:
+            store._recover()
+        return store
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        *,
+        model_meta: dict,
+        token_storage: str = DEFAULT_TOKEN_KIND,
+        embedder: dict,
+        global_dim: int,
+        ln_affine: tuple[list, list],
+    ) -> IndexStore:
+        """A new, empty index (writable). Meta are committed in one transaction."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise IndexStoreError(f"{root} exists and is not a directory")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "shards").mkdir(exist_ok=True)
+        lock_fd = _take_lock(root)
+        try:
+            conn = _connect(root / DB_NAME)
+            existing = _read_meta_raw(conn)
+            if existing.get("format_version") is not None:
+                raise IndexStoreError(f"an index already exists at {root}")
+            TokenCodec(token_storage, model_meta["num_tokens"], model_meta["width"])  # validates the storage kind
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "generation": 0,
+                "created": time.time(),
+                "model": model_meta,
+                "token_storage": token_storage,
+                "num_tokens": model_meta["num_tokens"],
+                "width": model_meta["width"],
+                "ln_affine": [list(map(float, a)) for a in ln_affine],
+                "embedder": embedder,
+                "global_dim": global_dim,
+                "n_clusters": 125,
+            }
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
+                )
+            return cls(root, conn, True, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    def close(self) -> None:
+        """Closes the database and releases the writer lock."""
+        with self._db_lock:
+            self._maps.clear()
+            self.conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __enter__(self) -> IndexStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- meta ------------------------------------------------------------------------------------
+    def _read_meta(self) -> dict:
+        with self._db_lock:
+            return _read_meta_raw(self.conn)
+
+    def _check_format(self) -> None:
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise IndexStoreError(
+                f"{self.root} has index format {self.meta.get('format_version')}; "
+                f"this sketchfind reads format {FORMAT_VERSION}"
+            )
+
+    @property
+    def generation(self) -> int:
+        """Increases with every committed change."""
+        with self._db_lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(json.loads(row[0]))
+
+    def set_meta(self, key: str, value) -> None:
+        """Commits one meta value (e.g. the requested number of clusters)."""
+        self._require_writable()
+        with self._db_lock, self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self.meta[key] = value
+
+    # -- reading ---------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """Ids and shard addresses of every committed photo (one consistent read)."""
+        with self._db_lock, self.conn:
+            self.conn.execute("BEGIN")
+            gen = int(json.loads(self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]))
+            rows = np.array(self.conn.execute("SELECT id, shard, row FROM photos ORDER BY id").fetchall(), np.int64)
+        rows = rows.reshape(-1, 3)
+        return Snapshot(gen, rows[:, 0].copy(), rows[:, 1].astype(np.int32), rows[:, 2].copy())
+
+    def photo(self, photo_id: int) -> PhotoRecord:
+        """The record of one photo; IndexStoreError for an unknown id."""
+        records = self.photos([photo_id])
+        if not records:
+            raise IndexStoreError(f"unknown photo id {photo_id}")
+        return records[0]
+
+    def photos(self, ids) -> list[PhotoRecord]:
+        """Records of the given ids that exist, in the given order."""
+        ids = [int(i) for i in ids]
+        found: dict[int, PhotoRecord] = {}
+        with self._db_lock:
+            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                chunk = ids[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT id, path, sha256, size, label, added FROM photos WHERE id IN ({marks})"
+                for r in self.conn.execute(sql, chunk):
+                    found[r[0]] = PhotoRecord(r[0], r[1], r[2].hex(), r[3], r[4], r[5])
+        return [found[i] for i in ids if i in found]
+
+    def paths(self, snapshot: Snapshot) -> list[str]:
+        """Paths in snapshot order."""
+        with self._db_lock:
+            by_id = dict(self.conn.execute("SELECT id, path FROM photos"))
+        return [by_id.get(int(i), "") for i in snapshot.ids]
+
+    def labels(self, snapshot: Snapshot) -> list[str | None]:
+        """Labels in snapshot order."""
+        with self._db_lock:
+            by_id = dict(self.conn.execute("SELECT id, label FROM photos"))
+        return [by_id.get(int(i)) for i in snapshot.ids]
+
+    def file_states(self) -> dict[str, tuple[int, int, int, bytes]]:
+        """path -> (id, size, mtime_ns, sha256) for incremental indexing."""
+        with self._db_lock:
+            rows = self.conn.execute("SELECT path, id, size, mtime_ns, sha256 FROM photos").fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def _shard_map(self, kind: str, shard: int, rows: int) -> np.ndarray:
+        """(rows, row_bytes) read-only view of one shard's committed rows."""
+        row_bytes = self.codec.row_bytes if kind == "tokens" else self.gcodec.row_bytes
+        cached = self._maps.get((kind, shard))
+        if cached is None or cached.shape[0] < rows:
+            path = self.root / "shards" / f"{kind}-{shard:05d}.bin"
+            if not path.is_file() or path.stat().st_size < rows * row_bytes:
+                raise IndexStoreError(f"{path} is missing or shorter than its committed rows: the index is damaged")
+            cached = np.memmap(path, dtype=np.uint8, mode="r", shape=(rows, row_bytes))
+            self._maps[(kind, shard)] = cached
+        return cached
+
+    def read_codes(self, snapshot: Snapshot, positions: np.ndarray, kind: str = "tokens") -> np.ndarray:
+        """(n, row_bytes) codes of the photos at the given snapshot positions."""
+        positions = np.asarray(positions, np.int64)
+        row_bytes = self.codec.row_bytes if kind == "tokens" else self.gcodec.row_bytes
+        out = np.empty((len(positions), row_bytes), np.uint8)
+        shards, rows = snapshot.shard[positions], snapshot.row[positions]
+        for s in np.unique(shards):
+            sel = np.nonzero(shards == s)[0]
+            view = self._shard_map(kind, int(s), int(snapshot.row[snapshot.shard == s].max()) + 1)
+            out[sel] = view[rows[sel]]
+        return out
+
+    def tokens(self, snapshot: Snapshot, positions: np.ndarray) -> np.ndarray:
+        """(n, T, D) float32 tokens of the photos at the given positions."""
+        return self.codec.decode(self.read_codes(snapshot, positions))
+
+    def global_embeddings(self, snapshot: Snapshot) -> np.ndarray:
+        """(N, G) float32 L2-normalised global embeddings in snapshot order."""
+        emb = self.gcodec.decode(self.read_codes(snapshot, np.arange(len(snapshot)), "global"))
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    def iter_tokens(self, snapshot: Snapshot, chunk: int = 2048) -> Iterator[tuple[slice, np.ndarray]]:
+        """(positions slice, (n, T, D) tokens) over the whole snapshot, chunk by chunk."""
+        for start in range(0, len(snapshot), chunk):
+            stop = min(len(snapshot), start + chunk)
+            yield slice(start, stop), self.tokens(snapshot, np.arange(start, stop))
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise IndexStoreError("this index was opened read-only")
+
+    def _recover(self) -> None:
+        """Truncates shard bytes beyond the committed rows and deletes uncommitted shard files."""
+        with self._db_lock:
+            committed = dict(self.conn.execute("SELECT id, rows FROM shards"))
+        shard_dir = self.root / "shards"
+        shard_dir.mkdir(exist_ok=True)
+        for path in shard_dir.iterdir():
+            kind, _, number = path.stem.partition("-")
+            if path.suffix != ".bin" or kind not in ("tokens", "global") or not number.isdigit():
+                if path.name.endswith(".tmp"):
+                    path.unlink()
+                continue
+            row_bytes = self.codec.row_bytes if kind == "tokens" else self.gcodec.row_bytes
+            keep = committed.get(int(number), 0) * row_bytes
+            if keep == 0:
+                path.unlink()
+            elif path.stat().st_size > keep:
+                with open(path, "r+b") as f:
+                    f.truncate(keep)
+                    os.fsync(f.fileno())
+
+    def _append(self, kind: str, shard: int, start_row: int, rows: np.ndarray) -> None:
+        path = self.root / "shards" / f"{kind}-{shard:05d}.bin"
+        new = not path.exists()
+        with open(path, "w+b" if new else "r+b") as f:
+            f.seek(start_row * rows.shape[1])
+            data = rows.tobytes()
+            if os.environ.get("SKETCHFIND_CRASH_AT", "").startswith("shard-partial:"):
+                f.write(data[: len(data) // 2])
+                f.flush()
+                crash_point("shard-partial")
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        if new:
+            _fsync_dir(path.parent)
+
+    def commit_batch(self, photos: list[PhotoRow], token_rows: np.ndarray, global_rows: np.ndarray) -> list[int]:
+        """Appends a batch and commits it atomically; returns the photo ids in batch order."""
+        self._require_writable()
+        n = len(photos)
+        if not (len(token_rows) == len(global_rows) == n):
+            raise ValueError("photos, token rows and global rows differ in length")
+        with self._db_lock:
+            tail = self.conn.execute("SELECT id, rows FROM shards ORDER BY id DESC LIMIT 1").fetchone()
+        shard, used = tail if tail else (0, 0)
+        places, shard_rows, i = [], {}, 0
+        while i < n:
+            if used >= SHARD_ROWS:
+                shard, used = shard + 1, 0
+            take = min(n - i, SHARD_ROWS - used)
+            self._append("tokens", shard, used, token_rows[i : i + take])
+            self._append("global", shard, used, global_rows[i : i + take])
+            places += [(shard, used + j) for j in range(take)]
+            used, i = used + take, i + take
+            shard_rows[shard] = used
+        crash_point("shard-written")
+        now = time.time()
+        ids = []
+        with self._db_lock, self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(shard_rows.items()))
+            for photo, (s, r) in zip(photos, places, strict=True):
+                values = (photo.sha256, photo.size, photo.mtime_ns, photo.label, now, s, r)
+                if photo.id is None:
+                    cur = self.conn.execute(
+                        "INSERT INTO photos (sha256, size, mtime_ns, label, added, shard, row, path) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*values, photo.path),
+                    )
+                    ids.append(cur.lastrowid)
+                else:
+                    self.conn.execute(
+                        "UPDATE photos SET sha256=?, size=?, mtime_ns=?, label=?, added=?, shard=?, row=? WHERE id=?",
+                        (*values, photo.id),
+                    )
+                    ids.append(photo.id)
+            self._bump_generation()
+        crash_point("committed")
+        return ids
+
+    def touch(self, updates: list[tuple[int, int]]) -> None:
+        """Records new modification times ((id, mtime_ns)) of files whose content did not change."""
+        self._require_writable()
+        if updates:
+            with self._db_lock, self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany("UPDATE photos SET mtime_ns=? WHERE id=?", [(m, i) for i, m in updates])
+
+    def remove(self, ids) -> int:
+        """Removes photos by id (their shard bytes become unreferenced); returns how many existed."""
+        self._require_writable()
+        ids = [int(i) for i in ids]
+        removed = 0
+        with self._db_lock, self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(ids), 900):
+                chunk = ids[start : start + 900]
+                removed += self.conn.execute(
+                    f"DELETE FROM photos WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                ).rowcount
+            if removed:
+                self._bump_generation()
+        return removed
+
+    def _bump_generation(self) -> None:
+        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+
+    def checkpoint(self) -> None:
+        """Folds the SQLite write-ahead log into the database file (keeps the directory compact)."""
+        with self._db_lock:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def disk_bytes(self) -> int:
+        """Bytes used by the whole index directory."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        return conn
+    except sqlite3.DatabaseError as exc:
+        raise IndexStoreError(f"{path} is not a readable index database: {exc}") from exc
+
+
+def _read_meta_raw(conn: sqlite3.Connection) -> dict:
+    try:
+        return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    except sqlite3.DatabaseError as exc:
+        raise IndexStoreError(f"the index database is damaged: {exc}") from exc
+
+
+def _take_lock(root: Path) -> int:
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexStoreError(
+            f"{root} is being written by another sketchfind process; try again when it is done"
+        ) from None
+    return fd
