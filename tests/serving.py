@@ -36,7 +36,7 @@ def build_test_index(out_dir: Path, model, paths: list[Path]) -> Path:
     """A real index of ``paths`` built with ``model`` (the same code path as ``sketchfind index``)."""
     from sketchfind.index import build_index
 
-    build_index(paths, out_dir, model)
+    build_index(paths, out_dir, model, label_from_folder=True)
     return out_dir
 
 

@@ -84,7 +84,9 @@ async def read_sketch(request: Request, model: type[BaseModel]) -> SketchRequest
         return _from_json(await request.body(), model)
     if content_type.startswith("image/") or content_type in ("application/octet-stream",):
         data = await request.body()
-        return SketchRequest(data, _validate(model, {"image": "-", **request.query_params}, skip="image"))
+        return SketchRequest(
+            data, _validate(model, {"image": "-", **_known(request.query_params, model)}, skip="image")
+        )
     raise ApiError(
         415,
         "send the sketch as multipart/form-data (field 'sketch'), as JSON "
@@ -99,7 +101,13 @@ async def _from_form(request: Request, model: type[BaseModel]) -> SketchRequest:
         raise ApiError(422, "the form needs a file field named 'sketch'", "invalid_request")
     data = await upload.read()
     values = {key: value for key, value in form.items() if key != "sketch" and isinstance(value, str)}
-    return SketchRequest(data, _validate(model, {"image": "-", **request.query_params, **values}, skip="image"))
+    fields = {"image": "-", **_known(request.query_params, model), **values}
+    return SketchRequest(data, _validate(model, fields, skip="image"))
+
+
+def _known(params, model: type[BaseModel]) -> dict[str, str]:
+    """Query parameters that are fields of the body model (others, like ``format``, belong to the route)."""
+    return {key: value for key, value in params.items() if key in model.model_fields}
 
 
 def _from_json(body: bytes, model: type[BaseModel]) -> SketchRequest:

@@ -9,24 +9,34 @@ from rich.console import Console
 
 from .settings import Settings
 
+INDEX_DB = "index.sqlite"
 
-def update_index(photos: Path, settings: Settings, console: Console) -> Any:
-    """Build or update the index at ``settings.index`` from a photo folder, showing progress."""
+
+def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
+    """Build (or update) the index at ``settings.index`` from ``photos``, showing progress; the open Searcher."""
     from ..index import build_index
     from ..models import load_model
+    from ..search import Searcher
+    from .main import open_searcher
 
-    model = load_model(settings.model, weights=settings.weights) if (settings.model or settings.weights) else None
-    if model is None and not (settings.index / "index_info.json").exists():
-        model = load_model()  # a new index gets the default model
-    console.print(f"indexing {photos} into {settings.index} ...")
-    report = build_index([photos], settings.index, model, progress=True)
-    console.print(_summary(report))
-    return report
-
-
-def _summary(report: Any) -> str:
-    counts = {name: len(getattr(report, name, []) or []) for name in ("new", "updated", "skipped", "failed")}
-    return "index: " + ", ".join(f"{n} {name}" for name, n in counts.items())
+    console.print(f"indexing {photos} into {settings.index} (only new or changed photos) ...")
+    if (settings.index / INDEX_DB).is_file():  # an existing index keeps its own model
+        searcher = open_searcher(settings)
+        report = searcher.add_photos([photos], label_from_folder=True, progress=True)
+    else:
+        model = load_model(settings.model, weights=settings.weights)  # None: the default model
+        report = build_index(
+            [photos], settings.index, model, weights=settings.weights, label_from_folder=True, progress=True
+        )
+        kwargs = {"strategy": settings.strategy} if settings.strategy else {}
+        searcher = Searcher.open(settings.index, model=model, **kwargs)
+    console.print(
+        f"{len(report.new)} new, {len(report.updated)} updated, {len(report.skipped)} unchanged, "
+        f"{len(report.failed)} skipped as unreadable; {len(searcher)} photos in the index"
+    )
+    for path, reason in report.failed[:10]:
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+    return searcher
 
 
 def serve(settings: Settings, photos: Path | None, host: str, port: int, console: Console) -> None:
@@ -35,14 +45,13 @@ def serve(settings: Settings, photos: Path | None, host: str, port: int, console
 
     from .main import create_app, open_searcher
 
-    if photos is not None:
-        update_index(photos, settings, console)
-    searcher = open_searcher(settings)  # fail here, with a clean message, rather than inside uvicorn
+    # open the Searcher before uvicorn starts, so a missing index or model fails with a clean message
+    searcher = index_and_open(photos, settings, console) if photos is not None else open_searcher(settings)
     app = create_app(settings, searcher_factory=lambda _: searcher)
     where = f"http://{host}:{port}/"
     uploads = "enabled (bearer token)" if settings.token else "disabled (no --token)"
     console.print(
-        f"sketchfind is serving {settings.index} at [bold]{where}[/bold]  (API schema: {where}openapi.json; "
-        f"photo upload/delete: {uploads}); Ctrl-C stops it"
+        f"sketchfind: {len(searcher)} photos, serving at [bold]{where}[/bold]  (API schema: {where}openapi.json; "
+        f"photo upload/delete: {uploads}). Ctrl-C stops it."
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -26,10 +26,10 @@ async def info(state: State) -> Info:
     details = dict(state.searcher.info())
     settings = state.settings
     return Info(
-        photos=int(details.get("count", details.get("photos", 0)) or 0),
+        photos=len(state.searcher),
         model=state.searcher.model.cfg.name,
         strategies=["exhaustive", "clustered", "ann"],
-        default_strategy=settings.strategy or getattr(state.searcher, "strategy", None),
+        default_strategy=settings.strategy or state.searcher.settings.strategy,
         default_k=settings.default_k,
         max_k=settings.max_k,
         max_upload_bytes=settings.max_upload_bytes,

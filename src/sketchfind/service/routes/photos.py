@@ -114,12 +114,10 @@ async def upload(request: Request, state: State) -> UploadResponse:
             failed.append({"name": name, "error": str(err)})
 
     def add():
-        before = {path for _, path in saved}
         report = state.searcher.add_photos([path for _, path in saved]) if saved else None
-        return report, before
+        return report, _report_records(state.searcher, report, saved)
 
-    report, _ = await state.run(add)
-    added, skipped = _report_records(state.searcher, report, saved)
+    report, (added, skipped) = await state.run(add)
     failed += [{"name": name, "error": error} for name, error in _report_failures(report, saved)]
     return UploadResponse(added=added, skipped=skipped, failed=failed)
 
@@ -154,31 +152,25 @@ def _sniff_extension(data: bytes) -> str:
 
 def _report_records(searcher, report, saved) -> tuple[list[PhotoInfo], list[str]]:
     """Added photos (with their new ids) and the names of files that were already indexed."""
-    by_path = {str(path): name for name, path in saved}
-    records = {str(Path(r.path).resolve()): r for r in _all_records(searcher, [path for _, path in saved])}
-    new_paths = {str(Path(p).resolve()) for p in _paths(getattr(report, "new", []))}
-    new_paths |= {str(Path(p).resolve()) for p in _paths(getattr(report, "updated", []))}
-    added = [photo_info(records[p]) for p in by_path if p in new_paths and p in records]
-    skipped = [by_path[p] for p in by_path if p not in new_paths and p in records]
+    ids = {path: state[0] for path, state in searcher.store.file_states().items()}
+    changed = {str(Path(p).resolve()) for p in [*report.new, *report.updated]} if report else set()
+    added, skipped = [], []
+    for name, path in saved:
+        if str(path) in changed and str(path) in ids:
+            added.append(photo_info(searcher.photo(ids[str(path)])))
+        elif str(path) in ids:
+            skipped.append(name)
     return added, skipped
 
 
 def _report_failures(report, saved) -> list[tuple[str, str]]:
-    by_path = {str(path): name for name, path in saved}
-    out = []
-    for item in getattr(report, "failed", []) or []:
-        path, error = (item if isinstance(item, tuple | list) else (item, "could not be indexed"))[:2]
-        out.append((by_path.get(str(Path(path).resolve()), Path(str(path)).name), str(error)))
-    return out
-
-
-def _paths(items) -> list[str]:
-    return [str(item[0] if isinstance(item, tuple | list) else getattr(item, "path", item)) for item in items or []]
-
-
-def _all_records(searcher, paths) -> list:
-    find = getattr(searcher, "find_paths", None)
-    return list(find(paths)) if find else []
+    """(client's file name, reason) for each file the index builder could not use."""
+    names = {str(path): name for name, path in saved}
+    return (
+        [(names.get(str(Path(path).resolve()), Path(path).name), reason) for path, reason in report.failed]
+        if report
+        else []
+    )
 
 
 @router.delete(

@@ -25,7 +25,8 @@ const state = {
   photos: null,
 };
 // read by the tests and the benchmark: latency of the last search, from stroke end to results shown
-window.sketchfind = { searches: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [] };
+// idle: no search pending or in flight (set false when a stroke ends, true once its results are shown)
+window.sketchfind = { searches: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [], idle: true };
 
 // ------------------------------------------------------------------ drawing
 
@@ -203,6 +204,7 @@ function loadImage(url) {
 // ------------------------------------------------------------------ searching
 
 function scheduleSearch() {
+  window.sketchfind.idle = false;
   clearTimeout(state.timer);
   state.timer = setTimeout(search, DEBOUNCE_MS);
 }
@@ -214,8 +216,10 @@ function canvasBlob() {
 async function search() {
   const seq = ++state.seq;
   if (state.controller) state.controller.abort();  // a newer sketch makes the older request moot
+  window.sketchfind.idle = false;
   if (!state.uploaded && !hasInk()) {
     showEmpty();
+    window.sketchfind.idle = true;
     return;
   }
   const controller = (state.controller = new AbortController());
@@ -231,10 +235,12 @@ async function search() {
   } catch (error) {
     if (error.name === "AbortError" || seq !== state.seq) return;
     showError(error);
+    window.sketchfind.idle = true;
     return;
   }
   if (seq !== state.seq) return;
   await showResults(body, seq);
+  if (seq === state.seq) window.sketchfind.idle = true;
 }
 
 class ApiError extends Error {
