@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
@@ -119,55 +120,63 @@ def open_or_create(
     model: ZSEModel,
     *,
     weights=None,
-    embedder: str = "default",
-    token_storage: str = DEFAULT_TOKEN_KIND,
+    embedder: str | None = None,
+    token_storage: str | None = None,
     n_clusters: int | None = None,
+    ann_type: str | None = None,
     **clip,
 ) -> tuple:
-    """(writable store, embedder) for a new or existing index built with ``model``."""
+    """(writable store, embedder) for a new or existing index built with ``model``.
+
+    For an existing index, ``embedder`` and ``token_storage`` default to (and must equal) its own."""
     if (out_dir / "index.sqlite").is_file():
         try:
             store = IndexStore.open(out_dir, writable=True)
         except IndexStoreError as exc:
             if "interrupted" not in str(exc):
                 raise
-            (out_dir / "index.sqlite").unlink()  # creation never committed: nothing to lose
-            return open_or_create(
-                out_dir,
-                model,
-                weights=weights,
-                embedder=embedder,
-                token_storage=token_storage,
-                n_clusters=n_clusters,
-                **clip,
-            )
-        try:
-            check_model(store.meta["model"], model, out_dir)
-            if embedder != store.meta["embedder"]["kind"]:
-                raise IndexStoreError(
-                    f"{out_dir} clusters by the {store.meta['embedder']['kind']!r} embedder, "
-                    f"not {embedder!r}: build a new index to change it"
-                )
-            emb = embedder_from_spec(store.meta["embedder"], model)
-            if n_clusters is not None and n_clusters != store.meta.get("n_clusters"):
-                store.set_meta("n_clusters", n_clusters)
-        except BaseException:
-            store.close()
-            raise
-        return store, emb
-    emb = make_embedder(embedder, model, **clip)
+            (out_dir / "index.sqlite").unlink()  # its creation never committed: nothing to lose
+            store = None
+        if store is not None:
+            try:
+                check_model(store.meta["model"], model, out_dir)
+                for name, given, own in (
+                    ("embedder", embedder, store.meta["embedder"]["kind"]),
+                    ("token storage", token_storage, store.meta["token_storage"]),
+                ):
+                    if given is not None and given != own:
+                        raise IndexStoreError(f"{out_dir} uses the {own!r} {name}, not {given!r}: build a new index")
+                emb = embedder_from_spec(store.meta["embedder"], model)
+                _apply_settings(store, n_clusters, ann_type)
+            except BaseException:
+                store.close()
+                raise
+            return store, emb
+    emb = make_embedder(embedder or "default", model, **clip)
     norm = model.encoder.norm
     store = IndexStore.create(
         out_dir,
         model_meta=model_meta(model, weights),
-        token_storage=token_storage,
+        token_storage=token_storage or DEFAULT_TOKEN_KIND,
         embedder=emb.spec(),
         global_dim=emb.dim,
         ln_affine=(norm.weight.detach().tolist(), norm.bias.detach().tolist()),
     )
-    if n_clusters is not None:
-        store.set_meta("n_clusters", n_clusters)
+    _apply_settings(store, n_clusters, ann_type)
     return store, emb
+
+
+def _apply_settings(store: IndexStore, n_clusters: int | None, ann_type: str | None) -> None:
+    if n_clusters is not None and n_clusters != store.meta.get("n_clusters"):
+        if n_clusters < 1:
+            raise IndexStoreError("the number of clusters must be at least 1")
+        store.set_meta("n_clusters", n_clusters)
+    if ann_type is not None and ann_type != store.meta.get("ann_type"):
+        try:
+            faiss.index_factory(8, ann_type, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise IndexStoreError(f"invalid FAISS index type {ann_type!r}") from exc
+        store.set_meta("ann_type", ann_type)
 
 
 def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_folder: bool):
@@ -200,18 +209,21 @@ def build_index(
     weights=None,
     batch_size: int = 32,
     workers: int = 2,
-    embedder: str = "default",
+    embedder: str | None = None,
     clip_model: str | None = None,
     clip_weights=None,
     clip_config=None,
-    token_storage: str = DEFAULT_TOKEN_KIND,
+    token_storage: str | None = None,
     n_clusters: int | None = None,
+    ann_type: str | None = None,
     label_from_folder: bool = False,
     progress: bool = False,
 ) -> BuildReport:
     """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
 
-    ``model=None``: the model an existing index was built with, or the default model for a new one."""
+    ``model=None``: the model an existing index was built with, or the default model for a new one.
+    ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` (FAISS factory
+    string, default 'SQ8') are chosen when the index is created."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if model is None:
@@ -225,6 +237,7 @@ def build_index(
         embedder=embedder,
         token_storage=token_storage,
         n_clusters=n_clusters,
+        ann_type=ann_type,
         clip_model=clip_model,
         clip_weights=clip_weights,
         clip_config=clip_config,

@@ -365,10 +365,11 @@ class IndexStore:
         with open(path, "w+b" if new else "r+b") as f:
             f.seek(start_row * rows.shape[1])
             data = rows.tobytes()
-            if os.environ.get("SKETCHFIND_CRASH_AT", "").startswith("shard-partial:"):
-                f.write(data[: len(data) // 2])
+            if kind == "tokens" and os.environ.get("SKETCHFIND_CRASH_AT", "").startswith("shard-partial:"):
+                f.write(data[: len(data) // 2])  # test hook: die with half a batch on disk
                 f.flush()
                 crash_point("shard-partial")
+                f.seek(start_row * rows.shape[1])
             f.write(data)
             f.truncate()
             f.flush()

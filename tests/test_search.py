@@ -1,0 +1,177 @@
+"""The Searcher on a small real index: the three strategies, full rankings, settings, changes, errors."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from sketchfind.errors import EmptySketchError, IndexStoreError, SketchfindError
+from sketchfind.index import build_index
+from sketchfind.search import Searcher
+
+from .index_helpers import copy_photos, sketches, tiny
+
+CLASSES = ("cup", "airplane", "swan", "apple")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny()
+
+
+@pytest.fixture(scope="module")
+def index_dir(model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    copy_photos(root / "photos", classes=CLASSES, per_class=8)  # 32 photos
+    build_index(
+        [root / "photos"], root / "idx", model, batch_size=8, token_storage="fp32", n_clusters=6, label_from_folder=True
+    )
+    return root / "idx"
+
+
+@pytest.fixture(scope="module")
+def searcher(index_dir, model):
+    with Searcher.open(index_dir, model) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def query(searcher):
+    return searcher.encode_query(sketches(CLASSES, 1)[0])
+
+
+def _all_scores(searcher, query) -> np.ndarray:
+    ids = searcher._state[0].ids
+    with torch.inference_mode():
+        return searcher.model.relation_scores(query, searcher.photo_tokens(ids))[0].numpy()
+
+
+def test_exhaustive_is_the_relation_network_over_every_photo(searcher, query):
+    hits, _ = searcher.search_tokens(query, k=None, strategy="exhaustive")
+    scores = _all_scores(searcher, query)
+    ids = searcher._state[0].ids
+    assert len(hits) == len(ids) == 32 and len({h.photo_id for h in hits}) == 32
+    got = {h.photo_id: h.score for h in hits}
+    np.testing.assert_allclose([got[int(i)] for i in ids], scores, rtol=1e-5)
+    assert [h.rank for h in hits] == list(range(1, 33))
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    top5, _ = searcher.search_tokens(query, k=5, strategy="exhaustive")
+    assert [h.photo_id for h in top5] == [h.photo_id for h in hits[:5]]
+
+
+def test_ann_reranks_the_faiss_head_and_keeps_the_rest_by_cosine(searcher, query, index_dir, model):
+    hits, timings = searcher.search_tokens(query, k=None, strategy="ann")
+    assert len({h.photo_id for h in hits}) == 32 and {"first_stage", "rerank"} <= set(timings)
+    exhaustive, _ = searcher.search_tokens(query, k=None, strategy="exhaustive")
+    assert [h.photo_id for h in hits] == [h.photo_id for h in exhaustive]  # K'=100 >= gallery: same ranking
+
+    with Searcher.open(index_dir, model, rerank_k=5) as small:
+        head_tail, _ = small.search_tokens(query, k=None, strategy="ann")
+        ret = model.retrieval_embedding(query).numpy()[0]
+        emb = torch.nn.functional.normalize(small.photo_tokens([h.photo_id for h in head_tail])[:, 0], dim=-1)
+        cos = emb.numpy() @ ret
+        top5_by_cos = set(np.array([h.photo_id for h in head_tail])[np.argsort(-cos)[:5]])
+        assert {h.photo_id for h in head_tail[:5]} == top5_by_cos  # the head is FAISS's top-5
+        assert np.all(np.diff(cos[5:]) <= 1e-2)  # the tail follows the (8-bit) cosine order
+        assert len(small.search_tokens(query, k=12, strategy="ann")[0]) == 12
+
+
+def test_fusion_mixes_cosine_into_the_head(index_dir, model, query):
+    with Searcher.open(index_dir, model, fusion=1.0) as fused:
+        hits, _ = fused.search_tokens(query, k=10, strategy="ann")
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True) and -1.0 <= scores[-1] <= scores[0] <= 1.0
+
+
+def test_clustered_is_the_reference_two_stage_search(searcher, query):
+    clusters = searcher._state[1].clusters
+    assert clusters.n_clusters == 6 and clusters.sizes.sum() == 32
+    reps = torch.from_numpy(clusters.representatives)
+    with torch.inference_mode():
+        cluster_scores = searcher.model.relation_scores(query, reps)[0].numpy()
+    order = np.argsort(-cluster_scores)
+    k = 7
+    taken, count = [], 0
+    for c in order:
+        taken.append(c)
+        count += clusters.sizes[c]
+        if count >= k:
+            break
+    members = set(np.array(searcher._state[0].ids)[np.isin(clusters.assign, taken)].tolist())
+    hits, _ = searcher.search_tokens(query, k=k, strategy="clustered")
+    assert len(hits) == k and {h.photo_id for h in hits} <= members
+    scores = dict(zip(searcher._state[0].ids.tolist(), _all_scores(searcher, query), strict=True))
+    best = sorted(members, key=lambda i: -scores[i])[:k]
+    assert [h.photo_id for h in hits] == best
+    everything, _ = searcher.search_tokens(query, k=None, strategy="clustered")
+    assert len({h.photo_id for h in everything}) == 32
+
+
+def test_representatives_are_member_token_means(searcher):
+    clusters = searcher._state[1].clusters
+    ids = searcher._state[0].ids
+    c = int(np.argmax(clusters.sizes))
+    tokens = searcher.photo_tokens(ids[clusters.assign == c]).numpy()
+    np.testing.assert_allclose(clusters.representatives[c], tokens.mean(0), atol=1e-3)  # stored as fp16
+
+
+def test_search_from_files_and_result_json(searcher):
+    paths = sketches(CLASSES, 1)
+    results = searcher.search_many(paths, k=3, strategy="clustered")
+    assert [r.query for r in results] == [str(p) for p in paths]
+    row = results[0].to_dict()
+    assert set(row) == {"query", "strategy", "seconds", "results"} and row["strategy"] == "clustered"
+    assert [set(r) for r in row["results"]] == [{"rank", "path", "score"}] * 3
+    assert all(r.seconds >= r.timings["encode"] > 0 for r in results)
+    assert searcher.photo(results[0].hits[0].photo_id).path == results[0].hits[0].path
+
+
+def test_bad_input_is_a_clear_error(searcher, tmp_path):
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), "white").save(blank)
+    with pytest.raises(EmptySketchError):
+        searcher.search(blank)
+    with pytest.raises(SketchfindError, match="unknown strategy"):
+        searcher.search(sketches(CLASSES, 1)[0], strategy="magic")
+    with pytest.raises(SketchfindError, match="k must be"):
+        searcher.search(sketches(CLASSES, 1)[0], k=0)
+    with pytest.raises(IndexStoreError, match="unknown photo id"):
+        searcher.photo_tokens([12345])
+
+
+def test_wrong_model_and_missing_index_are_refused(index_dir, tmp_path):
+    with pytest.raises(IndexStoreError, match="other 'zse-tiny' weights"):
+        Searcher.open(index_dir, tiny(seed=3))
+    with pytest.raises(IndexStoreError, match="cannot be loaded"):
+        Searcher.open(index_dir)  # random weights were never saved: nothing to load
+    with pytest.raises(IndexStoreError, match="no sketchfind index"):
+        Searcher.open(tmp_path)
+
+
+def test_add_and_remove_through_the_searcher(model, tmp_path):
+    photos = copy_photos(tmp_path / "photos", classes=("cup",), per_class=6)
+    build_index([tmp_path / "photos"], tmp_path / "idx", model)
+    with Searcher.open(tmp_path / "idx", model) as searcher:
+        assert len(searcher) == 6
+        extra = copy_photos(tmp_path / "more", classes=("swan",), per_class=3)
+        report = searcher.add_photos(extra)
+        assert len(report.new) == 3 and len(searcher) == 9
+        new_ids = [h.photo_id for h in searcher.search(sketches(("swan",), 1)[0], k=None).hits if "swan" in h.path]
+        assert searcher.remove_photos(new_ids) == 3 and len(searcher) == 6
+        assert all("cup" in h.path for h in searcher.search(sketches(("swan",), 1)[0], k=None).hits)
+        assert searcher.info()["counts"]["photos"] == len(photos)
+
+
+def test_search_params_are_set_explicitly_at_load(model, tmp_path):
+    copy_photos(tmp_path / "photos", classes=("cup", "swan"), per_class=6)
+    build_index([tmp_path / "photos"], tmp_path / "idx", model, ann_type="HNSW8,Flat")
+    with Searcher.open(tmp_path / "idx", model) as default:
+        assert faiss.downcast_index(default._state[1].ann).hnsw.efSearch == 128
+        assert default.info()["search_settings"]["ann_params"] == {"efSearch": 128}
+    with Searcher.open(tmp_path / "idx", model, ann_params={"efSearch": 7}) as custom:
+        assert faiss.downcast_index(custom._state[1].ann).hnsw.efSearch == 7
+        assert len(custom.search(sketches(("cup",), 1)[0], k=4).hits) == 4
