@@ -221,12 +221,9 @@ def _positive_int(text: str, option: str) -> int:
 
 
 def _print_result(result) -> None:
-    from rich.table import Table
-
-    table = Table("rank", "score", "photo", title=f"{result.query}  ({result.strategy}, {result.seconds:.3f} s)")
-    for hit in result.hits:
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.path)
-    Console().print(table)
+    print(f"{result.query}  ({result.strategy}, {result.seconds:.3f} s)\n  rank  score   photo")
+    for hit in result.hits:  # plain lines, never truncated: paths are what the user came for
+        print(f"  {hit.rank:>4}  {hit.score:.4f}  {hit.path}")
 
 
 @app.command("remove")
