@@ -150,8 +150,9 @@ def test_draw_undo_redo_touch_explain_and_errors(browser, tiny_server, artifacts
     # uploading a file that is no sketch: the person is told what to do
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"this is not an image")
+    answers = page.evaluate("window.sketchfind.answers")
     page.set_input_files("#upload", str(bad))
-    _settle(page)
+    page.wait_for_function(f"window.sketchfind.answers > {answers} && window.sketchfind.idle")
     assert "Upload a PNG, JPEG, SVG or QuickDraw JSON" in page.inner_text("#status")
     # ... and uploading a real sketch file (QuickDraw strokes) searches with it
     quickdraw = tmp_path / "tent.ndjson"

@@ -26,7 +26,14 @@ const state = {
 };
 // read by the tests and the benchmark: latency of the last search, from stroke end to results shown
 // idle: no search pending or in flight (set false when a stroke ends, true once its results are shown)
-window.sketchfind = { searches: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [], idle: true };
+// answers: searches that ended (results, an error or the empty state), for tests waiting on one
+window.sketchfind = { searches: 0, answers: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [], idle: true };
+
+function answered(seq) {
+  if (seq !== state.seq) return;
+  window.sketchfind.answers += 1;
+  window.sketchfind.idle = true;
+}
 
 // ------------------------------------------------------------------ drawing
 
@@ -174,23 +181,41 @@ document.addEventListener("keydown", (event) => {
 // ------------------------------------------------------------------ upload a sketch file
 
 $("upload").addEventListener("change", async (event) => {
+  window.sketchfind.idle = false;
   const file = event.target.files[0];
   event.target.value = "";
   if (!file) return;
   state.items = [];
   state.redo = [];
   state.uploaded = file;
-  if (file.type.startsWith("image/")) {
-    try {
-      const image = await loadImage(URL.createObjectURL(file));
-      state.items.push({ kind: "image", image });
-    } catch (_) { /* the server will say what is wrong with it */ }
-  }
+  try {  // show the file on the canvas when the browser can; the server says what is wrong with it otherwise
+    if (file.type.startsWith("image/")) {
+      state.items.push({ kind: "image", image: await loadImage(URL.createObjectURL(file)) });
+    } else if (/\.(nd)?json$/i.test(file.name)) {
+      state.items.push(...quickDrawStrokes(await file.text()));
+    }
+  } catch (_) { /* nothing to show */ }
   redraw();
   updateButtons();
   state.strokeEnd = performance.now();
   search();
 });
+
+// QuickDraw JSON ({"drawing": [[xs], [ys]]...} or a bare stroke list; NDJSON: the first line), fitted
+function quickDrawStrokes(text) {
+  let data;
+  try { data = JSON.parse(text); } catch (_) { data = JSON.parse(text.split("\n").find((line) => line.trim())); }
+  const strokes = (Array.isArray(data) ? data : data.drawing).filter((s) => s[0].length);
+  const xs = strokes.flatMap((s) => s[0]), ys = strokes.flatMap((s) => s[1]);
+  const minX = Math.min(...xs), minY = Math.min(...ys);
+  const span = Math.max(Math.max(...xs) - minX, Math.max(...ys) - minY, 1);
+  const margin = 32, scale = (canvas.width - 2 * margin) / span;
+  const offX = (canvas.width - (Math.max(...xs) - minX) * scale) / 2, offY = (canvas.height - (Math.max(...ys) - minY) * scale) / 2;
+  return strokes.map((s) => ({
+    kind: "stroke", tool: "pen", width: state.width,
+    points: s[0].map((x, i) => [offX + (x - minX) * scale, offY + (s[1][i] - minY) * scale]),
+  }));
+}
 
 function loadImage(url) {
   return new Promise((resolve, reject) => {
@@ -219,7 +244,7 @@ async function search() {
   window.sketchfind.idle = false;
   if (!state.uploaded && !hasInk()) {
     showEmpty();
-    window.sketchfind.idle = true;
+    answered(seq);
     return;
   }
   const controller = (state.controller = new AbortController());
@@ -232,15 +257,16 @@ async function search() {
     const response = await fetch("/api/search", { method: "POST", body: form, signal: controller.signal });
     body = await response.json().catch(() => ({}));
     if (!response.ok) throw new ApiError(response.status, body);
+    window.sketchfind.lastResponseMs = performance.now() - state.strokeEnd;
   } catch (error) {
     if (error.name === "AbortError" || seq !== state.seq) return;
     showError(error);
-    window.sketchfind.idle = true;
+    answered(seq);
     return;
   }
   if (seq !== state.seq) return;
   await showResults(body, seq);
-  if (seq === state.seq) window.sketchfind.idle = true;
+  answered(seq);
 }
 
 class ApiError extends Error {
@@ -296,6 +322,7 @@ async function showResults(body, seq) {
   }
   const cards = body.results.map(resultCard);
   grid.replaceChildren(...cards);
+  window.sketchfind.lastGridMs = performance.now() - state.strokeEnd;
   // "shown" = the thumbnails are decoded and on screen, not merely requested
   await Promise.all(cards.map((card) => card.querySelector("img").decode().catch(() => null)));
   if (seq !== state.seq) return;
