@@ -183,6 +183,24 @@ BAD_SEARCHES = [
         422,
         "invalid_request",
     ),
+    (
+        "deeply nested json",
+        {"content": b"[" * 100_000, "headers": {"content-type": "application/json"}},
+        400,
+        "malformed_json",
+    ),
+    (
+        "deeply nested strokes file",
+        {"files": {"sketch": ("deep.json", b"[" * 100_000, "application/json")}},
+        422,
+        "bad_input",
+    ),
+    (
+        "infinite coordinates",
+        {"content": b'{"strokes": [[[0, 1e309], [0, 1]]]}', "headers": {"content-type": "application/json"}},
+        422,
+        "bad_input",
+    ),
     ("plain text", {"content": b"a cat", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
     (
         "over 10 MB",

@@ -115,6 +115,8 @@ def _from_json(body: bytes, model: type[BaseModel]) -> SketchRequest:
         obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ApiError(400, f"malformed JSON: {err}", "malformed_json") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply", "malformed_json") from None
     if not isinstance(obj, dict):
         raise ApiError(
             422, 'the JSON body must be an object like {"image": ...} or {"strokes": [...]}', "invalid_request"

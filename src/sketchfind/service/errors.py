@@ -89,6 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = "no such page or API route (the API lives under /api; its schema is at /openapi.json)"
         return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(_: Request, exc: RecursionError):  # json.loads on "[[[[..." raises this, not a JSON error
+        return error_response(422, "the JSON is nested too deeply to be a sketch", "bad_input")
+
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception):
         log.exception("unhandled error", exc_info=exc)
