@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -193,6 +194,7 @@ def test_missing_artefacts_are_rebuilt(model, gallery, tmp_path):
     assert (out / info["ann"]["file"]).is_file()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("open_clip") is None, reason="open-clip-torch not installed")
 def test_clip_embedder_from_local_weights(model, gallery, tmp_path):
     from sketchfind.index.embedders import import_open_clip
 
