@@ -87,9 +87,8 @@ class Searcher:
     def __init__(self, root: Path, store: IndexStore, model: ZSEModel, settings: SearchSettings):
         self.root, self.store, self.model, self.settings = root, store, model, settings
         self._lock = threading.RLock()
-        self._state: tuple[Snapshot, Artefacts, list[str]] | None = None
-        self._members: list[np.ndarray] = []
-        self._reps: torch.Tensor | None = None
+        # (snapshot, artefacts, paths, cluster members, representatives): swapped as one by refresh()
+        self._state: tuple[Snapshot, Artefacts, list[str], list[np.ndarray], torch.Tensor | None] | None = None
         self.refresh(force=True)
 
     @classmethod
@@ -153,16 +152,16 @@ class Searcher:
                 for name, value in self.settings.ann_params.items():  # explicit, never inherited from the file
                     faiss.ParameterSpace().set_index_parameter(art.ann, name, value)
             clusters = art.clusters
-            self._members = [] if clusters is None else _members(clusters.assign, clusters.n_clusters)
-            self._reps = None if clusters is None else torch.from_numpy(clusters.representatives)
-            self._state = (snap, art, self.store.paths(snap))
+            members = [] if clusters is None else _members(clusters.assign, clusters.n_clusters)
+            reps = None if clusters is None else torch.from_numpy(clusters.representatives)
+            self._state = (snap, art, self.store.paths(snap), members, reps)
 
     def __len__(self) -> int:
         return len(self._state[0])
 
     def info(self) -> dict:
         """index_info.json content + counts + the search settings in force."""
-        snap, art, _ = self._state
+        snap, art = self._state[:2]
         return {**art.info, "counts": {"photos": len(snap)}, "search_settings": asdict(self.settings)}
 
     def photo(self, photo_id: int) -> PhotoRecord:
@@ -209,12 +208,12 @@ class Searcher:
         if k is not None and k < 1:
             raise SketchfindError("k must be at least 1")
         with self._lock:
-            snap, art, paths = self._state
+            snap, art, paths, members, reps = self._state
         if len(snap) == 0:
             return [], {}
         run = {"exhaustive": self._exhaustive, "clustered": self._clustered, "ann": self._ann}[strategy]
         with torch.inference_mode():
-            positions, scores, timings = run(query, k, snap, art)
+            positions, scores, timings = run(query, k, snap, art, members, reps)
         hits = [
             Hit(i + 1, int(snap.ids[p]), paths[p], float(s))
             for i, (p, s) in enumerate(zip(positions, scores, strict=True))
@@ -224,7 +223,7 @@ class Searcher:
     def _relation(self, query: torch.Tensor, tokens: np.ndarray) -> np.ndarray:
         return self.model.relation_scores(query, torch.from_numpy(tokens))[0].float().numpy()
 
-    def _exhaustive(self, query, k, snap, art):
+    def _exhaustive(self, query, k, snap, art, members, reps):
         t0 = time.perf_counter()
         scores = np.empty(len(snap), np.float32)
         for positions, tokens in self.store.iter_tokens(snap, self.settings.chunk):
@@ -232,7 +231,7 @@ class Searcher:
         order = _top(scores, k)
         return order, scores[order], {"rerank": time.perf_counter() - t0}
 
-    def _ann(self, query, k, snap, art):
+    def _ann(self, query, k, snap, art, members, reps):
         t0 = time.perf_counter()
         n = len(snap)
         head_n = min(self.settings.rerank_k, n)
@@ -252,22 +251,22 @@ class Searcher:
             positions, scores = positions[:k], scores[:k]
         return positions, scores, {"first_stage": t1 - t0, "rerank": time.perf_counter() - t1}
 
-    def _clustered(self, query, k, snap, art):
+    def _clustered(self, query, k, snap, art, members, reps):
         t0 = time.perf_counter()
         clusters = art.clusters
-        cluster_scores = self.model.relation_scores(query, self._reps)[0].float().numpy()  # (C,)
+        cluster_scores = self.model.relation_scores(query, reps)[0].float().numpy()  # (C,)
         cluster_scores[clusters.sizes == 0] = -np.inf
         corder = np.argsort(-cluster_scores, kind="stable")
         corder = corder[clusters.sizes[corder] > 0]
         need = self.settings.rerank_k if k is None else k
         taken = int(np.searchsorted(np.cumsum(clusters.sizes[corder]), min(need, len(snap)))) + 1
-        members = np.concatenate([self._members[c] for c in corder[:taken]])
+        head = np.concatenate([members[c] for c in corder[:taken]])
         t1 = time.perf_counter()
-        rel = self._relation(query, self.store.tokens(snap, members))
+        rel = self._relation(query, self.store.tokens(snap, head))
         order = np.argsort(-rel, kind="stable")
-        positions, scores = members[order], rel[order]
+        positions, scores = head[order], rel[order]
         if k is None:  # the rest of the gallery by cluster score, ties broken by [Ret] cosine
-            tail = [self._by_cosine(query, snap, self._members[c]) for c in corder[taken:]]
+            tail = [self._by_cosine(query, snap, members[c]) for c in corder[taken:]]
             tail_scores = [
                 np.full(len(m), cluster_scores[c], np.float32) for m, c in zip(tail, corder[taken:], strict=True)
             ]
