@@ -129,6 +129,68 @@ ModelName = Annotated[str | None, typer.Option("--model", help="model name (defa
 WeightsFile = Annotated[Path | None, typer.Option("--weights", help="weights file (with the model config inside)")]
 
 
+@app.command("train")
+@friendly
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="folder with sketches/<class>/ and photos/<class>/")],
+    holdout: Annotated[Path | None, typer.Option(help="file of classes never trained on (zero-shot test)")] = None,
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints, config, history")] = Path("runs/zse-lite0"),
+    model: Annotated[str, typer.Option(help="model config to train (CNN family)")] = "zse-lite0",
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 150,
+    batch_size: Annotated[int, typer.Option(min=2, help="b: each step sees 4b images")] = 32,
+    lr: Annotated[float, typer.Option(min=0)] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(min=0)] = 1e-2,
+    ret_weight: Annotated[float, typer.Option(min=0, help="weight of the [Ret] contrastive loss (0 = official)")] = 1.0,
+    trainable_stages: Annotated[int, typer.Option(min=0, max=9, help="last backbone stages to train")] = 0,
+    views: Annotated[int, typer.Option(min=1, help="cached views per image (1 plain + augmented)")] = 4,
+    val_classes: Annotated[int, typer.Option(min=1, help="seen classes held out for model selection")] = 15,
+    seed: Annotated[int, typer.Option()] = 2021,
+    cache_dir: Annotated[Path | None, typer.Option(help="where backbone caches are kept")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/last.pth")] = False,
+) -> None:
+    """Train a ZSE-SBIR model (triplet + relation losses) with a partly frozen pretrained backbone."""
+    from .train.loop import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        data=str(data), holdout=str(holdout) if holdout else None, out=str(out), model=model, epochs=epochs,
+        steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        ret_weight=ret_weight, trainable_stages=trainable_stages, views=views, val_classes=val_classes, seed=seed,
+        cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    history = Trainer(cfg).fit(resume=resume)
+    best = max(history, key=lambda r: max(v for k, v in r.items() if k.startswith("val_map")))
+    Console().print(f"done: best epoch {best['epoch']}; weights in {out / 'best.safetensors'}")
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(
+    sketches: Annotated[Path, typer.Option(help="folder of sketches/<class>/*")],
+    photos: Annotated[Path, typer.Option(help="folder of photos/<class>/*")],
+    classes: Annotated[Path | None, typer.Option(help="file of class names to evaluate (default: all)")] = None,
+    model: Annotated[str | None, typer.Option(help="model name (default: the shipped default model)")] = None,
+    weights: Annotated[Path | None, typer.Option(help="weights file (.safetensors / .pth)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for metrics.json/.md, pr_curve.png, retrieval_grid.png")] = Path(
+        "eval-results"
+    ),
+    fusion: Annotated[float | None, typer.Option(min=0, max=1, help="f in f*ret + (1-f)*rn (default: model's)")] = None,
+    baselines: Annotated[bool, typer.Option(help="also rank randomly and with the untrained backbone")] = True,
+) -> None:
+    """Evaluate retrieval (mAP@all, mAP@200, P@100, P@200 ...) for [Ret], relation-network and fused rankings."""
+    from .evaluate import evaluate, write_report
+    from .models.factory import load_model, model_metadata
+    from .train.data import read_class_file
+
+    net = load_model(model, weights=weights)
+    f = fusion if fusion is not None else float(model_metadata(net).get("fusion", 0.5))
+    class_list = read_class_file(classes) if classes else None
+    result = evaluate(net, sketches, photos, class_list, fusion=f, baselines=baselines)
+    paths = write_report(result, out)
+    Console().print(paths["markdown"].read_text())
+    Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 def _model_or_none(model: str | None, weights: Path | None):
     from .models import load_model
 

@@ -40,8 +40,8 @@ def create_model(config: str | Path | ModelConfig) -> ZSEModel:
     return ZSEModel(cfg)
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
-    """Reads a weights file (safetensors or a PyTorch checkpoint) -> (raw state dict, its config if stored)."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None, dict[str, str]]:
+    """Reads a weights file (safetensors or a PyTorch checkpoint) -> (state dict, its config if stored, metadata)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -54,7 +54,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict):
         config = ModelConfig.from_dict(checkpoint["config"])
     try:
-        return checkpoint_filter_fn(checkpoint), config
+        return checkpoint_filter_fn(checkpoint), config, {}
     except TypeError as exc:
         raise CheckpointError(f"{path} is not a model checkpoint: {exc}") from exc
 
@@ -81,7 +81,7 @@ def _torch_load(path: Path) -> object:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None, dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -91,7 +91,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig 
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
     config = ModelConfig.from_dict(json.loads(meta["config"])) if "config" in meta else None
-    return checkpoint_filter_fn(state_dict), config
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}  # fp16 shipped
+    return checkpoint_filter_fn(state_dict), config, meta
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -152,7 +153,7 @@ def load_model(
     - ``random_init=True``: random weights on purpose (tests, training from scratch).
     """
     if weights is not None:
-        state_dict, stored_cfg = read_checkpoint(weights)
+        state_dict, stored_cfg, meta = read_checkpoint(weights)
         if name is None and stored_cfg is None:
             raise CheckpointError(f"{weights} carries no model config: pass the model name, e.g. 'zse-vit-b16'")
         cfg = get_model_config(name) if name is not None else stored_cfg
@@ -160,6 +161,7 @@ def load_model(
             raise CheckpointError(f"{weights} holds a {stored_cfg.name!r} model, not {cfg.name!r}")
         model = ZSEModel(cfg)
         load_state_dict_strict(model, state_dict, str(weights))
+        model.weights_metadata = meta
         return model.eval()
     name = name or DEFAULT_MODEL
     cfg = get_model_config(name)
@@ -167,8 +169,9 @@ def load_model(
     if backbone_weights is not None:
         load_vit_backbone(model, backbone_weights)
     elif (shipped := shipped_weights(cfg.name)) is not None:
-        state_dict, _ = read_checkpoint(shipped)
+        state_dict, _, meta = read_checkpoint(shipped)
         load_state_dict_strict(model, state_dict, str(shipped))
+        model.weights_metadata = meta
     elif not random_init:
         raise CheckpointError(
             f"model {cfg.name!r} ships no weights: pass weights=PATH (e.g. the official best_checkpoint.pth) "
@@ -177,13 +180,23 @@ def load_model(
     return model.eval()
 
 
-def save_weights(model: ZSEModel, path: str | Path, extra: dict[str, str] | None = None) -> None:
-    """Writes a ``.safetensors`` file with the model config in its metadata (atomically)."""
+def model_metadata(model: ZSEModel) -> dict[str, str]:
+    """The metadata stored beside the weights the model was loaded from (e.g. ``fusion``), or {}."""
+    return dict(getattr(model, "weights_metadata", {}) or {})
+
+
+def save_weights(
+    model: ZSEModel, path: str | Path, extra: dict[str, str] | None = None, half: bool = False
+) -> None:
+    """Writes a ``.safetensors`` file with the model config in its metadata (atomically); ``half`` stores
+    floating-point tensors as fp16 (they load back as fp32)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     meta = {"config": json.dumps(model.cfg.to_dict()), **(extra or {})}
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)

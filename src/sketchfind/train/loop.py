@@ -1,0 +1,295 @@
+"""``sketchfind train``: the ZSE-SBIR objective on a CNN backbone, CPU-friendly.
+
+The frozen part of the backbone runs once per image and augmented view; its outputs are cached
+(``cache.npz`` in the run folder), so each step only runs the trainable stages, the encoder,
+cross-attention and relation network. Every epoch writes ``last.pth`` (model, optimizer, RNG state:
+``--resume`` continues from it) and, when validation mAP improves, ``best.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import get_model_config
+from ..errors import ConfigError, SketchfindError
+from ..metrics import retrieval_metrics
+from ..models.factory import save_weights
+from ..models.zse import ZSEModel
+from ..preprocess import preprocess_photo, sketch_array, to_tensor
+from .data import augment_photo, augment_sketch, sample_quadruplets, split_classes
+from .losses import zse_losses
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (written to ``train_config.json`` in the run folder)."""
+
+    data: str  # folder with sketches/<class>/ and photos/<class>/
+    holdout: str | None = None  # classes never trained on (the zero-shot test classes)
+    out: str = "runs/zse-lite0"
+    model: str = "zse-lite0"
+    epochs: int = 12
+    steps_per_epoch: int = 150
+    batch_size: int = 32  # b: 4b images per step, as the official sampler
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    margin: float = 1.0
+    ret_weight: float = 1.0  # contrastive loss on the encoder [Ret] embedding (used by ANN search); 0 = official
+    temperature: float = 0.07
+    trainable_stages: int = 0  # last backbone stages trained (0 = frozen backbone, 9 = all)
+    views: int = 4  # cached views per image: 1 plain + (views-1) augmented
+    val_classes: int = 15  # seen classes held out for model selection
+    seed: int = 2021
+    threads: int = 2
+    cache_dir: str | None = None  # where backbone caches are kept (default: the run folder); shareable across runs
+    val_queries_per_class: int = 5  # sketches per validation class ranked by the (slower) relation network
+
+
+def set_seed(seed: int) -> None:
+    """Seeds Python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig) -> ZSEModel:
+    """The model with its ImageNet-pretrained backbone, partly frozen."""
+    from ..models.efficientnet import load_pretrained
+
+    model_cfg = get_model_config(cfg.model)
+    if not model_cfg.backbone.startswith("efficientnet"):
+        raise ConfigError(
+            f"training supports the CNN family (e.g. zse-lite0); {model_cfg.name} is {model_cfg.backbone}"
+        )
+    backbone = load_pretrained(model_cfg.backbone.removeprefix("efficientnet_"))
+    backbone.freeze(cfg.trainable_stages)
+    return ZSEModel(model_cfg, backbone=backbone)
+
+
+def frozen_count(model: ZSEModel) -> int:
+    return model.tokens.backbone.num_frozen_stages
+
+
+def run_stages(model: ZSEModel, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+    """Backbone stages [start, stop) on x."""
+    for stage in model.tokens.backbone.stages[start:stop]:
+        x = stage(x)
+    return x
+
+
+def tokens_from_cache(model: ZSEModel, cached: torch.Tensor) -> torch.Tensor:
+    """Cached frozen-prefix outputs -> encoder tokens (B, T, D)."""
+    feats = run_stages(model, cached.float(), frozen_count(model))  # (B, C, g, g)
+    return model.encoder(model.tokens.proj(feats.flatten(2).transpose(1, 2)))
+
+
+def image_views(path: Path, kind: str, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
+    """(views, 3, S, S): the plain preprocessed image, then augmented copies."""
+    pre = model.cfg.preprocess
+    if kind == "sketches":
+        base = sketch_array(path, pre)
+        aug = augment_sketch
+    else:
+        base = np.asarray(preprocess_photo(path, pre).mul(0.5).add(0.5).mul(255).round().byte().permute(1, 2, 0))
+        aug = augment_photo
+    arrays = [base] + [aug(base, rng) for _ in range(views - 1)]
+    return torch.stack([to_tensor(np.ascontiguousarray(a), pre) for a in arrays])
+
+
+@torch.inference_mode()
+def build_cache(model: ZSEModel, files: list[Path], kind: str, views: int, seed: int, desc: str) -> torch.Tensor:
+    """(N, views, C, h, w) fp16 outputs of the frozen backbone prefix."""
+    from rich.progress import track
+
+    rng = np.random.default_rng(seed)
+    start = frozen_count(model)
+    out = []
+    batch: list[torch.Tensor] = []
+    for i, path in enumerate(track(files, description=desc)):
+        batch.append(image_views(path, kind, model, views, rng))
+        if len(batch) == 16 or i == len(files) - 1:
+            x = torch.cat(batch)
+            out.append(run_stages(model, x, 0, start).half())  # (len(batch) * views, C, h, w)
+            batch = []
+    flat = torch.cat(out)
+    return flat.reshape(len(files), views, *flat.shape[1:])
+
+
+def contrastive_loss(
+    sketch_emb: torch.Tensor, photo_emb: torch.Tensor, sk_lab: torch.Tensor, ph_lab: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Multi-positive InfoNCE between L2-normalised sketch and photo [Ret] embeddings (both directions)."""
+    logits = sketch_emb @ photo_emb.T / temperature  # (Ns, Np)
+    positive = (sk_lab[:, None] == ph_lab[None]).float()
+
+    def one_way(lg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        log_prob = lg - lg.logsumexp(dim=1, keepdim=True)
+        return -((log_prob * pos).sum(1) / pos.sum(1).clamp(min=1))[pos.sum(1) > 0].mean()
+
+    return (one_way(logits, positive) + one_way(logits.T, positive.T)) / 2
+
+
+class Trainer:
+    """Holds the model, optimizer, caches and the loop; ``fit()`` runs (or resumes) the whole training."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        torch.set_num_threads(cfg.threads)
+        set_seed(cfg.seed)
+        self.train_split, self.val_split, _ = split_classes(cfg.data, cfg.holdout, cfg.val_classes, cfg.seed)
+        self.model = build_model(cfg)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.epoch, self.best = 0, -1.0
+        self.history: list[dict] = []
+
+    # -- caches -------------------------------------------------------------------------------
+    def caches(self) -> None:
+        """Frozen-prefix features of every train/val image, computed once and kept in the run folder."""
+        folder = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.out
+        folder.mkdir(parents=True, exist_ok=True)
+        c = self.cfg
+        name = f"cache-{c.model}-s{c.trainable_stages}-v{c.views}-c{c.val_classes}-seed{c.seed}.pt"
+        path = folder / name
+        if path.is_file():
+            data = torch.load(path, weights_only=True)
+        else:
+            data = {}
+            for name, split, views in (("train", self.train_split, self.cfg.views), ("val", self.val_split, 1)):
+                for kind in ("sketches", "photos"):
+                    files, labels = split.flat(kind)
+                    feats = build_cache(self.model, files, kind, views, self.cfg.seed, f"caching {name} {kind}")
+                    data[f"{name}_{kind}"], data[f"{name}_{kind}_labels"] = feats, torch.from_numpy(labels)
+            tmp = path.with_suffix(".tmp")
+            torch.save(data, tmp)
+            tmp.replace(path)
+        self.data = data
+
+    # -- one step -----------------------------------------------------------------------------
+    def step(self, rng: np.random.Generator) -> dict[str, float]:
+        cfg, d = self.cfg, self.data
+        b = cfg.batch_size
+        sk_lab, ph_lab = d["train_sketches_labels"].numpy(), d["train_photos_labels"].numpy()
+        quad = sample_quadruplets(sk_lab, ph_lab, b, rng)
+        view = rng.integers(0, cfg.views, size=(b, 4))
+        sk = torch.cat([d["train_sketches"][quad[:, 0], view[:, 0]], d["train_sketches"][quad[:, 1], view[:, 1]]])
+        ph = torch.cat([d["train_photos"][quad[:, 2], view[:, 2]], d["train_photos"][quad[:, 3], view[:, 3]]])
+        tokens = tokens_from_cache(self.model, torch.cat([sk, ph]))  # [sketch, sketch_neg, photo, photo_neg]
+        sketch_tokens, photo_tokens = tokens[: 2 * b], tokens[2 * b :]
+        sketch_ca, photo_ca, scores = self.model.pair_forward(sketch_tokens, photo_tokens)
+        losses = zse_losses(torch.cat([sketch_ca[:, 0], photo_ca[:, 0]]), scores, cfg.margin)
+        if cfg.ret_weight > 0:
+            emb = F.normalize(tokens[:, 0], dim=-1)
+            lab = torch.from_numpy(
+                np.concatenate([sk_lab[quad[:, 0]], sk_lab[quad[:, 1]], ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
+            )
+            ret = contrastive_loss(emb[: 2 * b], emb[2 * b :], lab[: 2 * b], lab[2 * b :], cfg.temperature)
+            losses["ret"] = cfg.ret_weight * ret
+            losses["total"] = losses["total"] + losses["ret"]
+        self.opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        self.opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    # -- validation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """mAP@all on the validation classes for the [Ret], relation-network and fused rankings."""
+        self.model.eval()
+        d = self.data
+        sk = torch.cat([tokens_from_cache(self.model, x) for x in d["val_sketches"][:, 0].split(64)])
+        ph = torch.cat([tokens_from_cache(self.model, x) for x in d["val_photos"][:, 0].split(64)])
+        ql, gl = d["val_sketches_labels"].numpy(), d["val_photos_labels"].numpy()
+        # the relation network ranks every photo for a few sketches per class (all pairs would dominate the epoch)
+        keep = np.concatenate([np.flatnonzero(ql == c)[: self.cfg.val_queries_per_class] for c in np.unique(ql)])
+        sk, ql = sk[keep], ql[keep]
+        ret = (self.model.retrieval_embedding(sk) @ self.model.retrieval_embedding(ph).T).numpy()
+        rn = self.model.relation_scores(sk, ph).numpy()
+        out = {
+            "val_map_ret": retrieval_metrics(-ret, ql, gl)["map_all"],
+            "val_map_rn": retrieval_metrics(-rn, ql, gl)["map_all"],
+        }
+        for f in (0.25, 0.5, 0.75):  # same convention as search: f * cosine + (1 - f) * relation score
+            out[f"val_map_fused_{f:g}"] = retrieval_metrics(-(f * ret + (1 - f) * rn), ql, gl)["map_all"]
+        self.model.train()
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, metrics: dict[str, float]) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "config": self.model.cfg.to_dict(),
+            "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "history": self.history,
+            "train_config": asdict(self.cfg),
+            "rng": {"torch": torch.get_rng_state(), "numpy": self.np_rng.bit_generator.state},
+        }
+        tmp = self.out / "last.pth.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out / "last.pth")
+        score = max(v for k, v in metrics.items() if k.startswith("val_map"))
+        if score > self.best:
+            self.best = score
+            best_key = max((k for k in metrics if k.startswith("val_map")), key=metrics.get)
+            extra = {"val_metrics": json.dumps(metrics), "epoch": str(self.epoch), "selected_ranking": best_key}
+            save_weights(self.model, self.out / "best.safetensors", extra=extra)
+
+    def resume(self) -> None:
+        path = self.out / "last.pth"
+        if not path.is_file():
+            raise SketchfindError(f"nothing to resume: {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.epoch, self.best, self.history = state["epoch"], state["best"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.np_rng.bit_generator.state = state["rng"]["numpy"]
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Trains for cfg.epochs epochs (continuing from last.pth with resume=True)."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        self.np_rng = np.random.default_rng(self.cfg.seed)
+        if resume:
+            self.resume()
+        self.caches()
+        self.model.train()
+        total = self.cfg.epochs * self.cfg.steps_per_epoch
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        with Progress(*columns) as bar:
+            task = bar.add_task("training", total=total, completed=self.epoch * self.cfg.steps_per_epoch, info="")
+            while self.epoch < self.cfg.epochs:
+                sums: dict[str, float] = {}
+                for n in range(1, self.cfg.steps_per_epoch + 1):
+                    for k, v in self.step(self.np_rng).items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.update(task, advance=1, info=" ".join(f"{k} {v / n:.3f}" for k, v in sorted(sums.items())))
+                self.epoch += 1
+                metrics = self.validate()
+                row = {"epoch": self.epoch, **{k: v / self.cfg.steps_per_epoch for k, v in sums.items()}, **metrics}
+                self.history.append(row)
+                bar.console.print(
+                    " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                )
+                self.save(metrics)
+        return self.history

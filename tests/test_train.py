@@ -1,0 +1,97 @@
+"""Training smoke tests on a small real subset of sketchy-mini (zse-lite0, frozen-prefix cache)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sketchfind
+from sketchfind.errors import InputError
+from sketchfind.train.data import sample_quadruplets, split_classes
+from sketchfind.train.loop import TrainConfig, Trainer
+
+from .conftest import SKETCHY
+
+CLASSES = ["airplane", "apple", "bicycle", "cup", "fan", "shark"]
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    """6 classes x 6 sketches/photos linked from sketchy-mini; 'shark' held out."""
+    root = tmp_path_factory.mktemp("subset")
+    for kind in ("sketches", "photos"):
+        for c in CLASSES:
+            (root / kind / c).mkdir(parents=True)
+            for f in sorted((SKETCHY / kind / c).iterdir())[:6]:
+                (root / kind / c / f.name).symlink_to(f)
+    (root / "holdout.txt").write_text("shark\n")
+    return root
+
+
+def config(subset, out, **kw):
+    base = dict(
+        data=str(subset),
+        holdout=str(subset / "holdout.txt"),
+        out=str(out),
+        epochs=2,
+        steps_per_epoch=2,
+        batch_size=3,
+        views=2,
+        val_classes=1,
+        trainable_stages=1,
+        seed=7,
+        val_queries_per_class=2,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_splits_never_touch_held_out_classes(subset):
+    train, val, test = split_classes(subset, subset / "holdout.txt", 1, seed=7)
+    assert test.classes == ["shark"]
+    assert "shark" not in train.classes + val.classes
+    assert len(val.classes) == 1 and not set(val.classes) & set(train.classes)
+    assert len(train.classes) == 4
+
+
+def test_quadruplets_follow_the_official_sampling():
+    sk_lab, ph_lab = np.repeat(np.arange(5), 4), np.repeat(np.arange(5), 3)
+    quad = sample_quadruplets(sk_lab, ph_lab, 200, np.random.default_rng(0))
+    assert (sk_lab[quad[:, 0]] == sk_lab[quad[:, 1]]).all()  # sketch_neg is of the sketch's class
+    assert (sk_lab[quad[:, 0]] == ph_lab[quad[:, 2]]).all()  # photo: same class
+    assert (sk_lab[quad[:, 0]] != ph_lab[quad[:, 3]]).all()  # photo_neg: another class
+
+
+def test_train_resume_and_load(subset, tmp_path):
+    out = tmp_path / "run"
+    history = Trainer(config(subset, out, epochs=1)).fit()
+    assert len(history) == 1 and np.isfinite(history[0]["total"])
+    assert 0 <= history[0]["val_map_ret"] <= 1
+    assert {"last.pth", "best.safetensors", "train_config.json"} <= {p.name for p in out.iterdir()}
+    # resume continues from epoch 1 to epoch 2 and reuses the cache
+    history = Trainer(config(subset, out, epochs=2)).fit(resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]
+    model = sketchfind.load_model(weights=out / "best.safetensors")
+    assert model.cfg.name == "zse-lite0"
+    meta = sketchfind.models.model_metadata(model)
+    assert "val_metrics" in meta and json.loads(meta["val_metrics"])
+    # frozen backbone stages are unchanged; the trained head differs from the ImageNet weights
+    from sketchfind.models.efficientnet import load_pretrained
+
+    ref = load_pretrained("lite0").state_dict()
+    ours = model.tokens.backbone.state_dict()
+    torch.testing.assert_close(ours["stem.conv.weight"], ref["stem.conv.weight"])
+    assert not torch.equal(ours["head.conv.weight"], ref["head.conv.weight"])
+
+
+def test_same_seed_same_losses(subset, tmp_path):
+    first = Trainer(config(subset, tmp_path / "a", epochs=1, cache_dir=str(tmp_path / "cache"))).fit()
+    second = Trainer(config(subset, tmp_path / "b", epochs=1, cache_dir=str(tmp_path / "cache"))).fit()
+    assert first[0]["total"] == pytest.approx(second[0]["total"], rel=1e-6)
+
+
+def test_bad_data_folder(tmp_path):
+    with pytest.raises(InputError, match="sketches/<class>"):
+        Trainer(TrainConfig(data=str(tmp_path)))
