@@ -84,6 +84,24 @@ def test_train_resume_and_load(subset, tmp_path):
     ours = model.tokens.backbone.state_dict()
     torch.testing.assert_close(ours["stem.conv.weight"], ref["stem.conv.weight"])
     assert not torch.equal(ours["head.conv.weight"], ref["head.conv.weight"])
+    # export: fp16 file, half the size, the validated fusion weight and the training settings inside
+    from sketchfind.train.export import choose_fusion, export_run
+
+    meta = export_run(out, tmp_path / "shipped.safetensors")
+    shipped = sketchfind.load_model(weights=tmp_path / "shipped.safetensors")
+    assert (tmp_path / "shipped.safetensors").stat().st_size < 0.55 * (out / "best.safetensors").stat().st_size
+    assert float(meta["fusion"]) == choose_fusion(json.loads(meta["val_metrics"]))
+    assert json.loads(sketchfind.models.model_metadata(shipped)["train_config"])["seed"] == 7
+    x = torch.rand(2, 3, 224, 224) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(shipped.encode(x), model.encode(x), atol=0.05, rtol=0.05)
+
+
+def test_choose_fusion():
+    from sketchfind.train.export import choose_fusion
+
+    assert choose_fusion({"val_map_ret": 0.3, "val_map_rn": 0.2, "val_map_fused_0.75": 0.35}) == 0.75
+    assert choose_fusion({"val_map_ret": 0.3, "val_map_rn": 0.4, "val_map_fused_0.25": 0.35}) == 0.0
 
 
 def test_same_seed_same_losses(subset, tmp_path):

@@ -191,6 +191,20 @@ def eval_cmd(
     Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+@app.command("export")
+@friendly
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="a training run folder (holds best.safetensors)")],
+    out: Annotated[Path, typer.Option(help="the .safetensors file to write")],
+    half: Annotated[bool, typer.Option(help="store weights as fp16 (half the size; loads as fp32)")] = True,
+) -> None:
+    """Export a training run's best weights (+ the validated fusion weight) as one .safetensors file."""
+    from .train.export import export_run
+
+    meta = export_run(run, out, half=half)
+    Console().print(f"wrote {out} (fusion {meta['fusion']}, epoch {meta.get('epoch', '?')})")
+
+
 def _model_or_none(model: str | None, weights: Path | None):
     from .models import load_model
 
@@ -219,6 +233,9 @@ def index_cmd(
 
     from .index import build_index
 
+    missing = [str(path) for path in photos if not path.exists()]
+    if missing:  # refused before anything is loaded or written
+        raise SketchfindError(f"not found: {', '.join(missing)}")
     result = build_index(photos, out, _model_or_none(model, weights), weights=weights, batch_size=batch_size,
                          embedder=embedder, clip_model=clip_model, clip_weights=clip_weights, clip_config=clip_config,
                          token_storage=tokens, n_clusters=clusters, label_from_folder=label_from_folder, progress=True)

@@ -1,0 +1,37 @@
+"""Turn a training run into the weights file that ships (or that a user passes with ``--weights``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SketchfindError
+from ..models.factory import load_model, save_weights
+
+
+def choose_fusion(val_metrics: dict[str, float]) -> float:
+    """The fused-ranking weight f (f * [Ret] cosine + (1 - f) * relation score) that validated best;
+    1.0 when [Ret] alone was best, 0.0 when the relation network alone was."""
+    candidates = {"val_map_ret": 1.0, "val_map_rn": 0.0}
+    candidates.update({k: float(k.rsplit("_", 1)[1]) for k in val_metrics if k.startswith("val_map_fused_")})
+    best = max((k for k in candidates if k in val_metrics), key=val_metrics.get)
+    return candidates[best]
+
+
+def export_run(run_dir: str | Path, out: str | Path, half: bool = True) -> dict[str, str]:
+    """Writes ``out`` (.safetensors, fp16 by default) from ``run_dir/best.safetensors`` with the fusion
+    weight chosen on validation and the run's training settings in the metadata; returns the metadata."""
+    run_dir = Path(run_dir)
+    best = run_dir / "best.safetensors"
+    if not best.is_file():
+        raise SketchfindError(f"{best} does not exist: train first (sketchfind train --out {run_dir})")
+    model = load_model(weights=best)
+    meta = dict(model.weights_metadata)
+    val = json.loads(meta.get("val_metrics", "{}"))
+    meta["fusion"] = str(choose_fusion(val)) if val else "0.5"
+    config = run_dir / "train_config.json"
+    if config.is_file():
+        meta["train_config"] = config.read_text()
+    meta.pop("config", None)  # save_weights writes the model config itself
+    save_weights(model, out, extra=meta, half=half)
+    return meta
