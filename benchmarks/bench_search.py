@@ -236,7 +236,15 @@ def quality(args, model) -> dict:
     sketches = [p for c in classes for p in sorted((SKETCHY / "sketches" / c).glob("*.png"))[:per_class]]
     q_labels = [p.parent.name for p in sketches]
     log(f"quality: encoding {len(photos)} photos and {len(sketches)} sketches")
-    tokens, globs = encode_photos(model, photos)
+    from sketchfind.index.store import model_fingerprint
+
+    cache = Path(args.work) / f"photos-{model_fingerprint(model)}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            tokens, globs = z["tokens"], z["globs"]
+    else:
+        tokens, globs = encode_photos(model, photos)
+        np.savez(cache, tokens=tokens, globs=globs)
     result = {
         "gallery": len(photos),
         "queries": len(sketches),
@@ -289,7 +297,7 @@ def quality(args, model) -> dict:
 
 def ann_sweep(searcher, queries, exh_scores, rerank_k: int, fusion: float) -> list[list[int]]:
     """ann rankings for other K' / fusion from the same relation scores (the exhaustive run's)."""
-    snap, art, _ = searcher._state
+    snap, art = searcher._state[:2]
     out = []
     for q, scores in zip(queries, exh_scores, strict=True):
         ret = searcher.model.retrieval_embedding(q).numpy()
