@@ -2,7 +2,7 @@
 
 The server is the real command (``sketchfind serve --index DIR``) in its own process; Chromium (Debian's,
 driven by Playwright) draws traced sketchy-mini sketches stroke by stroke with the mouse. After each
-stroke the page searches (60 ms debounce, k=24) and we read its own clock: from the pointerup of the
+stroke the page searches (30 ms debounce, k=24) and we read its own clock: from the pointerup of the
 stroke to the response, to the grid in the DOM, and to every thumbnail decoded ("shown"). The first
 sketch is a warm-up and not counted.
 
@@ -176,7 +176,7 @@ def main() -> None:
             "model": model_desc,
             "strategy": info["default_strategy"],
             "k": 24,
-            "debounce_ms": 60,
+            "debounce_ms": 30,
             "canvas_px": 512,
             "strokes_measured": len(samples),
             "sketches": [s.name for s in sketches[1:]],

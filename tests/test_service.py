@@ -358,3 +358,22 @@ def test_upload_and_delete_with_the_token(tmp_path, index_dir, model):
         assert client.get("/api/info").json()["photos"] == before
         # uploads are written under their content hash, never under the client's file name
         assert all(p.name != "bear.jpg" for p in (tmp_path / "uploads").iterdir())
+
+
+def test_a_search_whose_client_left_costs_no_model_time(searcher):
+    import asyncio
+
+    from sketchfind.service.deps import ServiceState
+    from sketchfind.service.errors import ApiError
+    from sketchfind.service.thumbnails import ThumbnailCache
+
+    class Gone:
+        async def is_disconnected(self):
+            return True
+
+    calls = []
+    state = ServiceState(searcher, Settings(), ThumbnailCache())
+    with pytest.raises(ApiError) as err:
+        asyncio.run(state.run(calls.append, "work", request=Gone()))
+    assert err.value.status == 499 and calls == []
+    assert asyncio.run(state.run(calls.append, "work")) is None and calls == ["work"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import secrets
-import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -27,18 +27,19 @@ class ServiceState:
     searcher: Any
     settings: Settings
     thumbnails: ThumbnailCache
-    # One model at a time: torch already uses both cores for one query, and index writes must not
+    # One model call at a time: torch already uses both cores for one query, and index writes must not
     # interleave with searches. Photo files and thumbnails are served without it.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def run(self, fn, *args, **kwargs):
-        """Run blocking Searcher work in the thread pool, one call at a time."""
+    async def run(self, fn, *args, request: Request | None = None):
+        """Run blocking Searcher work in the thread pool, one call at a time.
 
-        def locked():
-            with self.lock:
-                return fn(*args, **kwargs)
-
-        return await run_in_threadpool(locked)
+        A request whose client has gone while it waited (the page aborts a search when a newer stroke
+        ends) is dropped before it costs any model time."""
+        async with self.lock:
+            if request is not None and await request.is_disconnected():
+                raise ApiError(499, "the client closed the request", "client_closed")
+            return await run_in_threadpool(fn, *args)
 
 
 def get_state(request: Request) -> ServiceState:

@@ -79,7 +79,7 @@ async def search(
         labels = {hit.photo_id: _label(searcher, hit.photo_id) for hit in result.hits}
         return result, labels
 
-    result, labels = await state.run(run)
+    result, labels = await state.run(run, request=request)
     hits = [
         Hit(
             rank=h.rank,
@@ -138,7 +138,7 @@ async def explain(
             raise ApiError(404, f"the file of photo {photo_id} cannot be read any more") from err
         return explanation, render(explanation, squared, photo)
 
-    explanation, images = await state.run(run)
+    explanation, images = await state.run(run, request=request)
     if format == "png":
         return Response(png_bytes(images["combined"]), media_type="image/png")
     urls = {name: "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode() for name, img in images.items()}

@@ -3,7 +3,7 @@
 "use strict";
 
 const RESULTS = 24;          // thumbnails shown
-const DEBOUNCE_MS = 60;      // a new stroke started within this time replaces the pending search
+const DEBOUNCE_MS = 30;      // a new stroke started within this time replaces the pending search
 const INK = "#000", PAPER = "#fff";
 
 const $ = (id) => document.getElementById(id);
