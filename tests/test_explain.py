@@ -80,6 +80,13 @@ def test_links_start_only_where_the_sketch_has_ink(linear_model):
     explanation = explain_tokens(linear_model, sketch_tokens, photo_tokens, squared)
     grid, size = explanation.grid, squared.shape[0]
     ink = squared.sum(axis=2) <= 300
+    def cell_ink(cell):
+        row, col = divmod(cell, grid)
+        rows = slice(row * size // grid, (row + 1) * size // grid + 1)
+        return ink[rows, col * size // grid : (col + 1) * size // grid + 1].any()
+
+    blank = [cell for cell in range(grid * grid) if not cell_ink(cell)]
+    assert blank and all(explanation.sketch_heat.flat[cell] == 0 for cell in blank)  # blank paper stays cold
     for sketch_cell, _, _ in explanation.links:
         row, col = divmod(sketch_cell, grid)
         rows = slice(row * size // grid, (row + 1) * size // grid + 1)

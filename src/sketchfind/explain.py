@@ -12,10 +12,11 @@ position. We show that map as pictures a person can read at a glance:
   cosine map has no spatial reading. The cross-attention weights between patch tokens do: we average
   sketch->photo attention and the transposed photo->sketch attention over heads.
 
-From the (N_sketch, N_photo) matrix: a sketch cell's heat is how well its best photo cell matches it,
-a photo cell's heat how well its best sketch cell does (each scaled to [0, 1] within the pair, so the
-pictures show *where*, the score shows *how much*); the strongest links from inked sketch cells to
-photo cells are drawn as lines between the two images.
+From the (N_sketch, N_photo) matrix, counting only sketch cells that hold ink (the drawn parts; blank
+paper matching blank sky says nothing a person wants to know): a sketch cell's heat is how well its
+best photo cell matches it, a photo cell's heat how well its best-matching inked sketch cell does. Each
+is scaled to [0, 1] within the pair, so the pictures show *where*, the score shows *how much*. The
+strongest links from sketch cells to photo cells are drawn as lines between the two images.
 """
 
 from __future__ import annotations
@@ -84,10 +85,14 @@ def explain_tokens(
         matrix = _attention_matrix(model, sketch_tokens, photo_tokens)
         source, grid = "cross-attention", model.cfg.grid
     matrix = matrix.float().cpu().numpy()
-    sketch_heat = _unit(matrix.max(axis=1)).reshape(grid, grid)
-    photo_heat = _unit(matrix.max(axis=0)).reshape(grid, grid)
     inked = _inked_cells(sketch_image, grid) if sketch_image is not None else np.ones(grid * grid, bool)
-    return Explanation(score, source, grid, matrix, sketch_heat, photo_heat, _links(matrix, inked))
+    sketch_heat = np.zeros(grid * grid)
+    sketch_heat[inked] = _unit(matrix[inked].max(axis=1))
+    photo_heat = _unit(matrix[inked].max(axis=0))
+    links = _links(matrix, sketch_heat, inked)
+    return Explanation(
+        score, source, grid, matrix, sketch_heat.reshape(grid, grid), photo_heat.reshape(grid, grid), links
+    )
 
 
 def explain(model, sketch: Any, photo: Any) -> tuple[Explanation, dict[str, Image.Image]]:
@@ -129,12 +134,10 @@ def _inked_cells(squared: np.ndarray, grid: int) -> np.ndarray:
     return inked if inked.any() else np.ones_like(inked)
 
 
-def _links(matrix: np.ndarray, inked: np.ndarray, count: int = 8) -> list[tuple[int, int, float]]:
-    """The strongest (sketch cell -> its best photo cell) links among inked sketch cells."""
-    best_photo = matrix.argmax(axis=1)
-    strength = _unit(matrix.max(axis=1))
-    order = [int(i) for i in np.argsort(-strength) if inked[i]][:count]
-    return [(i, int(best_photo[i]), float(strength[i])) for i in order]
+def _links(matrix: np.ndarray, strength: np.ndarray, inked: np.ndarray, count: int = 8) -> list[tuple[int, int, float]]:
+    """The strongest (inked sketch cell -> its best photo cell) links, strongest first."""
+    order = [int(i) for i in np.argsort(-strength, kind="stable") if inked[i]][:count]
+    return [(i, int(matrix[i].argmax()), float(strength[i])) for i in order]
 
 
 # ----------------------------------------------------------------------------- rendering
