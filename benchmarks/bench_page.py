@@ -81,8 +81,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(index_dir: Path, port: int, strategy: str | None) -> subprocess.Popen:
+def start_server(index_dir: Path, port: int, strategy: str | None, threads: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "SKETCHFIND_INDEX": str(index_dir)}
+    if threads:
+        env["SKETCHFIND_THREADS"] = str(threads)
     if strategy:
         env["SKETCHFIND_STRATEGY"] = strategy
     cli = Path(sys.executable).with_name("sketchfind")
@@ -147,6 +149,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model name (default: the default model)")
     parser.add_argument("--strategy", default=None, help="search strategy (default: the Searcher's)")
     parser.add_argument("--sketches", type=int, default=6, help="sketches drawn (the first is a warm-up)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in the server (default: all)")
     parser.add_argument("--index-dir", type=Path, default=None, help="index to build or reuse")
     parser.add_argument("--out", type=Path, default=RESULTS / "page_latency")
     args = parser.parse_args()
@@ -161,7 +164,7 @@ def main() -> None:
     sketches = [sorted((SKETCHY / "sketches" / c).glob("*.png"))[0] for c in CLASSES[: args.sketches]]
     load_average = [round(v, 2) for v in os.getloadavg()]
     port = free_port()
-    server = start_server(index_dir, port, args.strategy)
+    server = start_server(index_dir, port, args.strategy, args.threads)
     try:
         info = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info"))
         samples, chromium = measure(f"http://127.0.0.1:{port}", sketches)
@@ -175,6 +178,7 @@ def main() -> None:
             "photos": info["photos"],
             "model": model_desc,
             "strategy": info["default_strategy"],
+            "server_threads": args.threads or "torch default",
             "k": 24,
             "debounce_ms": 30,
             "canvas_px": 512,
@@ -212,6 +216,7 @@ def markdown(result: dict) -> str:
         "# Page latency: stroke end -> results shown",
         "",
         f"{s['photos']:,} photos, {s['model']}, strategy `{s['strategy']}`, k={s['k']}, "
+        f"server torch threads: {s['server_threads']}, "
         f"debounce {s['debounce_ms']} ms; Chromium {s['chromium']} headless; {s['cpus']} CPUs shared by browser "
         f"and server (load average {s['load_average']} at the start); {s['strokes_measured']} strokes of "
         f"{len(s['sketches'])} traced sketchy-mini sketches. Target: {result['target']}.",

@@ -88,12 +88,15 @@ def serve(
     token: Annotated[
         str | None, typer.Option(help="bearer token that allows photo upload/delete", envvar="SKETCHFIND_TOKEN")
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads per query (default: all cores)", envvar="SKETCHFIND_THREADS")
+    ] = None,
 ) -> None:
     """Serve the draw-to-search page and the REST API (indexing PHOTOS first when given)."""
     from .service.run import serve as run_serve
     from .service.settings import Settings
 
-    settings = Settings(index=index, model=model, weights=weights, token=token)
+    settings = Settings(index=index, model=model, weights=weights, token=token, threads=threads)
     run_serve(settings, photos, host, port, console)
 
 

@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import torch
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -39,7 +40,13 @@ class ServiceState:
         async with self.lock:
             if request is not None and await request.is_disconnected():
                 raise ApiError(499, "the client closed the request", "client_closed")
-            return await run_in_threadpool(fn, *args)
+            return await run_in_threadpool(self._call, fn, *args)
+
+    def _call(self, fn, *args):
+        threads = self.settings.threads
+        if threads and torch.get_num_threads() != threads:  # per worker thread: set where the model runs
+            torch.set_num_threads(threads)
+        return fn(*args)
 
 
 def get_state(request: Request) -> ServiceState:
