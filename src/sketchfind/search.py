@@ -30,8 +30,10 @@ from .preprocess import preprocess_sketch
 
 STRATEGIES = ("exhaustive", "clustered", "ann")
 DEFAULT_STRATEGY = "ann"
-DEFAULT_RERANK_K = 100  # K' for ann and the head size of clustered with k=None; see benchmarks/
-DEFAULT_FUSION = 0.0  # weight of the [Ret] cosine in the ann head's score; see benchmarks/
+# ann's K' and fusion weight: chosen by benchmarks/bench_search.py on the trainer's validation classes
+# (smallest K' within 0.002 mAP@100 of the best; results/search-quality.md). Re-run it when new weights ship.
+DEFAULT_RERANK_K = 10  # also the head size of clustered with k=None
+DEFAULT_FUSION = 0.0  # weight of the [Ret] cosine in the ann head's score
 
 
 @dataclass(frozen=True)
