@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..errors import CheckpointError
 from .settings import Settings
 
 INDEX_DB = "index.sqlite"
@@ -24,7 +25,10 @@ def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
         searcher = open_searcher(settings)
         report = searcher.add_photos([photos], label_from_folder=True, progress=True)
     else:
-        model = load_model(settings.model, weights=settings.weights)  # None: the default model
+        try:
+            model = load_model(settings.model, weights=settings.weights)  # None: the default model
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; on the command line: --model NAME --weights FILE") from err
         report = build_index(
             [photos], settings.index, model, weights=settings.weights, label_from_folder=True, progress=True
         )
