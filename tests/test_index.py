@@ -233,3 +233,21 @@ def test_clip_embedder_from_local_weights(model, gallery, tmp_path):
             clip_model="sf-tiny-clip",
             clip_weights=tmp_path / "none.pt",
         )
+
+
+def test_removing_most_photos_compacts_the_shards(model, gallery, tmp_path):
+    folder, photos = gallery
+    out = tmp_path / "idx"
+    build_index([folder], out, model)
+    with IndexStore.open(out) as store:
+        snap = store.snapshot()
+        before = dict(zip(store.paths(snap), store.tokens(snap, np.arange(len(snap))), strict=True))
+    size = sum(p.stat().st_size for p in (out / "shards").iterdir())
+    assert remove_photos(out, [str(folder / "cup"), str(folder / "airplane")]) == 12  # 2/3 garbage -> compact
+    with IndexStore.open(out) as store:
+        snap = store.snapshot()
+        assert store.garbage_fraction() == 0 and len(snap) == 6
+        for path, tokens in zip(store.paths(snap), store.tokens(snap, np.arange(6)), strict=True):
+            np.testing.assert_array_equal(tokens, before[path])
+    assert sum(p.stat().st_size for p in (out / "shards").iterdir()) < size / 2
+    assert len(build_index([folder], out, model).new) == 12  # and the index keeps growing normally

@@ -176,3 +176,14 @@ def test_search_params_are_set_explicitly_at_load(model, tmp_path):
     with Searcher.open(tmp_path / "idx", model, ann_params={"efSearch": 7}) as custom:
         assert faiss.downcast_index(custom._state[1].ann).hnsw.efSearch == 7
         assert len(custom.search(sketches(("cup",), 1)[0], k=4).hits) == 4
+
+
+def test_a_searcher_survives_compaction_by_another_writer(model, tmp_path):
+    from sketchfind.index import remove_photos
+
+    copy_photos(tmp_path / "photos", classes=("cup", "swan", "apple"), per_class=4)
+    build_index([tmp_path / "photos"], tmp_path / "idx", model)
+    with Searcher.open(tmp_path / "idx", model) as searcher:
+        assert remove_photos(tmp_path / "idx", [str(tmp_path / "photos" / c) for c in ("cup", "swan")]) == 8
+        hits = searcher.search(sketches(("apple",), 1)[0], k=None, strategy="exhaustive").hits
+        assert len(hits) == 4 and all("apple" in h.path for h in hits)

@@ -29,6 +29,7 @@ class Clusters:
 
     @property
     def n_clusters(self) -> int:
+        """Number of clusters C."""
         return len(self.centroids)
 
 

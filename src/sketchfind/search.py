@@ -209,13 +209,21 @@ class Searcher:
         strategy = _check_strategy(strategy or self.settings.strategy)
         if k is not None and k < 1:
             raise SketchfindError("k must be at least 1")
-        with self._lock:
-            snap, art, paths, members, reps = self._state
-        if len(snap) == 0:
-            return [], {}
         run = {"exhaustive": self._exhaustive, "clustered": self._clustered, "ann": self._ann}[strategy]
-        with torch.inference_mode():
-            positions, scores, timings = run(query, k, snap, art, members, reps)
+        for attempt in (0, 1):
+            with self._lock:
+                snap, art, paths, members, reps = self._state
+            if len(snap) == 0:
+                return [], {}
+            try:
+                with torch.inference_mode():
+                    positions, scores, timings = run(query, k, snap, art, members, reps)
+                break
+            except IndexStoreError:
+                # another process compacted the shards this snapshot points into: take the new snapshot once
+                if attempt or self.store.generation == snap.generation:
+                    raise
+                self.refresh()
         hits = [
             Hit(i + 1, int(snap.ids[p]), paths[p], float(s))
             for i, (p, s) in enumerate(zip(positions, scores, strict=True))

@@ -31,6 +31,7 @@ from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
 from .store import IndexStore, PhotoRow, model_fingerprint
 
+COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -246,6 +247,7 @@ def build_index(
         todo = _plan(files, store.file_states(), report)
         with _progress(progress, len(todo), "indexing") as advance:
             _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
+        store.compact(min_garbage=COMPACT_AT)  # replaced photos leave their old rows behind
         snapshot = store.snapshot()
         if progress and (report.new or report.updated):
             print(f"clustering and writing the search index ({len(snapshot)} photos)...", file=sys.stderr)
@@ -384,6 +386,7 @@ def remove_photos(index_dir: str | Path, targets) -> int:
             ids.update(v[0] for p, v in states.items() if p == path or p.startswith(path.rstrip("/") + "/"))
         removed = store.remove(sorted(ids))
         if removed:
+            store.compact(min_garbage=COMPACT_AT)
             load_or_build(store, store.snapshot(), persist=True)
         return removed
     finally:

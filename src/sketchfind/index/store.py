@@ -445,6 +445,48 @@ class IndexStore:
                 self._bump_generation()
         return removed
 
+    def garbage_fraction(self) -> float:
+        """Share of stored shard rows no photo points at any more (removed or replaced photos)."""
+        with self._db_lock:
+            stored = self.conn.execute("SELECT COALESCE(SUM(rows), 0) FROM shards").fetchone()[0]
+            live = self.conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+        return 1.0 - live / stored if stored else 0.0
+
+    def compact(self, min_garbage: float = 0.0) -> bool:
+        """Rewrites the live rows into new shard files when at least ``min_garbage`` of the stored rows are
+        unreferenced; one transaction switches every photo over, then the old files are deleted (a crash
+        before the commit leaves uncommitted new files, after it unreferenced old ones: both are dropped
+        by the next writer's recovery). Returns whether it compacted."""
+        self._require_writable()
+        garbage = self.garbage_fraction()
+        if garbage <= 0 or garbage < min_garbage:
+            return False
+        snap = self.snapshot()
+        with self._db_lock:
+            old = [r[0] for r in self.conn.execute("SELECT id FROM shards")]
+        first = max(old) + 1
+        places, shard_rows = [], {}
+        for start in range(0, len(snap), SHARD_ROWS):
+            positions = np.arange(start, min(len(snap), start + SHARD_ROWS))
+            shard = first + start // SHARD_ROWS
+            self._append("tokens", shard, 0, self.read_codes(snap, positions))
+            self._append("global", shard, 0, self.read_codes(snap, positions, "global"))
+            places += [(shard, i) for i in range(len(positions))]
+            shard_rows[shard] = len(positions)
+        crash_point("compact-written")
+        with self._db_lock, self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "UPDATE photos SET shard=?, row=? WHERE id=?",
+                [(s, r, int(i)) for (s, r), i in zip(places, snap.ids, strict=True)],
+            )
+            self.conn.execute("DELETE FROM shards")
+            self.conn.executemany("INSERT INTO shards VALUES (?, ?)", list(shard_rows.items()))
+            self._bump_generation()
+        self._maps.clear()
+        self._recover()  # deletes the old shard files
+        return True
+
     def _bump_generation(self) -> None:
         self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
 
