@@ -188,7 +188,7 @@ class Searcher:
         """A sketch (any accepted source) -> tokens (1, T, D)."""
         image = preprocess_sketch(source, self.model.cfg.preprocess)
         with torch.inference_mode():
-            return self.model.encode_sketch(image.unsqueeze(0))
+            return self.model.encode_sketch(image.unsqueeze(0).contiguous(memory_format=torch.channels_last))
 
     def search(self, source, k: int | None = 20, strategy: str | None = None) -> SearchResult:
         """Ranks the gallery for one sketch: the best ``k`` photos (``k=None``: the whole gallery)."""
