@@ -51,7 +51,7 @@ def run_checks(reference: str | Path) -> Iterator[Check]:
     """Yields one Check per golden, computed through the public model / preprocessing / metrics API."""
     from .metrics import retrieval_metrics
     from .models import load_model
-    from .preprocess import preprocess_photo, preprocess_sketch, sketch_steps, read_sketch_rgb
+    from .preprocess import preprocess_photo, preprocess_sketch, read_sketch_rgb, sketch_steps
     from .train.losses import zse_losses
 
     reference = Path(reference)
