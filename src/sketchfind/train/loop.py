@@ -35,21 +35,21 @@ class TrainConfig:
     holdout: str | None = None  # classes never trained on (the zero-shot test classes)
     out: str = "runs/zse-lite0"
     model: str = "zse-lite0"
-    epochs: int = 12
-    steps_per_epoch: int = 150
+    epochs: int = 10
+    steps_per_epoch: int = 100
     batch_size: int = 32  # b: 4b images per step, as the official sampler
     lr: float = 3e-4
     weight_decay: float = 1e-2
     margin: float = 1.0
     ret_weight: float = 1.0  # contrastive loss on the encoder [Ret] embedding (used by ANN search); 0 = official
     temperature: float = 0.07
-    trainable_stages: int = 0  # last backbone stages trained (0 = frozen backbone, 9 = all)
-    views: int = 4  # cached views per image: 1 plain + (views-1) augmented
+    trainable_stages: int = 2  # last backbone stages trained (0 = frozen backbone, 9 = all)
+    views: int = 3  # cached views per image: 1 plain + (views-1) augmented
     val_classes: int = 15  # seen classes held out for model selection
     seed: int = 2021
     threads: int = 2
     cache_dir: str | None = None  # where backbone caches are kept (default: the run folder); shareable across runs
-    val_queries_per_class: int = 5  # sketches per validation class ranked by the (slower) relation network
+    val_queries_per_class: int = 3  # sketches per validation class ranked by the (slower) relation network
 
 
 def set_seed(seed: int) -> None:
