@@ -54,7 +54,7 @@ def encode_files(model: ZSEModel, files: list[Path], kind: str, batch: int = 32,
     pre = model.cfg.preprocess
     prep = preprocess_sketch if kind == "sketch" else preprocess_photo
     tokens, globals_ = [], []
-    for i in track(range(0, len(files), batch), description=desc or f"encoding {kind}es"):
+    for i in track(range(0, len(files), batch), description=desc or f"encoding {kind} images"):
         images = torch.stack([prep(f, pre) for f in files[i : i + batch]])
         t, g = model.encode_with_global(images)
         tokens.append(t)

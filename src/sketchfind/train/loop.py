@@ -35,7 +35,7 @@ class TrainConfig:
     holdout: str | None = None  # classes never trained on (the zero-shot test classes)
     out: str = "runs/zse-lite0"
     model: str = "zse-lite0"
-    epochs: int = 10
+    epochs: int = 5
     steps_per_epoch: int = 100
     batch_size: int = 32  # b: 4b images per step, as the official sampler
     lr: float = 3e-4

@@ -1,0 +1,72 @@
+"""sketchfind eval on a small real subset with the shipped default model: metrics, baselines, report files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import sketchfind
+from sketchfind.cli import app
+from sketchfind.evaluate import evaluate, write_report
+from sketchfind.metrics import retrieval_metrics
+
+from .conftest import SKETCHY
+
+CLASSES = ["bicycle", "shark", "zebra"]  # seen (training) classes: this checks the plumbing, not zero-shot
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalset")
+    for kind in ("sketches", "photos"):
+        for c in CLASSES:
+            (root / kind / c).mkdir(parents=True)
+            for f in sorted((SKETCHY / kind / c).iterdir())[:5]:
+                (root / kind / c / f.name).symlink_to(f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(subset):
+    return evaluate(sketchfind.load_model(), subset / "sketches", subset / "photos", fusion=0.75)
+
+
+def test_rankings_and_baselines(result):
+    assert set(result.metrics) == {"ret", "rn", "fused", "random", "imagenet_backbone"}
+    assert result.settings["queries"] == 15 and result.settings["gallery"] == 15
+    for name, m in result.metrics.items():
+        assert set(m) >= {"map_all", "map_100", "map_200", "p_10", "p_25", "p_100", "p_200"}
+        assert 0 <= m["map_all"] <= 1, name
+    # metrics are the official ones on the returned scores
+    again = retrieval_metrics(-result.scores["fused"], result.query_labels, result.gallery_labels)
+    assert again["map_all"] == pytest.approx(result.metrics["fused"]["map_all"])
+    np.testing.assert_allclose(result.scores["fused"], 0.75 * result.scores["ret"] + 0.25 * result.scores["rn"])
+    # the trained model separates three easy seen classes far better than chance
+    assert result.metrics["fused"]["map_all"] > result.metrics["random"]["map_all"] + 0.3
+
+
+def test_report_files(result, tmp_path):
+    paths = write_report(result, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["metrics"]["rn"]["map_all"] == pytest.approx(result.metrics["rn"]["map_all"])
+    assert "| fused |" in paths["markdown"].read_text()
+    for key in ("pr", "grid"):
+        with Image.open(paths[key]) as img:
+            assert img.format == "PNG" and img.width > 300
+    grid = np.asarray(Image.open(paths["grid"]).convert("RGB"))
+    green = ((grid[..., 0] == 40) & (grid[..., 1] == 170) & (grid[..., 2] == 60)).sum()
+    assert green > 0  # right-class borders are drawn
+
+
+def test_cli_eval(subset, tmp_path):
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["eval", "--sketches", str(subset / "sketches"), "--photos", str(subset / "photos"),
+                                   "--out", str(out), "--no-baselines"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["settings"]["fusion"] == 0.75  # from the shipped weights
+    bad = CliRunner().invoke(app, ["eval", "--sketches", str(tmp_path / "nope"), "--photos", str(tmp_path)])
+    assert bad.exit_code == 1 and "error" in bad.output
