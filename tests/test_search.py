@@ -62,7 +62,7 @@ def test_exhaustive_is_the_relation_network_over_every_photo(searcher, query):
 
 
 def test_ann_reranks_the_faiss_head_and_keeps_the_rest_by_cosine(searcher, query, index_dir, model):
-    with Searcher.open(index_dir, model, rerank_k=100) as wide:
+    with Searcher.open(index_dir, model, rerank_k=100, fusion=0.0) as wide:  # pure relation re-ranking
         hits, timings = wide.search_tokens(query, k=None, strategy="ann")
     assert len({h.photo_id for h in hits}) == 32 and {"first_stage", "rerank"} <= set(timings)
     exhaustive, _ = searcher.search_tokens(query, k=None, strategy="exhaustive")

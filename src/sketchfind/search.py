@@ -32,8 +32,8 @@ STRATEGIES = ("exhaustive", "clustered", "ann")
 DEFAULT_STRATEGY = "ann"
 # ann's K' and fusion weight: chosen by benchmarks/bench_search.py on the trainer's validation classes
 # (smallest K' within 0.002 mAP@100 of the best; results/search-quality.md). Re-run it when new weights ship.
-DEFAULT_RERANK_K = 10  # also the head size of clustered with k=None
-DEFAULT_FUSION = 0.0  # weight of the [Ret] cosine in the ann head's score
+DEFAULT_RERANK_K = 25  # also the head size of clustered with k=None
+DEFAULT_FUSION = 0.5  # weight of the [Ret] cosine in the ann head's score
 
 
 @dataclass(frozen=True)
