@@ -25,6 +25,16 @@ def load_make_weights():
     return module
 
 
+def link_sketchy_subset(root: Path, classes: list[str], per_class: int) -> Path:
+    """A sketches/<class>/ + photos/<class>/ folder of symlinks to the first files of sketchy-mini."""
+    for kind in ("sketches", "photos"):
+        for c in classes:
+            (root / kind / c).mkdir(parents=True)
+            for f in sorted((SKETCHY / kind / c).iterdir())[:per_class]:
+                (root / kind / c / f.name).symlink_to(f)
+    return root
+
+
 @pytest.fixture(scope="session")
 def official_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint in the official container format with the deterministic synthetic weights."""

@@ -14,20 +14,14 @@ from sketchfind.cli import app
 from sketchfind.evaluate import evaluate, write_report
 from sketchfind.metrics import retrieval_metrics
 
-from .conftest import SKETCHY
+from .conftest import link_sketchy_subset
 
 CLASSES = ["bicycle", "shark", "zebra"]  # seen (training) classes: this checks the plumbing, not zero-shot
 
 
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evalset")
-    for kind in ("sketches", "photos"):
-        for c in CLASSES:
-            (root / kind / c).mkdir(parents=True)
-            for f in sorted((SKETCHY / kind / c).iterdir())[:5]:
-                (root / kind / c / f.name).symlink_to(f)
-    return root
+    return link_sketchy_subset(tmp_path_factory.mktemp("evalset"), CLASSES, 5)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from sketchfind.errors import InputError
 from sketchfind.train.data import sample_quadruplets, split_classes
 from sketchfind.train.loop import TrainConfig, Trainer
 
-from .conftest import SKETCHY
+from .conftest import link_sketchy_subset
 
 CLASSES = ["airplane", "apple", "bicycle", "cup", "fan", "shark"]
 
@@ -21,12 +21,7 @@ CLASSES = ["airplane", "apple", "bicycle", "cup", "fan", "shark"]
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory):
     """6 classes x 6 sketches/photos linked from sketchy-mini; 'shark' held out."""
-    root = tmp_path_factory.mktemp("subset")
-    for kind in ("sketches", "photos"):
-        for c in CLASSES:
-            (root / kind / c).mkdir(parents=True)
-            for f in sorted((SKETCHY / kind / c).iterdir())[:6]:
-                (root / kind / c / f.name).symlink_to(f)
+    root = link_sketchy_subset(tmp_path_factory.mktemp("subset"), CLASSES, 6)
     (root / "holdout.txt").write_text("shark\n")
     return root
 
