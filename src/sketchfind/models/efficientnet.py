@@ -124,11 +124,38 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, eps=config.bn_eps, momentum=config.bn_momentum)
         self.act = nn.ReLU6() if act else nn.Identity()
         self.kernel, self.stride = kernel, stride
+        self._folded: tuple | None = None  # (key, weight, bias): BatchNorm folded into the conv, for eval
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = pad_same(x, self.kernel, self.stride)
-        return self.act(self.bn(self.conv(x)))
+        if self.training or (torch.is_grad_enabled() and self.conv.weight.requires_grad):
+            return self.act(self.bn(self.conv(x)))
+        # eval: BatchNorm uses fixed statistics, so it folds into the conv (one pass over the activations
+        # fewer; ~1.3x faster lite0 on CPU); ReLU6 then runs in place when nothing needs the conv output
+        weight, bias = self.folded()
+        conv = self.conv
+        out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if isinstance(self.act, nn.ReLU6):
+            return F.relu6(out, inplace=not torch.is_grad_enabled())
+        return out
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the conv with the BatchNorm folded in; recomputed whenever a parameter or
+        running statistic changed (loading weights, training) since the last call."""
+        bn = self.bn
+        tensors = (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        try:
+            key = tuple((t.data_ptr(), t._version) for t in tensors)
+        except RuntimeError:  # inference tensors keep no version counter: fold every time
+            key = None
+        if self._folded is None or key is None or self._folded[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable under autograd too
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                weight = self.conv.weight * scale.view(-1, 1, 1, 1)
+                bias = bn.bias - bn.running_mean * scale
+            self._folded = (key, weight, bias)
+        return self._folded[1], self._folded[2]
 
 
 class MBConv(nn.Module):
