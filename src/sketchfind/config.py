@@ -41,6 +41,9 @@ class ModelConfig:
     tokenizer_channels: tuple[int, ...] = (64, 128, 256)  # conv tokenizer hidden widths (stride 2 each)
     # CNN token source (backbone startswith "efficientnet")
     backbone_channels: int = 1280  # channels of the CNN's last feature map
+    sketch_stages: int = 0  # >0: sketches run their own copy of the backbone's last N stages; photos keep ImageNet's
+    ret_source: str = "encoder"  # "encoder": [Ret] is the encoder's output (official); "pooled": anchored [Ret]
+    ret_head_hidden: int = 512  # hidden width of the sketch-side residual MLP of the anchored [Ret]
     # self-attention encoder
     depth: int = 12
     heads: int = 12

@@ -56,7 +56,7 @@ def encode_files(model: ZSEModel, files: list[Path], kind: str, batch: int = 32,
     tokens, globals_ = [], []
     for i in track(range(0, len(files), batch), description=desc or f"encoding {kind} images"):
         images = torch.stack([prep(f, pre) for f in files[i : i + batch]])
-        t, g = model.encode_with_global(images)
+        t, g = model.encode_with_global(images, kind)
         tokens.append(t)
         globals_.append(g)
     return torch.cat(tokens), torch.cat(globals_)

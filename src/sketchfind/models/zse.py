@@ -3,6 +3,7 @@ cross-attention between sketch and photo tokens, and a relation network on the t
 
 Read top to bottom:
   token sources   ViTTokens (patch embedding averaged with a conv tokenizer) or CNNTokens (a CNN's last map)
+  AnchoredRet     CNN family option: [Ret] = pooled backbone features in a fixed space of ImageNet photo features
   Encoder         [Ret] token + position embedding + pre-LN transformer blocks + final LayerNorm
   CrossAttention  one layer per stream: sketch queries attend to photo keys, photo queries to sketch keys
   RelationHead    down-sample tokens, cosine map between sketch and photo positions, MLP -> sigmoid score
@@ -14,6 +15,7 @@ A = relation_grid**2 anchors (49 for the official model).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -48,23 +50,105 @@ class ViTTokens(nn.Module):
 
 
 class CNNTokens(nn.Module):
-    """A CNN backbone's last feature map, projected to the token width: one token per cell."""
+    """A CNN backbone's last feature map, projected to the token width: one token per cell.
+
+    With ``cfg.sketch_stages = N > 0`` sketches run their own copy of the backbone's last N stages
+    (the ones training adapts to drawings) while photos keep the ImageNet stages: the photo side keeps
+    ImageNet's semantics for classes that sketch training never saw (zero-shot)."""
 
     def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
         if backbone is None:
             from .efficientnet import EfficientNetLite
 
-            backbone = EfficientNetLite(cfg.backbone.removeprefix("efficientnet_"))
+            backbone = EfficientNetLite(cfg.backbone.removeprefix("efficientnet_"), num_classes=0)
+        backbone.classifier = nn.Identity()  # the ImageNet classifier plays no part in retrieval
         self.backbone = backbone
+        n = cfg.sketch_stages
+        self.sketch_tail = nn.ModuleList(copy.deepcopy(s) for s in backbone.stages[-n:]) if n else None
         self.proj = nn.Linear(cfg.backbone_channels, cfg.width)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The backbone's feature map (B, C, g, g)."""
-        return self.backbone.forward_features(images)
+    def stages(self, modality: str) -> list[nn.Module]:
+        """The backbone stages an image of this modality ("sketch" or "photo") runs through, in order."""
+        stages = self.backbone.stages
+        if self.sketch_tail is None or modality == "photo":
+            return stages
+        return [*stages[: len(stages) - len(self.sketch_tail)], *self.sketch_tail]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(images).flatten(2).transpose(1, 2))  # (B, N, D)
+    def freeze(self, n_trainable: int) -> None:
+        """For training: only the last n backbone stages learn. With a sketch branch these are the last n
+        stages of the sketch copy (n <= sketch_stages) and the photo stages all stay ImageNet's."""
+        if self.sketch_tail is None:
+            self.backbone.freeze(n_trainable)
+            return
+        if not 0 <= n_trainable <= len(self.sketch_tail):
+            raise ValueError(f"the sketch branch has {len(self.sketch_tail)} stages; cannot train {n_trainable}")
+        self.backbone.freeze(0)
+        self.frozen_sketch_stages = len(self.sketch_tail) - n_trainable
+        for i, stage in enumerate(self.sketch_tail):
+            stage.requires_grad_(i >= self.frozen_sketch_stages)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> CNNTokens:
+        """Set train/eval mode; frozen sketch stages stay in eval mode (BatchNorm statistics kept)."""
+        super().train(mode)
+        for stage in list(self.sketch_tail or [])[: getattr(self, "frozen_sketch_stages", 0)]:
+            stage.eval()
+        return self
+
+    def features(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
+        """The backbone's feature map (B, C, g, g)."""
+        if self.sketch_tail is None or modality == "photo":
+            return self.backbone.forward_features(images)
+        for stage in self.stages(modality):
+            images = stage(images)
+        return images
+
+    def forward(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
+        return self.proj(self.features(images, modality).flatten(2).transpose(1, 2))  # (B, N, D)
+
+
+class AnchoredRet(nn.Module):
+    """The anchored [Ret] (``ret_source="pooled"``): pooled backbone features, L2-normalised, centred and
+    projected on a fixed PCA basis of ImageNet photo features (``fit``, from unlabelled training photos).
+
+    Photos get the projection of their ImageNet features: nothing learned on the training classes
+    touches them, so classes never seen in training stay as well separated as ImageNet keeps them.
+    Sketches first pass a residual MLP (trained, zero-initialised) that moves drawings towards the
+    photos they show. The result is scaled to norm sqrt(D), like the LayerNorm outputs it sits beside."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, d = cfg.backbone_channels, cfg.width
+        self.register_buffer("mean", torch.zeros(c))  # (C,) of the normalised pooled features
+        self.register_buffer("basis", torch.eye(c, d))  # (C, D) principal directions, set by fit()
+        self.sketch_head = nn.Sequential(
+            nn.Linear(c, cfg.ret_head_hidden), nn.ReLU(), nn.Linear(cfg.ret_head_hidden, c)
+        )
+        nn.init.zeros_(self.sketch_head[2].weight)  # starts as the identity: sketches as ImageNet sees them
+        nn.init.zeros_(self.sketch_head[2].bias)
+
+    @torch.no_grad()
+    def fit(self, photo_pooled: torch.Tensor) -> None:
+        """Sets the centre and PCA basis from (N, C) pooled photo features. With fewer than D photos the
+        principal directions are completed to D orthonormal ones."""
+        x = F.normalize(photo_pooled.float(), dim=-1)
+        mean = x.mean(0)
+        _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)  # (min(N, C), C)
+        d = self.basis.shape[1]
+        basis = vt[:d].T  # (C, r)
+        if basis.shape[1] < d:  # QR keeps the span of the leading columns
+            q, _ = torch.linalg.qr(torch.cat([basis, torch.eye(x.shape[1], d)], dim=1))
+            basis = torch.cat([basis, q[:, basis.shape[1] : d]], dim=1)
+        self.mean.copy_(mean)
+        self.basis.copy_(basis)
+
+    def forward(self, pooled: torch.Tensor, modality: str) -> torch.Tensor:
+        """(B, C) pooled features -> (B, D) [Ret] tokens."""
+        if modality == "sketch":
+            pooled = pooled + self.sketch_head(pooled)
+        z = (F.normalize(pooled, dim=-1) - self.mean) @ self.basis  # (B, D)
+        return F.normalize(z, dim=-1) * math.sqrt(z.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,34 +363,44 @@ class ZSEModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokens = ViTTokens(cfg) if cfg.backbone == "vit" else CNNTokens(cfg, backbone)
+        if cfg.ret_source not in ("encoder", "pooled") or (cfg.ret_source == "pooled" and cfg.backbone == "vit"):
+            raise ValueError(f"ret_source {cfg.ret_source!r} does not fit backbone {cfg.backbone!r}")
+        self.ret = AnchoredRet(cfg) if cfg.ret_source == "pooled" else None
         self.encoder = Encoder(cfg)
         self.cross = CrossAttention(cfg)
         self.relation = RelationHead(cfg)
 
     # -- encoding ---------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, T, D) encoder tokens, [Ret] first."""
-        return self.encoder(self.tokens(images))
+        return self.encode_with_global(images, modality)[0]
 
     def encode_sketch(self, images: torch.Tensor) -> torch.Tensor:
-        """Sketch images -> tokens (the encoder is shared by both modalities)."""
-        return self.encode(images)
+        """Sketch images -> tokens."""
+        return self.encode(images, "sketch")
 
     def encode_photo(self, images: torch.Tensor) -> torch.Tensor:
         """Photo images -> tokens."""
-        return self.encode(images)
+        return self.encode(images, "photo")
 
-    def encode_with_global(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_with_global(self, images: torch.Tensor, modality: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
         """Images -> (tokens (B, T, D), global embedding (B, G)) in one backbone pass.
 
         The global embedding (L2-normalised) is what the clustered strategy groups photos by:
         the CNN backbone's average-pooled features, or the mean encoder patch token for ViT."""
         if isinstance(self.tokens, CNNTokens):
-            feats = self.tokens.features(images)  # (B, C, g, g)
-            tokens = self.encoder(self.tokens.proj(feats.flatten(2).transpose(1, 2)))
-            return tokens, F.normalize(feats.mean((2, 3)).float(), dim=-1)
-        tokens = self.encode(images)
+            return self.tokens_from_features(self.tokens.features(images, modality), modality)
+        tokens = self.encoder(self.tokens(images))
         return tokens, F.normalize(tokens[:, 1:].mean(1).float(), dim=-1)
+
+    def tokens_from_features(self, feats: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """CNN feature map (B, C, g, g) -> (tokens (B, T, D), global embedding (B, C)); training calls it on
+        cached backbone outputs."""
+        tokens = self.encoder(self.tokens.proj(feats.flatten(2).transpose(1, 2)))  # (B, T, D)
+        pooled = feats.mean((2, 3))  # (B, C)
+        if self.ret is not None:  # the anchored [Ret] takes the encoder's [Ret] slot
+            tokens = torch.cat([self.ret(pooled, modality).unsqueeze(1).to(tokens.dtype), tokens[:, 1:]], dim=1)
+        return tokens, F.normalize(pooled.float(), dim=-1)
 
     @staticmethod
     def retrieval_embedding(tokens: torch.Tensor) -> torch.Tensor:
@@ -354,7 +448,9 @@ class ZSEModel(nn.Module):
     def forward(self, sketches: torch.Tensor, photos: torch.Tensor):
         """Training forward on images: aligned (B, 3, S, S) sketches and photos ->
         (CA [Ret] tokens of [sketch rows; photo rows] (2B, D), relation scores (B,)), as official train mode."""
-        tokens = self.encode(torch.cat([sketches, photos]))
-        sketch_tokens, photo_tokens = tokens.chunk(2)
+        if isinstance(self.tokens, ViTTokens):  # one batch, as the official code (same dropout draws)
+            sketch_tokens, photo_tokens = self.encode(torch.cat([sketches, photos])).chunk(2)
+        else:
+            sketch_tokens, photo_tokens = self.encode_sketch(sketches), self.encode_photo(photos)
         sketch_ca, photo_ca, scores = self.pair_forward(sketch_tokens, photo_tokens)
         return torch.cat([sketch_ca[:, 0], photo_ca[:, 0]]), scores

@@ -1,9 +1,13 @@
 """``sketchfind train``: the ZSE-SBIR objective on a CNN backbone, CPU-friendly.
 
 The frozen part of the backbone runs once per image and augmented view; its outputs are cached
-(``cache.npz`` in the run folder), so each step only runs the trainable stages, the encoder,
-cross-attention and relation network. Every epoch writes ``last.pth`` (model, optimizer, RNG state:
-``--resume`` continues from it) and, when validation mAP improves, ``best.safetensors``.
+(``cache-*.pt`` in the run folder), so each step only runs the trainable stages, the encoder,
+cross-attention and relation network. Losses: the paper's triplet and relation losses, plus an InfoNCE
+loss on the [Ret] embedding that ANN search ranks by first: between sketch and photo [Ret]s, or, for a
+model with the anchored [Ret] (``zse-lite0``), between sketch [Ret]s and the fixed [Ret]s of every
+training photo (photos keep their ImageNet features; only the sketch side moves). Every epoch writes
+``last.pth`` (model, optimizer, RNG state: ``--resume`` continues from it) and, when validation mAP
+improves, ``best.safetensors``.
 """
 
 from __future__ import annotations
@@ -43,13 +47,14 @@ class TrainConfig:
     margin: float = 1.0
     ret_weight: float = 1.0  # contrastive loss on the encoder [Ret] embedding (used by ANN search); 0 = official
     temperature: float = 0.07
-    trainable_stages: int = 2  # last backbone stages trained (0 = frozen backbone, 9 = all)
-    views: int = 3  # cached views per image: 1 plain + (views-1) augmented
+    trainable_stages: int = 4  # last backbone stages trained (of the sketch branch if the model has one)
+    views: int = 4  # cached views per image: 1 plain + (views-1) augmented
     val_classes: int = 15  # seen classes held out for model selection
     seed: int = 2021
     threads: int = 2
     cache_dir: str | None = None  # where backbone caches are kept (default: the run folder); shareable across runs
-    val_queries_per_class: int = 3  # sketches per validation class ranked by the (slower) relation network
+    val_queries_per_class: int = 5  # sketches per validation class ranked by the (slower) relation network
+    edges: float = 0.3  # chance that a training sketch is replaced by the HED edge map of a photo of its class
 
 
 def set_seed(seed: int) -> None:
@@ -60,7 +65,7 @@ def set_seed(seed: int) -> None:
 
 
 def build_model(cfg: TrainConfig) -> ZSEModel:
-    """The model with its ImageNet-pretrained backbone, partly frozen."""
+    """The model with its ImageNet-pretrained backbone, partly frozen (a sketch branch starts as a copy)."""
     from ..models.efficientnet import load_pretrained
 
     model_cfg = get_model_config(cfg.model)
@@ -68,55 +73,68 @@ def build_model(cfg: TrainConfig) -> ZSEModel:
         raise ConfigError(
             f"training supports the CNN family (e.g. zse-lite0); {model_cfg.name} is {model_cfg.backbone}"
         )
-    backbone = load_pretrained(model_cfg.backbone.removeprefix("efficientnet_"))
-    backbone.freeze(cfg.trainable_stages)
-    return ZSEModel(model_cfg, backbone=backbone)
+    model = ZSEModel(model_cfg, backbone=load_pretrained(model_cfg.backbone.removeprefix("efficientnet_")))
+    try:
+        model.tokens.freeze(cfg.trainable_stages)
+    except ValueError as exc:
+        raise ConfigError(f"--trainable-stages {cfg.trainable_stages}: {exc}") from exc
+    return model
 
 
-def frozen_count(model: ZSEModel) -> int:
-    return model.tokens.backbone.num_frozen_stages
+def frozen_count(model: ZSEModel, cfg: TrainConfig) -> int:
+    """Leading backbone stages that no modality trains: their outputs are cached."""
+    return len(model.tokens.backbone.stages) - cfg.trainable_stages
 
 
-def run_stages(model: ZSEModel, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
-    """Backbone stages [start, stop) on x."""
-    for stage in model.tokens.backbone.stages[start:stop]:
+def tokens_from_cache(model: ZSEModel, cached: torch.Tensor, modality: str, start: int) -> torch.Tensor:
+    """Cached outputs of the first ``start`` stages -> encoder tokens (B, T, D)."""
+    x = cached.float()
+    for stage in model.tokens.stages(modality)[start:]:
         x = stage(x)
-    return x
+    return model.tokens_from_features(x, modality)[0]
 
 
-def tokens_from_cache(model: ZSEModel, cached: torch.Tensor) -> torch.Tensor:
-    """Cached frozen-prefix outputs -> encoder tokens (B, T, D)."""
-    feats = run_stages(model, cached.float(), frozen_count(model))  # (B, C, g, g)
-    return model.encoder(model.tokens.proj(feats.flatten(2).transpose(1, 2)))
-
-
-def image_views(path: Path, kind: str, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
-    """(views, 3, S, S): the plain preprocessed image, then augmented copies."""
+def image_views(source, kind: str, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
+    """(views, 3, S, S): the plain preprocessed image (a file, or an array for drawings), then augmented
+    copies."""
     pre = model.cfg.preprocess
     if kind == "sketches":
-        base = sketch_array(path, pre)
+        base = sketch_array(source, pre)
         aug = augment_sketch
     else:
-        base = np.asarray(preprocess_photo(path, pre).mul(0.5).add(0.5).mul(255).round().byte().permute(1, 2, 0))
+        base = np.asarray(preprocess_photo(source, pre).mul(0.5).add(0.5).mul(255).round().byte().permute(1, 2, 0))
         aug = augment_photo
     arrays = [base] + [aug(base, rng) for _ in range(views - 1)]
     return torch.stack([to_tensor(np.ascontiguousarray(a), pre) for a in arrays])
 
 
 @torch.inference_mode()
-def build_cache(model: ZSEModel, files: list[Path], kind: str, views: int, seed: int, desc: str) -> torch.Tensor:
-    """(N, views, C, h, w) fp16 outputs of the frozen backbone prefix."""
+def build_cache(model: ZSEModel, files: list, kind: str, views: int, seed: int, start: int, desc: str):
+    """(N, views, C, h, w) fp16 outputs of the first ``start`` backbone stages (the same for both modalities:
+    stages that training leaves alone are ImageNet's in both branches). ``kind="edges"``: the files are
+    photos, drawn as HED edge maps and treated as sketches."""
     from rich.progress import track
 
     rng = np.random.default_rng(seed)
-    start = frozen_count(model)
+    hed = None
+    if kind == "edges":
+        from ..models.hed import load_hed
+        from ..preprocess import read_photo
+
+        hed = load_hed()
     out = []
     batch: list[torch.Tensor] = []
     for i, path in enumerate(track(files, description=desc)):
-        batch.append(image_views(path, kind, model, views, rng))
+        if hed is not None:
+            drawing = hed.edge_image(np.asarray(read_photo(path).convert("RGB")))
+            batch.append(image_views(drawing, "sketches", model, views, rng))
+        else:
+            batch.append(image_views(path, kind, model, views, rng))
         if len(batch) == 16 or i == len(files) - 1:
             x = torch.cat(batch)
-            out.append(run_stages(model, x, 0, start).half())  # (len(batch) * views, C, h, w)
+            for stage in model.tokens.stages("photo")[:start]:
+                x = stage(x)
+            out.append(x.half())  # (len(batch) * views, C, h, w)
             batch = []
     flat = torch.cat(out)
     return flat.reshape(len(files), views, *flat.shape[1:])
@@ -136,6 +154,15 @@ def contrastive_loss(
     return (one_way(logits, positive) + one_way(logits.T, positive.T)) / 2
 
 
+def bank_contrastive_loss(
+    sketch_emb: torch.Tensor, sk_lab: torch.Tensor, bank: torch.Tensor, bank_lab: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Multi-positive InfoNCE of L2-normalised sketch embeddings against a fixed bank of photo embeddings."""
+    log_prob = (sketch_emb @ bank.T / temperature).log_softmax(dim=1)  # (Ns, Nbank)
+    positive = (sk_lab[:, None] == bank_lab[None]).float()
+    return -((log_prob * positive).sum(1) / positive.sum(1).clamp(min=1)).mean()
+
+
 class Trainer:
     """Holds the model, optimizer, caches and the loop; ``fit()`` runs (or resumes) the whole training."""
 
@@ -148,8 +175,10 @@ class Trainer:
         self.model = build_model(cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.start = frozen_count(self.model, cfg)
         self.epoch, self.best = 0, -1.0
         self.history: list[dict] = []
+        self.bank: tuple[torch.Tensor, torch.Tensor] | None = None  # anchored [Ret] of the training photos
 
     # -- caches -------------------------------------------------------------------------------
     def caches(self) -> None:
@@ -166,12 +195,45 @@ class Trainer:
             for name, split, views in (("train", self.train_split, self.cfg.views), ("val", self.val_split, 1)):
                 for kind in ("sketches", "photos"):
                     files, labels = split.flat(kind)
-                    feats = build_cache(self.model, files, kind, views, self.cfg.seed, f"caching {name} {kind}")
+                    feats = build_cache(
+                        self.model, files, kind, views, self.cfg.seed, self.start, f"caching {name} {kind}"
+                    )
                     data[f"{name}_{kind}"], data[f"{name}_{kind}_labels"] = feats, torch.from_numpy(labels)
             tmp = path.with_suffix(".tmp")
             torch.save(data, tmp)
             tmp.replace(path)
+        if c.edges > 0:  # HED drawings of the training photos: their own cache, shared by runs with any --edges
+            path = folder / f"edges-{c.model}-s{c.trainable_stages}-v{c.views}-c{c.val_classes}-seed{c.seed}.pt"
+            if path.is_file():
+                data["train_edges"] = torch.load(path, weights_only=True)
+            else:
+                files, _ = self.train_split.flat("photos")
+                data["train_edges"] = build_cache(
+                    self.model, files, "edges", c.views, c.seed, self.start, "drawing edge maps of train photos"
+                )
+                tmp = path.with_suffix(".tmp")
+                torch.save(data["train_edges"], tmp)
+                tmp.replace(path)
         self.data = data
+
+    @torch.no_grad()
+    def anchor_bank(self) -> None:
+        """Fits the anchored [Ret] space on the training photos' ImageNet features (a fresh run only) and
+        keeps their [Ret] embeddings, with labels, as the bank that sketch [Ret]s are contrasted with."""
+        if self.model.ret is None:
+            return
+        photos = self.data["train_photos"][:, 0]  # plain views
+        feats = []
+        for chunk in photos.split(128):
+            x = chunk.float()
+            for stage in self.model.tokens.stages("photo")[self.start :]:
+                x = stage(x)
+            feats.append(x.mean((2, 3)))
+        pooled = torch.cat(feats)
+        if self.epoch == 0:
+            self.model.ret.fit(pooled)
+        emb = F.normalize(self.model.ret(pooled, "photo"), dim=-1)
+        self.bank = (emb, self.data["train_photos_labels"])
 
     # -- one step -----------------------------------------------------------------------------
     def step(self, rng: np.random.Generator) -> dict[str, float]:
@@ -181,17 +243,27 @@ class Trainer:
         quad = sample_quadruplets(sk_lab, ph_lab, b, rng)
         view = rng.integers(0, cfg.views, size=(b, 4))
         sk = torch.cat([d["train_sketches"][quad[:, 0], view[:, 0]], d["train_sketches"][quad[:, 1], view[:, 1]]])
+        if cfg.edges > 0:  # some sketches become HED drawings of a (random) photo of the same class
+            swap = np.flatnonzero(rng.random(2 * b) < cfg.edges)
+            classes = sk_lab[np.concatenate([quad[:, 0], quad[:, 1]])[swap]]
+            photos = np.array([rng.choice(np.flatnonzero(ph_lab == c)) for c in classes], dtype=np.int64)
+            if len(swap):
+                sk[swap] = d["train_edges"][photos, rng.integers(0, cfg.views, len(swap))]
         ph = torch.cat([d["train_photos"][quad[:, 2], view[:, 2]], d["train_photos"][quad[:, 3], view[:, 3]]])
-        tokens = tokens_from_cache(self.model, torch.cat([sk, ph]))  # [sketch, sketch_neg, photo, photo_neg]
-        sketch_tokens, photo_tokens = tokens[: 2 * b], tokens[2 * b :]
+        sketch_tokens = tokens_from_cache(self.model, sk, "sketch", self.start)  # [sketch; sketch_neg]
+        photo_tokens = tokens_from_cache(self.model, ph, "photo", self.start)  # [photo; photo_neg]
         sketch_ca, photo_ca, scores = self.model.pair_forward(sketch_tokens, photo_tokens)
         losses = zse_losses(torch.cat([sketch_ca[:, 0], photo_ca[:, 0]]), scores, cfg.margin)
         if cfg.ret_weight > 0:
-            emb = F.normalize(tokens[:, 0], dim=-1)
             lab = torch.from_numpy(
                 np.concatenate([sk_lab[quad[:, 0]], sk_lab[quad[:, 1]], ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
             )
-            ret = contrastive_loss(emb[: 2 * b], emb[2 * b :], lab[: 2 * b], lab[2 * b :], cfg.temperature)
+            sketch_emb = F.normalize(sketch_tokens[:, 0], dim=-1)
+            if self.bank is not None:  # anchored [Ret]: sketches against every training photo, photos fixed
+                ret = bank_contrastive_loss(sketch_emb, lab[: 2 * b], *self.bank, cfg.temperature)
+            else:
+                photo_emb = F.normalize(photo_tokens[:, 0], dim=-1)
+                ret = contrastive_loss(sketch_emb, photo_emb, lab[: 2 * b], lab[2 * b :], cfg.temperature)
             losses["ret"] = cfg.ret_weight * ret
             losses["total"] = losses["total"] + losses["ret"]
         self.opt.zero_grad(set_to_none=True)
@@ -205,8 +277,10 @@ class Trainer:
         """mAP@all on the validation classes for the [Ret], relation-network and fused rankings."""
         self.model.eval()
         d = self.data
-        sk = torch.cat([tokens_from_cache(self.model, x) for x in d["val_sketches"][:, 0].split(64)])
-        ph = torch.cat([tokens_from_cache(self.model, x) for x in d["val_photos"][:, 0].split(64)])
+        def encode(cached: torch.Tensor, modality: str) -> torch.Tensor:
+            return torch.cat([tokens_from_cache(self.model, x, modality, self.start) for x in cached.split(64)])
+
+        sk, ph = encode(d["val_sketches"][:, 0], "sketch"), encode(d["val_photos"][:, 0], "photo")
         ql, gl = d["val_sketches_labels"].numpy(), d["val_photos_labels"].numpy()
         # the relation network ranks every photo for a few sketches per class (all pairs would dominate the epoch)
         keep = np.concatenate([np.flatnonzero(ql == c)[: self.cfg.val_queries_per_class] for c in np.unique(ql)])
@@ -267,6 +341,7 @@ class Trainer:
         if resume:
             self.resume()
         self.caches()
+        self.anchor_bank()
         self.model.train()
         total = self.cfg.epochs * self.cfg.steps_per_epoch
         columns = (

@@ -1,0 +1,110 @@
+"""The CNN family's sketch branch and anchored [Ret] on real sketchy-mini images."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sketchfind.config import get_model_config
+from sketchfind.models.efficientnet import load_pretrained
+from sketchfind.models.zse import ZSEModel
+from sketchfind.preprocess import preprocess_photo, preprocess_sketch
+
+from .conftest import SKETCHY
+
+CLASSES = ["airplane", "cat", "pineapple", "zebra"]
+
+
+@pytest.fixture(scope="module")
+def images():
+    cfg = get_model_config("zse-lite0").preprocess
+    photos = [sorted((SKETCHY / "photos" / c).glob("*.jpg"))[0] for c in CLASSES]
+    sketches = [sorted((SKETCHY / "sketches" / c).glob("*.png"))[0] for c in CLASSES]
+    return (
+        torch.stack([preprocess_sketch(p, cfg) for p in sketches]),
+        torch.stack([preprocess_photo(p, cfg) for p in photos]),
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    """zse-lite0's architecture on the ImageNet backbone (sketch branch = a copy of its last stages)."""
+    torch.manual_seed(0)
+    return ZSEModel(get_model_config("zse-lite0"), backbone=load_pretrained("lite0")).eval()
+
+
+def test_photos_run_the_imagenet_backbone_and_sketches_their_own_stages(model, images):
+    sketches, photos = images
+    imagenet = load_pretrained("lite0")
+    n = model.cfg.sketch_stages
+    assert n > 0 and len(model.tokens.stages("sketch")) == len(model.tokens.stages("photo"))
+    with torch.no_grad():
+        expected = imagenet.forward_features(photos)
+        torch.testing.assert_close(model.tokens.features(photos, "photo"), expected)
+        # a fresh sketch branch is a copy of the ImageNet stages ...
+        torch.testing.assert_close(model.tokens.features(sketches, "sketch"), imagenet.forward_features(sketches))
+        # ... and changing it changes sketches only
+        changed = ZSEModel(model.cfg, backbone=load_pretrained("lite0")).eval()
+        for p in changed.tokens.sketch_tail.parameters():
+            p.add_(0.01)
+        torch.testing.assert_close(changed.tokens.features(photos, "photo"), expected)
+        assert not torch.allclose(changed.tokens.features(sketches, "sketch"), imagenet.forward_features(sketches))
+
+
+def test_freeze_trains_only_the_sketch_branch(model):
+    m = ZSEModel(model.cfg, backbone=load_pretrained("lite0"))
+    m.tokens.freeze(2)
+    assert not any(p.requires_grad for p in m.tokens.backbone.parameters())
+    tail = m.tokens.sketch_tail
+    assert [any(p.requires_grad for p in s.parameters()) for s in tail] == [False] * (len(tail) - 2) + [True] * 2
+    m.train()
+    assert not tail[0].training and tail[-1].training
+    assert not any(stage.training for stage in m.tokens.backbone.stages)
+    with pytest.raises(ValueError, match="sketch branch"):
+        m.tokens.freeze(len(tail) + 1)
+
+
+def test_anchored_ret_of_photos_is_the_pca_of_imagenet_features(model, images):
+    sketches, photos = images
+    m = ZSEModel(model.cfg, backbone=load_pretrained("lite0")).eval()
+    imagenet = load_pretrained("lite0")
+    with torch.no_grad():
+        fit_photos = torch.stack(
+            [preprocess_photo(p, m.cfg.preprocess) for p in sorted((SKETCHY / "photos").glob("*/*.jpg"))[::20]]
+        )
+        pooled = imagenet.forward_features(fit_photos).mean((2, 3))
+        m.ret.fit(pooled)
+        basis = m.ret.basis
+        torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-4, rtol=0)
+        tokens, global_emb = m.encode_with_global(photos)
+        feats = F.normalize(imagenet.forward_features(photos).mean((2, 3)), dim=-1)
+        expected = F.normalize((feats - m.ret.mean) @ basis, dim=-1)
+        torch.testing.assert_close(m.retrieval_embedding(tokens), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(global_emb, feats)
+        assert tokens[:, 0].norm(dim=-1).allclose(torch.full((4,), math.sqrt(m.cfg.width)))
+        # the sketch head starts as the identity; once trained it moves sketches and never photos
+        before = m.retrieval_embedding(m.encode_sketch(sketches))
+        m.ret.sketch_head[2].bias.add_(0.05)
+        assert not torch.allclose(m.retrieval_embedding(m.encode_sketch(sketches)), before)
+        torch.testing.assert_close(m.retrieval_embedding(m.encode_photo(photos)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fit_on_fewer_photos_than_dimensions_completes_the_basis(model):
+    m = ZSEModel(model.cfg, backbone=load_pretrained("lite0"))
+    pooled = torch.rand(10, model.cfg.backbone_channels)
+    m.ret.fit(pooled)
+    basis = m.ret.basis
+    torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-4, rtol=0)
+    centred = F.normalize(pooled, dim=-1) - m.ret.mean
+    # the 9 principal directions come first and carry all the variance of the photos fitted on
+    torch.testing.assert_close((centred @ basis[:, :9]).norm(), centred.norm(), atol=1e-4, rtol=1e-4)
+
+
+def test_pooled_ret_needs_a_cnn():
+    cfg = dataclasses.replace(get_model_config("zse-tiny"), ret_source="pooled")
+    with pytest.raises(ValueError, match="ret_source"):
+        ZSEModel(cfg)
