@@ -30,7 +30,7 @@ def result(subset):
 
 
 def test_rankings_and_baselines(result):
-    assert set(result.metrics) == {"ret", "rn", "fused", "random", "imagenet_backbone"}
+    assert set(result.metrics) == {"ret", "rn", "fused", "ann", "random", "imagenet_backbone"}
     assert result.settings["queries"] == 15 and result.settings["gallery"] == 15
     for name, m in result.metrics.items():
         assert set(m) >= {"map_all", "map_100", "map_200", "p_10", "p_25", "p_100", "p_200"}
@@ -39,6 +39,21 @@ def test_rankings_and_baselines(result):
     again = retrieval_metrics(-result.scores["fused"], result.query_labels, result.gallery_labels)
     assert again["map_all"] == pytest.approx(result.metrics["fused"]["map_all"])
     np.testing.assert_allclose(result.scores["fused"], 0.75 * result.scores["ret"] + 0.25 * result.scores["rn"])
+    # ann: the search pipeline with the settings stored in the shipped weights (fusion as asked)
+    from dataclasses import replace
+
+    from sketchfind.evaluate import encode_files
+    from sketchfind.models import model_metadata
+    from sketchfind.rerank import RankSettings, pipeline_scores
+
+    model = sketchfind.load_model()
+    settings = replace(RankSettings.from_metadata(model_metadata(model)), fusion=0.75)
+    assert result.settings["ann"] == settings.__dict__
+    sk, _ = encode_files(model, result.query_files, "sketch")
+    ph, _ = encode_files(model, result.gallery_files, "photo")
+    emb = model.retrieval_embedding
+    expected = pipeline_scores(emb(sk).numpy(), emb(ph).numpy(), result.scores["rn"], settings)
+    np.testing.assert_allclose(result.scores["ann"], expected, atol=1e-5)
     # the trained model separates three easy seen classes far better than chance
     assert result.metrics["fused"]["map_all"] > result.metrics["random"]["map_all"] + 0.3
 
@@ -61,6 +76,7 @@ def test_cli_eval(subset, tmp_path):
     res = CliRunner().invoke(app, ["eval", "--sketches", str(subset / "sketches"), "--photos", str(subset / "photos"),
                                    "--out", str(out), "--no-baselines"])
     assert res.exit_code == 0, res.output
-    assert json.loads((out / "metrics.json").read_text())["settings"]["fusion"] == 0.75  # from the shipped weights
+    shipped = float(sketchfind.models.model_metadata(sketchfind.load_model())["fusion"])
+    assert json.loads((out / "metrics.json").read_text())["settings"]["fusion"] == shipped  # from the weights
     bad = CliRunner().invoke(app, ["eval", "--sketches", str(tmp_path / "nope"), "--photos", str(tmp_path)])
     assert bad.exit_code == 1 and "error" in bad.output

@@ -187,3 +187,40 @@ def test_a_searcher_survives_compaction_by_another_writer(model, tmp_path):
         assert remove_photos(tmp_path / "idx", [str(tmp_path / "photos" / c) for c in ("cup", "swan")]) == 8
         hits = searcher.search(sketches(("apple",), 1)[0], k=None, strategy="exhaustive").hits
         assert len(hits) == 4 and all("apple" in h.path for h in hits)
+
+
+def test_ann_with_query_expansion_is_the_rerank_pipeline(model, query, tmp_path):
+    from sketchfind.rerank import RankSettings, pipeline_scores
+
+    copy_photos(tmp_path / "photos", classes=CLASSES, per_class=8)
+    build_index([tmp_path / "photos"], tmp_path / "idx", model, token_storage="fp32", ann_type="Flat", n_clusters=4)
+    settings = RankSettings(rerank_k=6, fusion=0.5, qe_top=3, qe_weight=1.0)
+    with Searcher.open(tmp_path / "idx", model, **settings.__dict__) as s:
+        hits, _ = s.search_tokens(query, k=None, strategy="ann")
+        ids = s._state[0].ids
+        tokens = s.photo_tokens(ids)
+        with torch.inference_mode():
+            relation = model.relation_scores(query, tokens).numpy()
+        query_emb = model.retrieval_embedding(query).numpy()
+        expected = pipeline_scores(query_emb, model.retrieval_embedding(tokens).numpy(), relation, settings)[0]
+        assert [h.photo_id for h in hits] == [int(ids[i]) for i in np.argsort(-expected, kind="stable")]
+        np.testing.assert_allclose([h.score for h in hits[:6]], np.sort(expected)[::-1][:6], rtol=1e-5)
+        # no expansion and fusion 1: the plain FAISS cosine order, no relation network
+        with Searcher.open(tmp_path / "idx", model, fusion=1.0, qe_weight=0.0) as plain:
+            hits, timings = plain.search_tokens(query, k=None, strategy="ann")
+        cos = pipeline_scores(query_emb, model.retrieval_embedding(tokens).numpy(), None, RankSettings())[0]
+        assert [h.photo_id for h in hits] == [int(ids[i]) for i in np.argsort(-cos, kind="stable")]
+
+
+def test_ann_settings_come_from_the_weights_metadata(index_dir, model):
+    model.weights_metadata = {"fusion": "0.75", "qe_top": "4", "qe_weight": "1.5", "rerank_k": "7"}
+    try:
+        with Searcher.open(index_dir, model) as s:
+            got = s.settings
+            assert (got.fusion, got.qe_top, got.qe_weight, got.rerank_k) == (0.75, 4, 1.5, 7)
+        with Searcher.open(index_dir, model, qe_weight=0.0, rerank_k=3) as s:  # explicit values win
+            assert (s.settings.qe_weight, s.settings.rerank_k, s.settings.fusion) == (0.0, 3, 0.75)
+        with pytest.raises(SketchfindError, match="fusion"):
+            Searcher.open(index_dir, model, fusion=1.5)
+    finally:
+        del model.weights_metadata

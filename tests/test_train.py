@@ -84,23 +84,30 @@ def test_train_resume_and_load(subset, tmp_path):
     frozen_copy = model.tokens.sketch_tail[0].state_dict()  # trainable_stages=1: the first copies stay ImageNet's
     torch.testing.assert_close(frozen_copy, load_pretrained("lite0").stages[-4].state_dict())
     # export: fp16 file, half the size, the validated fusion weight and the training settings inside
-    from sketchfind.train.export import choose_fusion, export_run
+    from sketchfind.rerank import RankSettings
+    from sketchfind.train.export import choose_settings, export_run
 
     meta = export_run(out, tmp_path / "shipped.safetensors")
     shipped = sketchfind.load_model(weights=tmp_path / "shipped.safetensors")
     assert (tmp_path / "shipped.safetensors").stat().st_size < 0.55 * (out / "best.safetensors").stat().st_size
-    assert float(meta["fusion"]) == choose_fusion(json.loads(meta["val_metrics"]))
+    chosen = choose_settings(json.loads(meta["val_metrics"]))
+    assert RankSettings.from_metadata(sketchfind.models.model_metadata(shipped)) == chosen
     assert json.loads(sketchfind.models.model_metadata(shipped)["train_config"])["seed"] == 7
     x = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(shipped.encode(x), model.encode(x), atol=0.05, rtol=0.05)
 
 
-def test_choose_fusion():
-    from sketchfind.train.export import choose_fusion
+def test_choose_fusion_and_search_settings():
+    from sketchfind.rerank import RankSettings, settings_key, validation_grid
+    from sketchfind.train.export import choose_fusion, choose_settings
 
     assert choose_fusion({"val_map_ret": 0.3, "val_map_rn": 0.2, "val_map_fused_0.75": 0.35}) == 0.75
     assert choose_fusion({"val_map_ret": 0.3, "val_map_rn": 0.4, "val_map_fused_0.25": 0.35}) == 0.0
+    grid = validation_grid()
+    metrics = {settings_key(s): 0.1 * i / len(grid) for i, s in enumerate(grid)} | {"val_map_ret": 0.9}
+    assert choose_settings(metrics) == grid[-1]  # the best pipeline setting, not the best plain ranking
+    assert choose_settings({"val_map_ret": 0.3, "val_map_fused_0.5": 0.4}) == RankSettings(fusion=0.5)
 
 
 def test_same_seed_same_losses(subset, tmp_path):

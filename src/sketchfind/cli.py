@@ -225,11 +225,14 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="the .safetensors file to write")],
     half: Annotated[bool, typer.Option(help="store weights as fp16 (half the size; loads as fp32)")] = True,
 ) -> None:
-    """Export a training run's best weights (+ the validated fusion weight) as one .safetensors file."""
+    """Export a training run's best weights (+ the validated ann settings) as one .safetensors file."""
     from .train.export import export_run
 
     meta = export_run(run, out, half=half)
-    Console().print(f"wrote {out} (fusion {meta['fusion']}, epoch {meta.get('epoch', '?')})")
+    Console().print(
+        f"wrote {out} (fusion {meta['fusion']}, query expansion {meta['qe_top']} x {meta['qe_weight']}, "
+        f"epoch {meta.get('epoch', '?')})"
+    )
 
 
 def _model_or_none(model: str | None, weights: Path | None):
@@ -299,11 +302,17 @@ def search_cmd(
     strategy: Annotated[str, typer.Option(help="exhaustive | clustered | ann")] = "ann",
     fmt: Annotated[str, typer.Option("--format", help="table | json (JSON Lines, one object per sketch)")] = "table",
     grid: Annotated[Path | None, typer.Option(help="also draw the results as a PNG grid")] = None,
-    rerank_k: Annotated[int | None, typer.Option(help="photos re-ranked by the relation network (ann)")] = None,
+    rerank_k: Annotated[int | None, typer.Option(help="ann: photos re-scored by the relation network")] = None,
+    fusion: Annotated[
+        float | None, typer.Option(min=0, max=1, help="ann: f in f*cosine + (1-f)*relation score (1: no RN)")
+    ] = None,
+    qe_weight: Annotated[float | None, typer.Option(min=0, help="ann: query expansion weight (0: none)")] = None,
+    qe_top: Annotated[int | None, typer.Option(min=1, help="ann: nearest photos averaged into the query")] = None,
     model: ModelName = None,
     weights: WeightsFile = None,
 ) -> None:
-    """Rank the indexed photos for each sketch (the model is loaded once)."""
+    """Rank the indexed photos for each sketch (the model is loaded once). ann settings left out take the
+    values validated with the model's weights."""
     import json
 
     from .search import Searcher, sketch_files
@@ -313,7 +322,9 @@ def search_cmd(
     k = None if top_k.lower() == "all" else _positive_int(top_k, "--top-k")
     sources = sketch_files(sketches)
     failed, drawn = 0, []
-    with Searcher.open(index, _model_or_none(model, weights), strategy=strategy, rerank_k=rerank_k) as searcher:
+    net = _model_or_none(model, weights)
+    ann = {"rerank_k": rerank_k, "fusion": fusion, "qe_weight": qe_weight, "qe_top": qe_top}
+    with Searcher.open(index, net, strategy=strategy, **ann) as searcher:
         for source in sources:
             try:
                 result = searcher.search(source, k=k)

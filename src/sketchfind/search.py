@@ -4,10 +4,12 @@ Strategies (all rank by the relation network in the end; they differ in which ph
   exhaustive  cross-attention + relation network against every photo;
   clustered   the reference system (LTBach/ZSE-SBIR_CLIP): score the cluster representatives, then the
               photos of the best clusters, taken in score order until there are at least k photos;
-  ann         FAISS top-K' by the [Ret] embedding, then relation-network re-ranking of those K', with
-              ``fusion`` * cosine + (1 - fusion) * relation score as the head's score.
+  ann         FAISS on the [Ret] embedding: the sketch's nearest photos expand the query (``qe_*``), a
+              second FAISS search ranks the gallery, and its top K' are re-scored with
+              ``fusion`` * cosine + (1 - fusion) * relation score (see :mod:`sketchfind.rerank`).
 Beyond the re-ranked head (``k=None`` ranks the whole gallery), photos follow by first-stage score:
-the [Ret] cosine for ann, the cluster's score for clustered.
+the [Ret] cosine for ann, the cluster's score for clustered. The ann settings default to the validated
+values stored with the model's weights.
 """
 
 from __future__ import annotations
@@ -27,13 +29,10 @@ from .index.build import build_index, check_model, load_index_model, remove_phot
 from .index.store import IndexStore, PhotoRecord, Snapshot
 from .models.zse import ZSEModel
 from .preprocess import preprocess_sketch
+from .rerank import RankSettings, expand_query, normalize
 
 STRATEGIES = ("exhaustive", "clustered", "ann")
 DEFAULT_STRATEGY = "ann"
-# ann's K' and fusion weight: chosen by benchmarks/bench_search.py on the trainer's validation classes
-# (smallest K' within 0.002 mAP@100 of the best; results/search-quality.md). Re-run it when new weights ship.
-DEFAULT_RERANK_K = 25  # also the head size of clustered with k=None
-DEFAULT_FUSION = 0.5  # weight of the [Ret] cosine in the ann head's score
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,10 @@ class SearchSettings:
     """Everything that changes a ranking besides the index and the model, set explicitly at open."""
 
     strategy: str = DEFAULT_STRATEGY
-    rerank_k: int = DEFAULT_RERANK_K
-    fusion: float = DEFAULT_FUSION
+    rerank_k: int = RankSettings.rerank_k  # also the head size of clustered with k=None
+    fusion: float = RankSettings.fusion
+    qe_top: int = RankSettings.qe_top
+    qe_weight: float = RankSettings.qe_weight
     ann_params: dict = field(default_factory=dict)  # FAISS search parameters (efSearch, nprobe), if any
     chunk: int = 2048  # photos decoded at a time by exhaustive search
 
@@ -102,22 +103,36 @@ class Searcher:
         strategy: str = DEFAULT_STRATEGY,
         rerank_k: int | None = None,
         fusion: float | None = None,
+        qe_top: int | None = None,
+        qe_weight: float | None = None,
         ann_params: dict | None = None,
     ) -> Searcher:
-        """Opens an index for searching; ``model=None`` loads the model the index was built with."""
+        """Opens an index for searching; ``model=None`` loads the model the index was built with. ann settings
+        left as None take the values validated with the model's weights (:class:`~sketchfind.rerank.RankSettings`)."""
+        from .models.factory import model_metadata
+
         root = Path(index_dir)
         store = IndexStore.open(root)
         try:
             if model is None:
                 model = load_index_model(store.meta["model"], root)
             check_model(store.meta["model"], model, root)
-            rerank_k = DEFAULT_RERANK_K if rerank_k is None else int(rerank_k)
-            if rerank_k < 1:
-                raise SketchfindError("rerank_k must be at least 1")
+            given = {"rerank_k": rerank_k, "fusion": fusion, "qe_top": qe_top, "qe_weight": qe_weight}
+            rank = {**RankSettings.from_metadata(model_metadata(model)).__dict__}
+            rank.update({k: v for k, v in given.items() if v is not None})
+            if int(rank["rerank_k"]) < 1 or int(rank["qe_top"]) < 1:
+                raise SketchfindError("rerank_k and qe_top must be at least 1")
+            if not 0 <= float(rank["fusion"]) <= 1 or float(rank["qe_weight"]) < 0:
+                raise SketchfindError("fusion must lie in [0, 1] and qe_weight must not be negative")
             ann_type = store.meta.get("ann_type", "SQ8")
             params = {**default_search_params(ann_type), **(ann_params or {})}
             settings = SearchSettings(
-                _check_strategy(strategy), rerank_k, DEFAULT_FUSION if fusion is None else float(fusion), params
+                _check_strategy(strategy),
+                int(rank["rerank_k"]),
+                float(rank["fusion"]),
+                int(rank["qe_top"]),
+                float(rank["qe_weight"]),
+                params,
             )
             return cls(root, store, model.eval(), settings)
         except BaseException:
@@ -243,23 +258,31 @@ class Searcher:
 
     def _ann(self, query, k, snap, art, members, reps):
         t0 = time.perf_counter()
-        n = len(snap)
-        head_n = min(self.settings.rerank_k, n)
+        s, n = self.settings, len(snap)
+        head_n = min(s.rerank_k, n) if s.fusion < 1 else 0
         want = n if k is None else min(n, max(k, head_n))
         ret = self.model.retrieval_embedding(query).numpy()  # (1, D)
+        if s.qe_weight > 0:  # expand the query with its nearest photos, then search again
+            _, near = art.ann.search(ret, min(n, s.qe_top))
+            near = near[0][near[0] >= 0]
+            ret = expand_query(ret, self._ret_embeddings(snap, near)[None], s.qe_weight).astype(np.float32)
         cos, found = art.ann.search(ret, want)
         keep = found[0] >= 0
         cos, found = cos[0][keep], found[0][keep]
         t1 = time.perf_counter()
-        head = found[:head_n]
-        fused = (1 - self.settings.fusion) * self._relation(query, self.store.tokens(snap, head))
-        fused += self.settings.fusion * cos[:head_n]
-        order = np.argsort(-fused, kind="stable")
-        positions = np.concatenate([head[order], found[head_n:]])
-        scores = np.concatenate([fused[order], cos[head_n:]])
+        if head_n:
+            head = found[:head_n]
+            fused = (1 - s.fusion) * self._relation(query, self.store.tokens(snap, head)) + s.fusion * cos[:head_n]
+            order = np.argsort(-fused, kind="stable")
+            found = np.concatenate([head[order], found[head_n:]])
+            cos = np.concatenate([fused[order], cos[head_n:]])
         if k is not None:
-            positions, scores = positions[:k], scores[:k]
-        return positions, scores, {"first_stage": t1 - t0, "rerank": time.perf_counter() - t1}
+            found, cos = found[:k], cos[:k]
+        return found, cos, {"first_stage": t1 - t0, "rerank": time.perf_counter() - t1}
+
+    def _ret_embeddings(self, snap, positions: np.ndarray) -> np.ndarray:
+        """(n, D) unit [Ret] embeddings of indexed photos, as stored."""
+        return normalize(self.store.codec.decode_first(self.store.read_codes(snap, positions)))
 
     def _clustered(self, query, k, snap, art, members, reps):
         t0 = time.perf_counter()
@@ -288,8 +311,7 @@ class Searcher:
 
     def _by_cosine(self, query, snap, positions: np.ndarray) -> np.ndarray:
         ret = self.model.retrieval_embedding(query).numpy()[0]
-        emb = self.store.codec.decode_first(self.store.read_codes(snap, positions))
-        return positions[np.argsort(-(emb @ ret), kind="stable")]
+        return positions[np.argsort(-(self._ret_embeddings(snap, positions) @ ret), kind="stable")]
 
     # -- changes ------------------------------------------------------------------------------------
     def add_photos(self, paths, **kwargs):

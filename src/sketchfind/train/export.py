@@ -7,6 +7,17 @@ from pathlib import Path
 
 from ..errors import SketchfindError
 from ..models.factory import load_model, save_weights
+from ..rerank import RankSettings, settings_key, validation_grid
+
+
+def choose_settings(val_metrics: dict[str, float]) -> RankSettings:
+    """The ann pipeline setting (fusion, query expansion) with the best validation mAP; runs validated
+    before the pipeline grid existed get their fusion weight and no expansion."""
+    grid = {settings_key(s): s for s in validation_grid()}
+    scored = [k for k in grid if k in val_metrics]
+    if not scored:
+        return RankSettings(fusion=choose_fusion(val_metrics))
+    return grid[max(scored, key=val_metrics.get)]
 
 
 def choose_fusion(val_metrics: dict[str, float]) -> float:
@@ -19,8 +30,9 @@ def choose_fusion(val_metrics: dict[str, float]) -> float:
 
 
 def export_run(run_dir: str | Path, out: str | Path, half: bool = True) -> dict[str, str]:
-    """Writes ``out`` (.safetensors, fp16 by default) from ``run_dir/best.safetensors`` with the fusion
-    weight chosen on validation and the run's training settings in the metadata; returns the metadata."""
+    """Writes ``out`` (.safetensors, fp16 by default) from ``run_dir/best.safetensors`` with the ann settings
+    chosen on validation (fusion, query expansion) and the run's training settings in the metadata; returns
+    the metadata."""
     run_dir = Path(run_dir)
     best = run_dir / "best.safetensors"
     if not best.is_file():
@@ -28,7 +40,7 @@ def export_run(run_dir: str | Path, out: str | Path, half: bool = True) -> dict[
     model = load_model(weights=best)
     meta = dict(model.weights_metadata)
     val = json.loads(meta.get("val_metrics", "{}"))
-    meta["fusion"] = str(choose_fusion(val)) if val else "0.5"
+    meta.update((choose_settings(val) if val else RankSettings()).to_metadata())
     config = run_dir / "train_config.json"
     if config.is_file():
         meta["train_config"] = config.read_text()

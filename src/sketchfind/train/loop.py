@@ -27,6 +27,7 @@ from ..metrics import retrieval_metrics
 from ..models.factory import save_weights
 from ..models.zse import ZSEModel
 from ..preprocess import preprocess_photo, sketch_array, to_tensor
+from ..rerank import pipeline_scores, settings_key, validation_grid
 from .data import augment_photo, augment_sketch, sample_quadruplets, split_classes
 from .losses import zse_losses
 
@@ -274,9 +275,11 @@ class Trainer:
     # -- validation ---------------------------------------------------------------------------
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """mAP@all on the validation classes for the [Ret], relation-network and fused rankings."""
+        """mAP@all on the validation classes for the [Ret], relation-network and fused rankings, and for the
+        ann pipeline under each setting of :func:`~sketchfind.rerank.validation_grid` (export picks the best)."""
         self.model.eval()
         d = self.data
+
         def encode(cached: torch.Tensor, modality: str) -> torch.Tensor:
             return torch.cat([tokens_from_cache(self.model, x, modality, self.start) for x in cached.split(64)])
 
@@ -293,6 +296,10 @@ class Trainer:
         }
         for f in (0.25, 0.5, 0.75):  # same convention as search: f * cosine + (1 - f) * relation score
             out[f"val_map_fused_{f:g}"] = retrieval_metrics(-(f * ret + (1 - f) * rn), ql, gl)["map_all"]
+        sk_emb, ph_emb = self.model.retrieval_embedding(sk).numpy(), self.model.retrieval_embedding(ph).numpy()
+        for settings in validation_grid():
+            scores = pipeline_scores(sk_emb, ph_emb, rn, settings)
+            out[settings_key(settings)] = retrieval_metrics(-scores, ql, gl)["map_all"]
         self.model.train()
         return out
 

@@ -1,0 +1,86 @@
+"""The ann ranking pipeline as pure numpy: query expansion on the photo side, then the re-ranked head.
+
+    1. expansion (``qe_weight > 0``): the [Ret] embeddings of the ``qe_top`` photos nearest to the sketch
+       are averaged and added to the sketch's embedding (average query expansion, Chum et al. 2007); photos
+       resemble each other far more reliably than a drawing resembles a photo, so a few good first hits
+       pull in the rest of their kind;
+    2. the ``rerank_k`` photos nearest to the (expanded) query are re-scored with
+       ``fusion * cosine + (1 - fusion) * relation score`` (no relation network at all when fusion = 1);
+    3. every other photo follows by its cosine.
+
+``Searcher`` runs it on FAISS results; training validation and ``sketchfind eval`` run it on full score
+matrices (:func:`pipeline_scores`), so the settings validated there are the ones search uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RankSettings:
+    """What the ann strategy does after FAISS; the shipped weights carry validated values."""
+
+    rerank_k: int = 25  # photos re-scored with the relation network (when fusion < 1)
+    fusion: float = 1.0  # weight of the [Ret] cosine in the head's score
+    qe_top: int = 10  # photos averaged into the expanded query
+    qe_weight: float = 0.0  # weight of their mean embedding (0 = no expansion)
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> RankSettings:
+        """Settings stored beside weights (``fusion``, ``qe_top``, ``qe_weight``, ``rerank_k``); defaults otherwise."""
+        base = cls()
+        return cls(
+            rerank_k=int(meta.get("rerank_k", base.rerank_k)),
+            fusion=float(meta.get("fusion", base.fusion)),
+            qe_top=int(meta.get("qe_top", base.qe_top)),
+            qe_weight=float(meta.get("qe_weight", base.qe_weight)),
+        )
+
+    def to_metadata(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.__dict__.items()}
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def expand_query(query: np.ndarray, neighbours: np.ndarray, weight: float) -> np.ndarray:
+    """(..., D) unit queries and (..., m, D) embeddings of their nearest photos -> (..., D) expanded queries."""
+    return normalize(query + weight * normalize(normalize(neighbours).mean(axis=-2)))
+
+
+def pipeline_scores(
+    query_emb: np.ndarray, photo_emb: np.ndarray, relation: np.ndarray | None, settings: RankSettings
+) -> np.ndarray:
+    """(Q, D) sketch and (P, D) photo [Ret] embeddings (+ the (Q, P) relation scores when fusion < 1) ->
+    (Q, P) scores whose order is the ann ranking (head scores are offset above every tail score)."""
+    query_emb, photo_emb = normalize(query_emb), normalize(photo_emb)
+    cos = query_emb @ photo_emb.T  # (Q, P)
+    if settings.qe_weight > 0:
+        top = np.argsort(-cos, axis=1, kind="stable")[:, : settings.qe_top]  # (Q, m)
+        cos = expand_query(query_emb, photo_emb[top], settings.qe_weight) @ photo_emb.T
+    if settings.fusion >= 1 or relation is None:
+        return cos
+    head = np.argsort(-cos, axis=1, kind="stable")[:, : settings.rerank_k]  # (Q, K')
+    rows = np.arange(len(cos))[:, None]
+    out = cos - 4.0  # cosines lie in [-1, 1], fused head scores in [-1, 2]: the head stays on top
+    out[rows, head] = settings.fusion * cos[rows, head] + (1 - settings.fusion) * relation[rows, head]
+    return out
+
+
+def validation_grid(rerank_k: int = 25) -> list[RankSettings]:
+    """The settings that training validation (and ``export``) chooses among."""
+    return [
+        RankSettings(rerank_k, fusion, qe_top, qe_weight)
+        for fusion in (0.25, 0.5, 0.75, 1.0)
+        for qe_top, qe_weight in ((10, 0.0), (5, 1.0), (10, 1.0), (10, 2.0))
+    ]
+
+
+def settings_key(settings: RankSettings) -> str:
+    """The validation-metrics key of a pipeline setting, e.g. ``val_map_ann_f0.75_qe10x1``."""
+    return f"val_map_ann_f{settings.fusion:g}_qe{settings.qe_top}x{settings.qe_weight:g}"
