@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 import sketchfind
-from sketchfind.errors import CheckpointError
 from sketchfind.search import Searcher
 from sketchfind.service import Settings, create_app
 
@@ -170,10 +169,7 @@ UNSEEN_CANDIDATES = ["airplane", "teddy_bear", "windmill", "pineapple", "umbrell
 
 
 def _default_model():
-    try:
-        return sketchfind.load_model()
-    except CheckpointError as err:
-        pytest.skip(f"the default model's weights are not shipped yet: {err}")
+    return sketchfind.load_model()
 
 
 def _canvas_png(strokes) -> bytes:
