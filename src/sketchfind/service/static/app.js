@@ -230,6 +230,8 @@ function loadImage(url) {
 
 function scheduleSearch() {
   window.sketchfind.idle = false;
+  state.seq += 1;  // the sketch changed: an answer still in flight is for an older sketch
+  if (state.controller) state.controller.abort();
   clearTimeout(state.timer);
   state.timer = setTimeout(search, DEBOUNCE_MS);
 }
