@@ -108,3 +108,19 @@ def test_pooled_ret_needs_a_cnn():
     cfg = dataclasses.replace(get_model_config("zse-tiny"), ret_source="pooled")
     with pytest.raises(ValueError, match="ret_source"):
         ZSEModel(cfg)
+
+
+def test_lite2_config_gives_the_same_49_tokens_on_its_imagenet_backbone(images):
+    """zse-lite2 (the lite0-vs-lite2 comparison of the model card) is the same model on EfficientNet-Lite2:
+    224 px inputs still give a 7x7 map, so 49 tokens + [Ret] and a 49x49 map for the relation network."""
+    cfg = get_model_config("zse-lite2")
+    lite0 = get_model_config("zse-lite0")
+    assert cfg.backbone == "efficientnet_lite2" and cfg.preprocess == lite0.preprocess
+    assert dataclasses.replace(cfg, name=lite0.name, backbone=lite0.backbone) == lite0
+    imagenet = load_pretrained("lite2")
+    model = ZSEModel(cfg, backbone=load_pretrained("lite2")).eval()
+    sketches, photos = images
+    with torch.no_grad():
+        torch.testing.assert_close(model.tokens.features(photos, "photo"), imagenet.forward_features(photos))
+        tokens = model.encode(sketches, "sketch")
+    assert tokens.shape == (len(CLASSES), 50, cfg.width) and cfg.num_tokens == 50
