@@ -87,12 +87,16 @@ def frozen_count(model: ZSEModel, cfg: TrainConfig) -> int:
     return len(model.tokens.backbone.stages) - cfg.trainable_stages
 
 
+def run_stages(model: ZSEModel, x: torch.Tensor, modality: str, start: int = 0, stop: int | None = None):
+    """The backbone stages [start, stop) that images of ``modality`` run through, on x."""
+    for stage in model.tokens.stages(modality)[start:stop]:
+        x = stage(x)
+    return x
+
+
 def tokens_from_cache(model: ZSEModel, cached: torch.Tensor, modality: str, start: int) -> torch.Tensor:
     """Cached outputs of the first ``start`` stages -> encoder tokens (B, T, D)."""
-    x = cached.float()
-    for stage in model.tokens.stages(modality)[start:]:
-        x = stage(x)
-    return model.tokens_from_features(x, modality)[0]
+    return model.tokens_from_features(run_stages(model, cached.float(), modality, start), modality)[0]
 
 
 def image_views(source, kind: str, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
@@ -132,10 +136,7 @@ def build_cache(model: ZSEModel, files: list, kind: str, views: int, seed: int, 
         else:
             batch.append(image_views(path, kind, model, views, rng))
         if len(batch) == 16 or i == len(files) - 1:
-            x = torch.cat(batch)
-            for stage in model.tokens.stages("photo")[:start]:
-                x = stage(x)
-            out.append(x.half())  # (len(batch) * views, C, h, w)
+            out.append(run_stages(model, torch.cat(batch), "photo", 0, start).half())  # (len(batch) * views, C, h, w)
             batch = []
     flat = torch.cat(out)
     return flat.reshape(len(files), views, *flat.shape[1:])
@@ -187,34 +188,35 @@ class Trainer:
         folder = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.out
         folder.mkdir(parents=True, exist_ok=True)
         c = self.cfg
-        name = f"cache-{c.model}-s{c.trainable_stages}-v{c.views}-c{c.val_classes}-seed{c.seed}.pt"
-        path = folder / name
-        if path.is_file():
-            data = torch.load(path, weights_only=True)
-        else:
+        tag = f"{c.model}-s{c.trainable_stages}-v{c.views}-c{c.val_classes}-seed{c.seed}.pt"
+
+        def cached(path: Path, compute):
+            """torch.load(path), or compute() saved there atomically first."""
+            if path.is_file():
+                return torch.load(path, weights_only=True)
+            value = compute()
+            tmp = path.with_suffix(".tmp")
+            torch.save(value, tmp)
+            tmp.replace(path)
+            return value
+
+        def features():
             data = {}
-            for name, split, views in (("train", self.train_split, self.cfg.views), ("val", self.val_split, 1)):
+            for name, split, views in (("train", self.train_split, c.views), ("val", self.val_split, 1)):
                 for kind in ("sketches", "photos"):
                     files, labels = split.flat(kind)
-                    feats = build_cache(
-                        self.model, files, kind, views, self.cfg.seed, self.start, f"caching {name} {kind}"
-                    )
+                    feats = build_cache(self.model, files, kind, views, c.seed, self.start, f"caching {name} {kind}")
                     data[f"{name}_{kind}"], data[f"{name}_{kind}_labels"] = feats, torch.from_numpy(labels)
-            tmp = path.with_suffix(".tmp")
-            torch.save(data, tmp)
-            tmp.replace(path)
+            return data
+
+        def edge_maps():
+            files, _ = self.train_split.flat("photos")
+            desc = "drawing edge maps of train photos"
+            return build_cache(self.model, files, "edges", c.views, c.seed, self.start, desc)
+
+        data = cached(folder / f"cache-{tag}", features)
         if c.edges > 0:  # HED drawings of the training photos: their own cache, shared by runs with any --edges
-            path = folder / f"edges-{c.model}-s{c.trainable_stages}-v{c.views}-c{c.val_classes}-seed{c.seed}.pt"
-            if path.is_file():
-                data["train_edges"] = torch.load(path, weights_only=True)
-            else:
-                files, _ = self.train_split.flat("photos")
-                data["train_edges"] = build_cache(
-                    self.model, files, "edges", c.views, c.seed, self.start, "drawing edge maps of train photos"
-                )
-                tmp = path.with_suffix(".tmp")
-                torch.save(data["train_edges"], tmp)
-                tmp.replace(path)
+            data["train_edges"] = cached(folder / f"edges-{tag}", edge_maps)
         self.data = data
 
     @torch.no_grad()
@@ -224,13 +226,9 @@ class Trainer:
         if self.model.ret is None:
             return
         photos = self.data["train_photos"][:, 0]  # plain views
-        feats = []
-        for chunk in photos.split(128):
-            x = chunk.float()
-            for stage in self.model.tokens.stages("photo")[self.start :]:
-                x = stage(x)
-            feats.append(x.mean((2, 3)))
-        pooled = torch.cat(feats)
+        pooled = torch.cat(
+            [run_stages(self.model, x.float(), "photo", self.start).mean((2, 3)) for x in photos.split(128)]
+        )
         if self.epoch == 0:
             self.model.ret.fit(pooled)
         emb = F.normalize(self.model.ret(pooled, "photo"), dim=-1)
