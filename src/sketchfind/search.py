@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -118,22 +118,18 @@ class Searcher:
                 model = load_index_model(store.meta["model"], root)
             check_model(store.meta["model"], model, root)
             given = {"rerank_k": rerank_k, "fusion": fusion, "qe_top": qe_top, "qe_weight": qe_weight}
-            rank = {**RankSettings.from_metadata(model_metadata(model)).__dict__}
-            rank.update({k: v for k, v in given.items() if v is not None})
-            if int(rank["rerank_k"]) < 1 or int(rank["qe_top"]) < 1:
+            rank = replace(
+                RankSettings.from_metadata(model_metadata(model)), **{k: v for k, v in given.items() if v is not None}
+            )
+            rerank_k, qe_top = int(rank.rerank_k), int(rank.qe_top)
+            fusion, qe_weight = float(rank.fusion), float(rank.qe_weight)
+            if rerank_k < 1 or qe_top < 1:
                 raise SketchfindError("rerank_k and qe_top must be at least 1")
-            if not 0 <= float(rank["fusion"]) <= 1 or float(rank["qe_weight"]) < 0:
+            if not 0 <= fusion <= 1 or qe_weight < 0:
                 raise SketchfindError("fusion must lie in [0, 1] and qe_weight must not be negative")
             ann_type = store.meta.get("ann_type", "SQ8")
             params = {**default_search_params(ann_type), **(ann_params or {})}
-            settings = SearchSettings(
-                _check_strategy(strategy),
-                int(rank["rerank_k"]),
-                float(rank["fusion"]),
-                int(rank["qe_top"]),
-                float(rank["qe_weight"]),
-                params,
-            )
+            settings = SearchSettings(_check_strategy(strategy), rerank_k, fusion, qe_top, qe_weight, params)
             return cls(root, store, model.eval(), settings)
         except BaseException:
             store.close()

@@ -98,8 +98,6 @@ class CNNTokens(nn.Module):
 
     def features(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
         """The backbone's feature map (B, C, g, g)."""
-        if self.sketch_tail is None or modality == "photo":
-            return self.backbone.forward_features(images)
         for stage in self.stages(modality):
             images = stage(images)
         return images
