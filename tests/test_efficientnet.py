@@ -113,8 +113,9 @@ def test_freeze_leaves_last_stages_trainable():
     assert len(model.stages) == NUM_STAGES == 9
     model.freeze(3)  # trainable: block groups 5 and 6, head (and the classifier)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    expected = {n for n, _ in model.named_parameters()
-                if n.startswith(("blocks.5.", "blocks.6.", "head.", "classifier."))}
+    expected = {
+        n for n, _ in model.named_parameters() if n.startswith(("blocks.5.", "blocks.6.", "head.", "classifier."))
+    }
     assert trainable == expected
     model.freeze(NUM_STAGES)
     assert all(p.requires_grad for p in model.parameters())

@@ -73,8 +73,19 @@ def test_report_files(result, tmp_path):
 
 def test_cli_eval(subset, tmp_path):
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["eval", "--sketches", str(subset / "sketches"), "--photos", str(subset / "photos"),
-                                   "--out", str(out), "--no-baselines"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--sketches",
+            str(subset / "sketches"),
+            "--photos",
+            str(subset / "photos"),
+            "--out",
+            str(out),
+            "--no-baselines",
+        ],
+    )
     assert res.exit_code == 0, res.output
     shipped = float(sketchfind.models.model_metadata(sketchfind.load_model())["fusion"])
     assert json.loads((out / "metrics.json").read_text())["settings"]["fusion"] == shipped  # from the weights

@@ -80,6 +80,7 @@ def test_links_start_only_where_the_sketch_has_ink(linear_model):
     explanation = explain_tokens(linear_model, sketch_tokens, photo_tokens, squared)
     grid, size = explanation.grid, squared.shape[0]
     ink = squared.sum(axis=2) <= 300
+
     def cell_ink(cell):
         row, col = divmod(cell, grid)
         rows = slice(row * size // grid, (row + 1) * size // grid + 1)

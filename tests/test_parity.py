@@ -79,8 +79,17 @@ def run(vit_model, golden_inputs):
 
 @pytest.mark.parametrize(
     "key",
-    ["patch_conv_s0", "patch_conv_p0", "scale_emb_s0", "scale_emb_p0", "tokens_in", "sa_blocks_s0", "sa_fea",
-     "conv_in_pair0_sketch", "down_fea"],
+    [
+        "patch_conv_s0",
+        "patch_conv_p0",
+        "scale_emb_s0",
+        "scale_emb_p0",
+        "tokens_in",
+        "sa_blocks_s0",
+        "sa_fea",
+        "conv_in_pair0_sketch",
+        "down_fea",
+    ],
 )
 def test_activations(run, goldens, key):
     close(run[key], goldens[key], ACT)

@@ -89,8 +89,7 @@ def group_repeats(config: LiteConfig) -> list[int]:
     """Blocks per group; lite keeps the first and last group at one block."""
     last = len(BLOCK_GROUPS) - 1
     return [
-        repeats if g in (0, last) else math.ceil(repeats * config.depth)
-        for g, (repeats, *_) in enumerate(BLOCK_GROUPS)
+        repeats if g in (0, last) else math.ceil(repeats * config.depth) for g, (repeats, *_) in enumerate(BLOCK_GROUPS)
     ]
 
 
@@ -115,8 +114,16 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 class ConvBN(nn.Module):
     """Conv2d (no bias, "SAME" padding) -> BatchNorm -> ReLU6 (or nothing when act=False)."""
 
-    def __init__(self, c_in: int, c_out: int, config: LiteConfig, kernel: int = 1, stride: int = 1,
-                 groups: int = 1, act: bool = True):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        config: LiteConfig,
+        kernel: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+    ):
         super().__init__()
         # stride 1 with an odd kernel is symmetric "SAME" padding; stride 2 pads in forward()
         padding = kernel // 2 if stride == 1 else 0
@@ -161,8 +168,9 @@ class ConvBN(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expand -> kxk depthwise -> 1x1 project, skip when shapes match."""
 
-    def __init__(self, c_in: int, c_out: int, config: LiteConfig, kernel: int, stride: int,
-                 expand: int, drop_rate: float):
+    def __init__(
+        self, c_in: int, c_out: int, config: LiteConfig, kernel: int, stride: int, expand: int, drop_rate: float
+    ):
         super().__init__()
         hidden = c_in * expand
         self.expand = ConvBN(c_in, hidden, config) if expand != 1 else nn.Identity()
@@ -194,8 +202,7 @@ class EfficientNetLite(nn.Module):
             c_out = round_channels(c_out, config.width)
             blocks = []
             for j in range(n):  # only the first block of a group changes stride and width
-                blocks.append(MBConv(c_in, c_out, config, kernel, stride if j == 0 else 1, expand,
-                                     next(drop_rates)))
+                blocks.append(MBConv(c_in, c_out, config, kernel, stride if j == 0 else 1, expand, next(drop_rates)))
                 c_in = c_out
             groups.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*groups)
@@ -306,8 +313,9 @@ def load_pretrained(variant: str = "lite0", weights_path: str | Path | None = No
     expected = model.state_dict()
     missing = sorted(expected.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - expected.keys())
-    wrong_shape = sorted(k for k in expected.keys() & state_dict.keys()
-                         if getattr(state_dict[k], "shape", None) != expected[k].shape)
+    wrong_shape = sorted(
+        k for k in expected.keys() & state_dict.keys() if getattr(state_dict[k], "shape", None) != expected[k].shape
+    )
     if missing or unexpected or wrong_shape:
         raise CheckpointError(
             f"{path} does not fit EfficientNet-{variant}: {len(missing)} missing {missing[:3]}, "

@@ -185,9 +185,7 @@ def model_metadata(model: ZSEModel) -> dict[str, str]:
     return dict(getattr(model, "weights_metadata", {}) or {})
 
 
-def save_weights(
-    model: ZSEModel, path: str | Path, extra: dict[str, str] | None = None, half: bool = False
-) -> None:
+def save_weights(model: ZSEModel, path: str | Path, extra: dict[str, str] | None = None, half: bool = False) -> None:
     """Writes a ``.safetensors`` file with the model config in its metadata (atomically); ``half`` stores
     floating-point tensors as fp16 (they load back as fp32)."""
     from safetensors.torch import save_file
