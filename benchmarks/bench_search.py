@@ -52,42 +52,34 @@ def unseen_classes() -> list[str]:
 
 def synthetic_index(root: Path, n: int, model, n_classes: int = 125, seed: int = 0) -> Path:
     """An index of n photos with class-structured random tokens of the model's shapes (cached on disk)."""
-    from sketchfind.index.artefacts import load_or_build
-    from sketchfind.index.build import model_meta
-    from sketchfind.index.store import IndexStore, PhotoRow
+    from sketchfind.index import PhotoRow, write_encoded
+    from sketchfind.index.embedders import BackboneEmbedder
 
     out = root / f"synth-{model.cfg.name}-{n}"
     if (out / "index_info.json").is_file():
         return out
     rng = np.random.default_rng(seed)
-    from sketchfind.index.embedders import BackboneEmbedder
-
     T, D, G = model.cfg.num_tokens, model.cfg.width, BackboneEmbedder(model).dim
     centers, gcenters = rng.normal(size=(n_classes, T, D)), rng.random((n_classes, G))
     norm = model.encoder.norm
-    store = IndexStore.create(
-        out,
-        model_meta=model_meta(model),
-        embedder={"kind": "default"},
-        global_dim=G,
-        ln_affine=(norm.weight.tolist(), norm.bias.tolist()),
-    )
     w, b = norm.weight.detach().numpy(), norm.bias.detach().numpy()
-    for start in range(0, n, 2048):
-        m = min(n, start + 2048) - start
-        labels = rng.integers(0, n_classes, m)
-        x = centers[labels] + rng.normal(size=(m, T, D))
-        x = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True) * w + b  # LayerNorm outputs
-        g = np.maximum(gcenters[labels] + 0.3 * rng.random((m, G)), 0)
-        g /= np.linalg.norm(g, axis=1, keepdims=True)
-        rows = [
-            PhotoRow(f"/synthetic/{labels[i]}/{start + i}.jpg", os.urandom(32), 30000, 0, str(labels[i]))
-            for i in range(m)
-        ]
-        store.commit_batch(rows, store.codec.encode(x.astype(np.float32)), store.gcodec.encode(g))
-    log(f"synthetic index {n}: clustering + FAISS")
-    load_or_build(store, store.snapshot(), persist=True)
-    store.close()
+
+    def batches():
+        for start in range(0, n, 2048):
+            m = min(n, start + 2048) - start
+            labels = rng.integers(0, n_classes, m)
+            x = centers[labels] + rng.normal(size=(m, T, D))
+            x = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True) * w + b  # LayerNorm outputs
+            g = np.maximum(gcenters[labels] + 0.3 * rng.random((m, G)), 0)
+            g /= np.linalg.norm(g, axis=1, keepdims=True)
+            rows = [
+                PhotoRow(f"/synthetic/{labels[i]}/{start + i}.jpg", os.urandom(32), 30000, 0, str(labels[i]))
+                for i in range(m)
+            ]
+            yield rows, x, g
+        log(f"synthetic index {n}: clustering + FAISS")
+
+    write_encoded(out, model, batches())
     return out
 
 
@@ -198,26 +190,13 @@ def make_index(out: Path, model, kind: str, paths, labels, tokens, globs) -> Pat
     """The index build_index would write for these photos (tokens encoded once, stored as ``kind``)."""
     import hashlib
 
-    from sketchfind.index.artefacts import load_or_build
-    from sketchfind.index.build import model_meta
-    from sketchfind.index.store import IndexStore, PhotoRow
+    from sketchfind.index import PhotoRow, write_encoded
 
-    norm = model.encoder.norm
-    store = IndexStore.create(
-        out,
-        model_meta=model_meta(model),
-        token_storage=kind,
-        embedder={"kind": "default"},
-        global_dim=globs.shape[1],
-        ln_affine=(norm.weight.tolist(), norm.bias.tolist()),
-    )
     rows = [
         PhotoRow(str(p), hashlib.sha256(p.read_bytes()).digest(), p.stat().st_size, 0, lab)
         for p, lab in zip(paths, labels, strict=True)
     ]
-    store.commit_batch(rows, store.codec.encode(tokens), store.gcodec.encode(globs))
-    load_or_build(store, store.snapshot(), persist=True)
-    store.close()
+    write_encoded(out, model, [(rows, tokens, globs)], token_storage=kind)
     return out
 
 
@@ -278,7 +257,7 @@ def evaluate(args, model, classes: list[str], kinds, sweep_kinds, name: str) -> 
     for kind in kinds:
         index = make_index(root / kind, model, kind, photos, labels, tokens, globs)
         with Searcher.open(index, model) as searcher:
-            gids = searcher._state[0].ids
+            gids = searcher.state.snapshot.ids
             queries = [searcher.encode_query(p) for p in sketches]
             metrics = functools.partial(ranking_metrics, gallery_ids=gids, q_labels=q_labels, g_labels=labels)
             entry = {"bytes_per_photo_tokens": searcher.store.codec.row_bytes}
@@ -316,7 +295,7 @@ def choose_operating_point(sweep: dict, tolerance: float = 0.002) -> str:
 def quality(args, model) -> dict:
     """Reported figures on the unseen-25 (zero-shot) classes; ann's K' and fusion weight are chosen on the
     trainer's validation classes (seen classes held out from training), never on the test classes."""
-    from sketchfind.train.data import split_classes
+    from sketchfind.datasets import split_classes
 
     test = evaluate(args, model, unseen_classes(), args.kinds or KINDS, ("int6", "fp32"), "unseen25")
     _, val, _ = split_classes(SKETCHY, SKETCHY / "splits" / "unseen25.txt", args.val_classes, args.val_seed)
@@ -569,10 +548,9 @@ def main() -> None:
         },
     }
     timing_model = load(args.model, None)
-    from sketchfind.models import model_metadata
     from sketchfind.rerank import RankSettings
 
-    res["settings"]["ann_settings"] = RankSettings.from_metadata(model_metadata(timing_model)).__dict__
+    res["settings"]["ann_settings"] = RankSettings.from_metadata(timing_model.weights_metadata).__dict__
     if "scaling" not in skip:
         res["scaling"] = scaling(args, timing_model)
         res["ratios"] = ratios(res["scaling"])

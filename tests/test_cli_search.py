@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
     result = run(
         "index",
         root / "photos",
-        "--out",
+        "--index",
         root / "idx",
         "--weights",
         weights,
@@ -51,10 +51,10 @@ def setup(tmp_path_factory):
 
 def test_index_reports_new_and_skipped_files(setup):
     root, weights, photos, output = setup
-    assert f"{len(photos)} new" in output and "5 failed" in output and "truncated.jpg" in output
+    assert f"{len(photos)} new" in output and "5 skipped" in output and "truncated.jpg" in output
     report = json.loads((root / "report.json").read_text())
-    assert len(report["new"]) == len(photos) and len(report["failed"]) == 5
-    again = run("index", root / "photos", "--out", root / "idx")  # the index's own model (its weights file)
+    assert len(report["new"]) == len(photos) and len(report["skipped"]) == 5
+    again = run("index", root / "photos", "--index", root / "idx")  # the index's own model (its weights file)
     assert again.exit_code == 0 and "0 new" in again.output and f"{len(photos)} unchanged" in again.output
 
 
@@ -117,10 +117,10 @@ def test_bad_inputs_exit_non_zero_with_a_message(setup, tmp_path):
         (("search", good, "--index", root / "idx", "-k", "zero"), "--top-k"),
         (("search", good, "--index", root / "idx", "--strategy", "fast"), "unknown strategy"),
         (("search", good, "--index", root / "idx", "--model", "zse-tiny"), "ships no weights"),
-        (("index", root / "photos", "--out", root / "idx", "--model", "zse-lite0"), "was built with model"),
+        (("index", root / "photos", "-i", root / "idx", "--model", "zse-lite0"), "was built with model"),
         (("remove", "nothing.jpg", "--index", root / "idx"), "nothing in"),
-        (("index", tmp_path / "no-such-folder", "--out", tmp_path / "new-idx"), "not found"),
-        (("info", tmp_path / "none"), "no sketchfind index"),
+        (("index", tmp_path / "no-such-folder", "--index", tmp_path / "new-idx"), "not found"),
+        (("info", "--index", tmp_path / "none"), "no sketchfind index"),
     ]:
         result = run(*args)
         assert result.exit_code == 1 and message in result.output, (args, result.output)
@@ -129,14 +129,14 @@ def test_bad_inputs_exit_non_zero_with_a_message(setup, tmp_path):
 def test_info_remove_recluster(setup, tmp_path):
     root, weights, photos, _ = setup
     out = tmp_path / "idx"
-    assert run("index", root / "photos" / "cup", "--out", out, "--weights", weights).exit_code == 0
-    info = run("info", out)
+    assert run("index", root / "photos" / "cup", "--index", out, "--weights", weights).exit_code == 0
+    info = run("info", "-i", out)
     assert info.exit_code == 0 and "zse-tiny" in info.stdout and "int6" in info.stdout
-    as_json = json.loads(run("info", out, "--format", "json").stdout)
+    as_json = json.loads(run("info", "-i", out, "--format", "json").stdout)
     assert as_json["counts"]["photos"] == 6
     removed = run("remove", photos[0], "--index", out)
     assert removed.exit_code == 0 and "removed 1" in removed.stdout
-    assert json.loads(run("info", out, "--format", "json").stdout)["counts"]["photos"] == 5
+    assert json.loads(run("info", "-i", out, "--format", "json").stdout)["counts"]["photos"] == 5
     again = run("recluster", "--index", out, "--clusters", "2")
     assert again.exit_code == 0 and "clusters over 5 photos" in again.stdout
 

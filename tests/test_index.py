@@ -79,7 +79,7 @@ def test_build_skips_corrupt_files_and_records_everything(model, gallery, tmp_pa
     out = tmp_path / "idx"
     report = build_index([folder, tmp_path / "missing.jpg"], out, model, batch_size=4, label_from_folder=True)
     assert sorted(report.new) == sorted(str(p) for p in photos)
-    failed = dict(report.failed)
+    failed = dict(report.skipped)
     assert set(failed) == {str(p) for p in bad} | {str(tmp_path / "missing.jpg")}
     assert all(reason for reason in failed.values())
     assert report.photos == len(photos)
@@ -123,7 +123,7 @@ def test_incremental_update_indexes_only_new_or_changed(model, gallery, tmp_path
     build_index([folder], out, model, batch_size=8)
     gen = IndexStore.open(out).generation
     again = build_index([folder], out, model)
-    assert not again.new and not again.updated and len(again.skipped) == len(photos)
+    assert not again.new and not again.updated and len(again.unchanged) == len(photos)
 
     os.utime(photos[0], ns=(1, 1))  # touched, same content: re-hashed, not re-encoded
     shutil.copy(photos[1], photos[2])  # content changed
@@ -131,7 +131,7 @@ def test_incremental_update_indexes_only_new_or_changed(model, gallery, tmp_path
     report = build_index([folder, extra[0].parent], out, model)
     assert report.new == [str(p) for p in extra]
     assert report.updated == [str(photos[2])]
-    assert str(photos[0]) in report.skipped
+    assert str(photos[0]) in report.unchanged
     with IndexStore.open(out) as store:
         assert store.generation > gen
         states = store.file_states()

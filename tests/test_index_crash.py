@@ -91,7 +91,7 @@ def _resume(gallery: tuple[Path, list[Path]], out: Path, reference: dict[str, by
     assert proc.returncode == 0
     _check_consistent(out, reference, expect=len(gallery[1]))
     report = build_index([gallery[0]], out, tiny(), batch_size=BATCH)  # nothing left to do
-    assert report.photos == len(gallery[1]) and not report.failed and not report.new
+    assert report.photos == len(gallery[1]) and not report.skipped and not report.new
     info = (out / "index_info.json").read_text()
     assert '"photos": 24' in info
 

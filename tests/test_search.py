@@ -43,7 +43,7 @@ def query(searcher):
 
 
 def _all_scores(searcher, query) -> np.ndarray:
-    ids = searcher._state[0].ids
+    ids = searcher.state.snapshot.ids
     with torch.inference_mode():
         return searcher.model.relation_scores(query, searcher.photo_tokens(ids))[0].numpy()
 
@@ -51,7 +51,7 @@ def _all_scores(searcher, query) -> np.ndarray:
 def test_exhaustive_is_the_relation_network_over_every_photo(searcher, query):
     hits, _ = searcher.search_tokens(query, k=None, strategy="exhaustive")
     scores = _all_scores(searcher, query)
-    ids = searcher._state[0].ids
+    ids = searcher.state.snapshot.ids
     assert len(hits) == len(ids) == 32 and len({h.photo_id for h in hits}) == 32
     got = {h.photo_id: h.score for h in hits}
     np.testing.assert_allclose([got[int(i)] for i in ids], scores, rtol=1e-5)
@@ -87,7 +87,7 @@ def test_fusion_mixes_cosine_into_the_head(index_dir, model, query):
 
 
 def test_clustered_is_the_reference_two_stage_search(searcher, query):
-    clusters = searcher._state[1].clusters
+    clusters = searcher.state.artefacts.clusters
     assert clusters.n_clusters == 6 and clusters.sizes.sum() == 32
     reps = torch.from_numpy(clusters.representatives)
     with torch.inference_mode():
@@ -100,10 +100,10 @@ def test_clustered_is_the_reference_two_stage_search(searcher, query):
         count += clusters.sizes[c]
         if count >= k:
             break
-    members = set(np.array(searcher._state[0].ids)[np.isin(clusters.assign, taken)].tolist())
+    members = set(np.array(searcher.state.snapshot.ids)[np.isin(clusters.assign, taken)].tolist())
     hits, _ = searcher.search_tokens(query, k=k, strategy="clustered")
     assert len(hits) == k and {h.photo_id for h in hits} <= members
-    scores = dict(zip(searcher._state[0].ids.tolist(), _all_scores(searcher, query), strict=True))
+    scores = dict(zip(searcher.state.snapshot.ids.tolist(), _all_scores(searcher, query), strict=True))
     best = sorted(members, key=lambda i: -scores[i])[:k]
     assert [h.photo_id for h in hits] == best
     everything, _ = searcher.search_tokens(query, k=None, strategy="clustered")
@@ -111,8 +111,8 @@ def test_clustered_is_the_reference_two_stage_search(searcher, query):
 
 
 def test_representatives_are_member_token_means(searcher):
-    clusters = searcher._state[1].clusters
-    ids = searcher._state[0].ids
+    clusters = searcher.state.artefacts.clusters
+    ids = searcher.state.snapshot.ids
     c = int(np.argmax(clusters.sizes))
     tokens = searcher.photo_tokens(ids[clusters.assign == c]).numpy()
     np.testing.assert_allclose(clusters.representatives[c], tokens.mean(0), atol=1e-3)  # stored as fp16
@@ -171,10 +171,10 @@ def test_search_params_are_set_explicitly_at_load(model, tmp_path):
     copy_photos(tmp_path / "photos", classes=("cup", "swan"), per_class=6)
     build_index([tmp_path / "photos"], tmp_path / "idx", model, ann_type="HNSW8,Flat")
     with Searcher.open(tmp_path / "idx", model) as default:
-        assert faiss.downcast_index(default._state[1].ann).hnsw.efSearch == 128
+        assert faiss.downcast_index(default.state.artefacts.ann).hnsw.efSearch == 128
         assert default.info()["search_settings"]["ann_params"] == {"efSearch": 128}
     with Searcher.open(tmp_path / "idx", model, ann_params={"efSearch": 7}) as custom:
-        assert faiss.downcast_index(custom._state[1].ann).hnsw.efSearch == 7
+        assert faiss.downcast_index(custom.state.artefacts.ann).hnsw.efSearch == 7
         assert len(custom.search(sketches(("cup",), 1)[0], k=4).hits) == 4
 
 
@@ -197,7 +197,7 @@ def test_ann_with_query_expansion_is_the_rerank_pipeline(model, query, tmp_path)
     settings = RankSettings(rerank_k=6, fusion=0.5, qe_top=3, qe_weight=1.0)
     with Searcher.open(tmp_path / "idx", model, **settings.__dict__) as s:
         hits, _ = s.search_tokens(query, k=None, strategy="ann")
-        ids = s._state[0].ids
+        ids = s.state.snapshot.ids
         tokens = s.photo_tokens(ids)
         with torch.inference_mode():
             relation = model.relation_scores(query, tokens).numpy()
@@ -216,11 +216,11 @@ def test_ann_settings_come_from_the_weights_metadata(index_dir, model):
     model.weights_metadata = {"fusion": "0.75", "qe_top": "4", "qe_weight": "1.5", "rerank_k": "7"}
     try:
         with Searcher.open(index_dir, model) as s:
-            got = s.settings
+            got = s.settings.rank
             assert (got.fusion, got.qe_top, got.qe_weight, got.rerank_k) == (0.75, 4, 1.5, 7)
         with Searcher.open(index_dir, model, qe_weight=0.0, rerank_k=3) as s:  # explicit values win
-            assert (s.settings.qe_weight, s.settings.rerank_k, s.settings.fusion) == (0.0, 3, 0.75)
+            assert (s.settings.rank.qe_weight, s.settings.rank.rerank_k, s.settings.rank.fusion) == (0.0, 3, 0.75)
         with pytest.raises(SketchfindError, match="fusion"):
             Searcher.open(index_dir, model, fusion=1.5)
     finally:
-        del model.weights_metadata
+        model.weights_metadata = {}

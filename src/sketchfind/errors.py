@@ -23,3 +23,19 @@ class ConfigError(SketchfindError):
 
 class IndexStoreError(SketchfindError):
     """An index directory is missing, damaged, or built with another model."""
+
+
+class TooLargeError(InputError):
+    """An input over a size limit (bytes, pixels): the API answers 413."""
+
+
+class IncompleteIndexError(IndexStoreError):
+    """An index directory whose creation was interrupted before anything was committed."""
+
+
+class UnknownPhotoError(IndexStoreError):
+    """A photo id that is not in the index."""
+
+
+class PhotoMissingError(SketchfindError):
+    """An indexed photo whose file is gone or no longer readable."""

@@ -3,9 +3,10 @@
 Rankings compared (higher score = better):
   ret      cosine of the encoder [Ret] embeddings (the paper's "Ret" ranking, what ANN search uses first)
   rn       the relation-network score of every sketch-photo pair (the paper's default)
-  fused    f * ret + (1 - f) * rn, f stored beside the shipped weights (chosen on validation classes)
+  fused    :func:`~sketchfind.rerank.fuse` of ret and rn with the ann settings' fusion weight
   ann      what ``sketchfind search`` returns by default: query expansion, then the fused head
-           (:mod:`sketchfind.rerank`, settings stored beside the weights)
+           (:mod:`sketchfind.rerank`; the same :class:`~sketchfind.rerank.RankSettings` as search: those
+           stored beside the weights, or the defaults for weights without any)
 Baselines: random ranking (seeded) and the untrained ImageNet backbone's pooled features with cosine.
 """
 
@@ -13,19 +14,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .datasets import scan
 from .errors import InputError
 from .metrics import precision_recall_curve, retrieval_metrics
-from .models.factory import model_metadata
 from .models.zse import ZSEModel
 from .preprocess import preprocess_photo, preprocess_sketch
-from .rerank import RankSettings, pipeline_scores
-from .train.data import scan
+from .progress import progress
+from .rerank import RankSettings, fuse, pipeline_scores
 
 RANKINGS = ("ret", "rn", "fused", "ann")
 
@@ -52,17 +53,17 @@ def metric_names(gallery_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 @torch.inference_mode()
 def encode_files(model: ZSEModel, files: list[Path], kind: str, batch: int = 32, desc: str = "") -> tuple:
-    """(tokens (N, T, D), global embeddings (N, G)) of image files, with a progress bar."""
-    from rich.progress import track
-
+    """(tokens (N, T, D), global embeddings (N, G)) of image files, with progress."""
     pre = model.cfg.preprocess
     prep = preprocess_sketch if kind == "sketch" else preprocess_photo
     tokens, globals_ = [], []
-    for i in track(range(0, len(files), batch), description=desc or f"encoding {kind} images"):
-        images = torch.stack([prep(f, pre) for f in files[i : i + batch]])
-        t, g = model.encode_with_global(images, kind)
-        tokens.append(t)
-        globals_.append(g)
+    with progress(len(files), desc or f"encoding {kind} images") as advance:
+        for i in range(0, len(files), batch):
+            chunk = files[i : i + batch]
+            t, g = model.encode_with_global(torch.stack([prep(f, pre) for f in chunk]), kind)
+            tokens.append(t)
+            globals_.append(g)
+            advance(len(chunk))
     return torch.cat(tokens), torch.cat(globals_)
 
 
@@ -88,16 +89,19 @@ def evaluate(
     sketches_dir: str | Path,
     photos_dir: str | Path,
     classes: list[str] | None = None,
-    fusion: float = 0.5,
+    *,
+    settings: RankSettings | None = None,
     baselines: bool = True,
     seed: int = 0,
-    settings: RankSettings | None = None,
 ) -> EvalResult:
-    """Ranks every photo for every sketch with each ranking and computes the official metrics
-    (``settings``: the ann pipeline's; default: those stored with the model's weights, with ``fusion``)."""
+    """Ranks every photo for every sketch with each ranking and computes the official metrics.
+
+    ``settings``: the ann pipeline's and the fused ranking's (default: what search uses with this model,
+    i.e. the settings stored with its weights)."""
     sketches_dir, photos_dir = Path(sketches_dir), Path(photos_dir)
-    root = _common_root(sketches_dir, photos_dir)
-    split = scan(root, classes)
+    if settings is None:
+        settings = RankSettings.from_metadata(model.weights_metadata)
+    split = scan(sketches_dir, photos_dir, classes)
     q_files, q_labels = split.flat("sketches")
     g_files, g_labels = split.flat("photos")
     if not q_files or not g_files:
@@ -111,9 +115,7 @@ def evaluate(
     with torch.inference_mode():
         scores["rn"] = torch.cat([model.relation_scores(s, ph_tok) for s in sk_tok.split(8)]).numpy()
     rn_s = time.perf_counter() - t0
-    scores["fused"] = fusion * scores["ret"] + (1 - fusion) * scores["rn"]
-    if settings is None:
-        settings = replace(RankSettings.from_metadata(model_metadata(model)), fusion=fusion)
+    scores["fused"] = fuse(scores["ret"], scores["rn"], settings.fusion)
     q_emb, g_emb = model.retrieval_embedding(sk_tok).numpy(), model.retrieval_embedding(ph_tok).numpy()
     scores["ann"] = pipeline_scores(q_emb, g_emb, scores["rn"], settings)
     if baselines:
@@ -133,25 +135,13 @@ def evaluate(
         "classes": len(split.classes),
         "queries": len(q_files),
         "gallery": len(g_files),
-        "fusion": fusion,
+        "fusion": settings.fusion,
         "ann": asdict(settings),
         "encode_seconds": round(encode_s, 2),
         "rn_seconds_per_query": round(rn_s / len(q_files), 4),
         "torch_threads": torch.get_num_threads(),
     }
     return EvalResult(metrics, settings, scores, q_files, g_files, q_labels, g_labels)
-
-
-def _common_root(sketches_dir: Path, photos_dir: Path) -> Path:
-    """The sketches/ and photos/ folders must be siblings named as in the training layout, or we link them."""
-    if sketches_dir.parent == photos_dir.parent and sketches_dir.name == "sketches" and photos_dir.name == "photos":
-        return sketches_dir.parent
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="sketchfind-eval-"))
-    (root / "sketches").symlink_to(sketches_dir.resolve())
-    (root / "photos").symlink_to(photos_dir.resolve())
-    return root
 
 
 # ---------------------------------------------------------------------------------------------

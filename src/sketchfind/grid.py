@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from .atomic import atomic_path
 from .errors import SketchfindError
 from .preprocess import read_photo, read_sketch_rgb
 from .search import SearchResult
@@ -40,11 +41,9 @@ def render_grid(queries: list[tuple[object, SearchResult]], out: str | Path, col
                 tile = Image.new("RGB", (TILE, TILE), (200, 200, 200))
             canvas.paste(tile, (x, y))
             draw.text((x + 2, y + TILE + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        canvas.save(tmp, format="PNG")
-        tmp.replace(out)
+        with atomic_path(out, durable=False) as tmp:
+            canvas.save(tmp, format="PNG")
     except OSError as exc:
         raise SketchfindError(f"cannot write {out}: {exc.strerror or exc}") from exc
     return out

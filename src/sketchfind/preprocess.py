@@ -31,12 +31,14 @@ import torch
 from PIL import Image, ImageChops, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .config import PreprocessConfig
-from .errors import ConfigError, EmptySketchError, InputError
+from .errors import ConfigError, EmptySketchError, InputError, TooLargeError
 
 MAX_PIXELS = 40_000_000  # larger images are refused before their pixels are decoded
 MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
 SVG_MIN_SIDE, SVG_MAX_SIDE = 256, 1024  # an SVG is rendered with its longer side in this range
 RASTER_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SKETCH_SUFFIXES = (*PHOTO_SUFFIXES, ".svg", ".json", ".ndjson")
 
 _MAGIC = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -242,7 +244,7 @@ def _read_file(path: Path) -> bytes:
 
 def _check_file_size(num_bytes: int, name: str) -> None:
     if num_bytes > MAX_FILE_BYTES:
-        raise InputError(f"{name} is too large: more than {MAX_FILE_BYTES // 2**20} MiB")
+        raise TooLargeError(f"{name} is too large: more than {MAX_FILE_BYTES // 2**20} MiB")
 
 
 def _sniff(data: bytes, suffix: str, name: str) -> str:
@@ -274,7 +276,7 @@ def _open_image(data: bytes, name: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
     except Image.DecompressionBombError as err:
-        raise InputError(f"{name} is too large: more than {MAX_PIXELS:,} pixels") from err
+        raise TooLargeError(f"{name} is too large: more than {MAX_PIXELS:,} pixels") from err
     except UnidentifiedImageError as err:
         raise InputError(f"{name} is corrupt or not a supported image (PNG, JPEG, WebP, BMP)") from err
     except Exception as err:  # Pillow raises many types on broken headers
@@ -293,7 +295,7 @@ def _load(image: Image.Image, name: str) -> None:
 
 def _check_pixels(width: int, height: int, name: str) -> None:
     if width * height > MAX_PIXELS:
-        raise InputError(f"{name} is too large: {width}x{height} = {width * height:,} pixels (limit {MAX_PIXELS:,})")
+        raise TooLargeError(f"{name} is too large: {width}x{height} = {width * height:,} pixels (limit {MAX_PIXELS:,})")
     if width * height == 0:
         raise InputError(f"{name} has no pixels ({width}x{height})")
 

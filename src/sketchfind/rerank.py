@@ -4,43 +4,71 @@
        are averaged and added to the sketch's embedding (average query expansion, Chum et al. 2007); photos
        resemble each other far more reliably than a drawing resembles a photo, so a few good first hits
        pull in the rest of their kind;
-    2. the ``rerank_k`` photos nearest to the (expanded) query are re-scored with
+    2. the ``rerank_k`` photos nearest to the (expanded) query are re-scored with :func:`fuse`:
        ``fusion * cosine + (1 - fusion) * relation score`` (no relation network at all when fusion = 1);
     3. every other photo follows by its cosine.
 
 ``Searcher`` runs it on FAISS results; training validation and ``sketchfind eval`` run it on full score
-matrices (:func:`pipeline_scores`), so the settings validated there are the ones search uses.
+matrices (:func:`pipeline_scores`). All three call :func:`fuse` with one :class:`RankSettings`, so the
+settings validated in training are the ones search uses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
+
+FUSION_GRID = (0.25, 0.5, 0.75, 1.0)  # fusion weights training validation tries (and export chooses among)
+EXPANSION_GRID = ((10, 0.0), (5, 1.0), (10, 1.0), (10, 2.0))  # (qe_top, qe_weight) pairs it tries
+
 
 @dataclass(frozen=True)
 class RankSettings:
-    """What the ann strategy does after FAISS; the shipped weights carry validated values."""
+    """What the ann strategy does after FAISS; the shipped weights carry validated values.
+
+    The defaults are the one place a ranking default is written: weights without stored settings (e.g.
+    the official checkpoint) get them in ``search``, ``eval`` and ``serve`` alike."""
 
     rerank_k: int = 25  # photos re-scored with the relation network (when fusion < 1)
-    fusion: float = 1.0  # weight of the [Ret] cosine in the head's score
+    fusion: float = 1.0  # weight of the [Ret] cosine in the head's score (1 = no relation network)
     qe_top: int = 10  # photos averaged into the expanded query
     qe_weight: float = 0.0  # weight of their mean embedding (0 = no expansion)
+
+    def __post_init__(self):
+        for name, kind in (("rerank_k", int), ("qe_top", int), ("fusion", float), ("qe_weight", float)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if kind is int and value != int(value):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            object.__setattr__(self, name, kind(value))
+        if self.rerank_k < 1 or self.qe_top < 1:
+            raise ConfigError("rerank_k and qe_top must be at least 1")
+        if not 0 <= self.fusion <= 1 or self.qe_weight < 0:
+            raise ConfigError("fusion must lie in [0, 1] and qe_weight must not be negative")
 
     @classmethod
     def from_metadata(cls, meta: dict) -> RankSettings:
         """Settings stored beside weights (``fusion``, ``qe_top``, ``qe_weight``, ``rerank_k``); defaults otherwise."""
-        base = cls()
-        return cls(
-            rerank_k=int(meta.get("rerank_k", base.rerank_k)),
-            fusion=float(meta.get("fusion", base.fusion)),
-            qe_top=int(meta.get("qe_top", base.qe_top)),
-            qe_weight=float(meta.get("qe_weight", base.qe_weight)),
-        )
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: float(v) for k, v in meta.items() if k in names})
 
     def to_metadata(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.__dict__.items()}
+        """The weights-file metadata form (strings)."""
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+    def updated(self, **given) -> RankSettings:
+        """A copy with the given values that are not None (e.g. command-line overrides)."""
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    @property
+    def uses_relation(self) -> bool:
+        """Whether the head is re-scored by the relation network at all."""
+        return self.fusion < 1
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -53,6 +81,11 @@ def expand_query(query: np.ndarray, neighbours: np.ndarray, weight: float) -> np
     return normalize(query + weight * normalize(normalize(neighbours).mean(axis=-2)))
 
 
+def fuse(cosine, relation, fusion: float):
+    """The head score of ann (and eval's "fused" ranking): ``fusion * cosine + (1 - fusion) * relation``."""
+    return fusion * cosine + (1 - fusion) * relation
+
+
 def pipeline_scores(
     query_emb: np.ndarray, photo_emb: np.ndarray, relation: np.ndarray | None, settings: RankSettings
 ) -> np.ndarray:
@@ -63,21 +96,21 @@ def pipeline_scores(
     if settings.qe_weight > 0:
         top = np.argsort(-cos, axis=1, kind="stable")[:, : settings.qe_top]  # (Q, m)
         cos = expand_query(query_emb, photo_emb[top], settings.qe_weight) @ photo_emb.T
-    if settings.fusion >= 1 or relation is None:
+    if not settings.uses_relation or relation is None:
         return cos
     head = np.argsort(-cos, axis=1, kind="stable")[:, : settings.rerank_k]  # (Q, K')
     rows = np.arange(len(cos))[:, None]
     out = cos - 4.0  # cosines lie in [-1, 1], fused head scores in [-1, 2]: the head stays on top
-    out[rows, head] = settings.fusion * cos[rows, head] + (1 - settings.fusion) * relation[rows, head]
+    out[rows, head] = fuse(cos[rows, head], relation[rows, head], settings.fusion)
     return out
 
 
-def validation_grid(rerank_k: int = 25) -> list[RankSettings]:
+def validation_grid(rerank_k: int = RankSettings.rerank_k) -> list[RankSettings]:
     """The settings that training validation (and ``export``) chooses among."""
     return [
         RankSettings(rerank_k, fusion, qe_top, qe_weight)
-        for fusion in (0.25, 0.5, 0.75, 1.0)
-        for qe_top, qe_weight in ((10, 0.0), (5, 1.0), (10, 1.0), (10, 2.0))
+        for fusion in FUSION_GRID
+        for qe_top, qe_weight in EXPANSION_GRID
     ]
 
 

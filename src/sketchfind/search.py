@@ -1,37 +1,41 @@
 """``Searcher``: an open index + the model + search settings; the one Python API behind CLI and web service.
 
-Strategies (all rank by the relation network in the end; they differ in which photos reach it):
+Strategies (module functions of ``(state, query, k, settings)``; they differ in which photos reach the
+relation network and how the rest is ordered):
   exhaustive  cross-attention + relation network against every photo;
   clustered   the reference system (LTBach/ZSE-SBIR_CLIP): score the cluster representatives, then the
               photos of the best clusters, taken in score order until there are at least k photos;
   ann         FAISS on the [Ret] embedding: the sketch's nearest photos expand the query (``qe_*``), a
               second FAISS search ranks the gallery, and its top K' are re-scored with
-              ``fusion`` * cosine + (1 - fusion) * relation score (see :mod:`sketchfind.rerank`).
+              :func:`~sketchfind.rerank.fuse` (see :mod:`sketchfind.rerank`).
 Beyond the re-ranked head (``k=None`` ranks the whole gallery), photos follow by first-stage score:
 the [Ret] cosine for ann, the cluster's score for clustered. The ann settings default to the validated
 values stored with the model's weights.
+
+Opening an index to search never writes to it: derived structures that are stale (a writer crashed
+before refreshing them) are rebuilt in memory, so a reader works on a read-only index directory.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
-from .errors import IndexStoreError, SketchfindError
-from .index.artefacts import Artefacts, default_search_params, load_or_build
-from .index.build import build_index, check_model, load_index_model, remove_photos
-from .index.store import IndexStore, PhotoRecord, Snapshot
+from .errors import ConfigError, IndexStoreError
+from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
+from .index.build import BuildReport, build_index, check_model, load_index_model, remove_photos
+from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .models.zse import ZSEModel
-from .preprocess import preprocess_sketch
-from .rerank import RankSettings, expand_query, normalize
+from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
+from .rerank import RankSettings, expand_query, fuse, normalize
 
-STRATEGIES = ("exhaustive", "clustered", "ann")
 DEFAULT_STRATEGY = "ann"
 
 
@@ -43,6 +47,7 @@ class Hit:
     photo_id: int
     path: str
     score: float
+    label: str | None = None  # the photo's class (its folder name) when indexed with labels
 
 
 @dataclass
@@ -70,17 +75,121 @@ class SearchSettings:
     """Everything that changes a ranking besides the index and the model, set explicitly at open."""
 
     strategy: str = DEFAULT_STRATEGY
-    rerank_k: int = RankSettings.rerank_k  # also the head size of clustered with k=None
-    fusion: float = RankSettings.fusion
-    qe_top: int = RankSettings.qe_top
-    qe_weight: float = RankSettings.qe_weight
+    rank: RankSettings = RankSettings()  # ann's expansion and head; rank.rerank_k is also clustered's k=None head
     ann_params: dict = field(default_factory=dict)  # FAISS search parameters (efSearch, nprobe), if any
     chunk: int = 2048  # photos decoded at a time by exhaustive search
 
+    def __post_init__(self):
+        check_strategy(self.strategy)
 
-def _check_strategy(strategy: str) -> str:
+
+@dataclass(frozen=True)
+class SearchState:
+    """One committed generation of an index with everything a strategy reads; swapped as a whole."""
+
+    store: IndexStore
+    model: ZSEModel
+    snapshot: Snapshot
+    artefacts: Artefacts
+    paths: list[str]  # snapshot order
+    labels: list[str | None]  # snapshot order
+    members: list[np.ndarray]  # positions of each cluster's photos
+    representatives: torch.Tensor | None  # (C, T, D) cluster representatives
+
+    def tokens(self, positions: np.ndarray) -> np.ndarray:
+        """(n, T, D) float tokens of the photos at these snapshot positions."""
+        return self.store.tokens(self.snapshot, positions)
+
+    def relation(self, query: torch.Tensor, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(n,) relation-network scores of the query against photo tokens."""
+        tokens = torch.from_numpy(tokens) if isinstance(tokens, np.ndarray) else tokens
+        return self.model.relation_scores(query, tokens)[0].float().numpy()
+
+    def ret_embeddings(self, positions: np.ndarray) -> np.ndarray:
+        """(n, D) unit [Ret] embeddings of the photos at these positions, as stored."""
+        return normalize(self.store.codec.decode_first(self.store.read_codes(self.snapshot, positions)))
+
+
+# (positions best first, their scores, stage -> seconds)
+Ranking = tuple[np.ndarray, np.ndarray, dict[str, float]]
+
+
+def exhaustive(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
+    """The relation network against every photo."""
+    t0 = time.perf_counter()
+    scores = np.empty(len(state.snapshot), np.float32)
+    for positions, tokens in state.store.iter_tokens(state.snapshot, settings.chunk):
+        scores[positions] = state.relation(query, tokens)
+    order = top_positions(scores, k)
+    return order, scores[order], {"rerank": time.perf_counter() - t0}
+
+
+def ann(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
+    """FAISS on [Ret] (with query expansion), the head re-scored by :func:`~sketchfind.rerank.fuse`."""
+    t0 = time.perf_counter()
+    rank, n, index = settings.rank, len(state.snapshot), state.artefacts.ann
+    head_n = min(rank.rerank_k, n) if rank.uses_relation else 0
+    want = n if k is None else min(n, max(k, head_n))
+    ret = state.model.retrieval_embedding(query).numpy()  # (1, D)
+    if rank.qe_weight > 0:  # expand the query with its nearest photos, then search again
+        _, near = index.search(ret, min(n, rank.qe_top))
+        near = near[0][near[0] >= 0]
+        ret = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight).astype(np.float32)
+    cos, found = index.search(ret, want)
+    keep = found[0] >= 0
+    cos, found = cos[0][keep], found[0][keep]
+    t1 = time.perf_counter()
+    if head_n:
+        head = found[:head_n]
+        fused = fuse(cos[:head_n], state.relation(query, state.tokens(head)), rank.fusion)
+        order = np.argsort(-fused, kind="stable")
+        found = np.concatenate([head[order], found[head_n:]])
+        cos = np.concatenate([fused[order], cos[head_n:]])
+    if k is not None:
+        found, cos = found[:k], cos[:k]
+    return found, cos, {"first_stage": t1 - t0, "rerank": time.perf_counter() - t1}
+
+
+def clustered(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
+    """The reference system: best cluster representatives first, then their photos by relation score."""
+    t0 = time.perf_counter()
+    sizes = state.artefacts.clusters.sizes
+    cluster_scores = state.relation(query, state.representatives)  # (C,)
+    cluster_scores[sizes == 0] = -np.inf
+    corder = np.argsort(-cluster_scores, kind="stable")
+    corder = corder[sizes[corder] > 0]
+    need = settings.rank.rerank_k if k is None else k
+    taken = int(np.searchsorted(np.cumsum(sizes[corder]), min(need, len(state.snapshot)))) + 1
+    head = np.concatenate([state.members[c] for c in corder[:taken]])
+    t1 = time.perf_counter()
+    rel = state.relation(query, state.tokens(head))
+    order = np.argsort(-rel, kind="stable")
+    positions, scores = head[order], rel[order]
+    if k is None:  # the rest of the gallery by cluster score, ties broken by [Ret] cosine
+        ret = state.model.retrieval_embedding(query).numpy()[0]
+        tail = [state.members[c] for c in corder[taken:]]
+        tail = [m[np.argsort(-(state.ret_embeddings(m) @ ret), kind="stable")] for m in tail]
+        tail_scores = [
+            np.full(len(m), cluster_scores[c], np.float32) for m, c in zip(tail, corder[taken:], strict=True)
+        ]
+        positions = np.concatenate([positions, *tail])
+        scores = np.concatenate([scores, *tail_scores])
+    else:
+        positions, scores = positions[:k], scores[:k]
+    return positions, scores, {"first_stage": t1 - t0, "rerank": time.perf_counter() - t1}
+
+
+STRATEGIES: dict[str, Callable[[SearchState, torch.Tensor, int | None, SearchSettings], Ranking]] = {
+    "exhaustive": exhaustive,
+    "clustered": clustered,
+    "ann": ann,
+}
+
+
+def check_strategy(strategy: str) -> str:
+    """The strategy name, or a ConfigError naming the choices."""
     if strategy not in STRATEGIES:
-        raise SketchfindError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     return strategy
 
 
@@ -90,8 +199,7 @@ class Searcher:
     def __init__(self, root: Path, store: IndexStore, model: ZSEModel, settings: SearchSettings):
         self.root, self.store, self.model, self.settings = root, store, model, settings
         self._lock = threading.RLock()
-        # (snapshot, artefacts, paths, cluster members, representatives): swapped as one by refresh()
-        self._state: tuple[Snapshot, Artefacts, list[str], list[np.ndarray], torch.Tensor | None] | None = None
+        self._state: SearchState | None = None
         self.refresh(force=True)
 
     @classmethod
@@ -107,33 +215,42 @@ class Searcher:
         qe_weight: float | None = None,
         ann_params: dict | None = None,
     ) -> Searcher:
-        """Opens an index for searching; ``model=None`` loads the model the index was built with. ann settings
-        left as None take the values validated with the model's weights (:class:`~sketchfind.rerank.RankSettings`)."""
-        from .models.factory import model_metadata
-
+        """Opens an index for searching (read-only); ``model=None`` loads the model the index was built with.
+        ann settings left as None take the values validated with the model's weights
+        (:class:`~sketchfind.rerank.RankSettings`)."""
         root = Path(index_dir)
         store = IndexStore.open(root)
         try:
             if model is None:
                 model = load_index_model(store.meta["model"], root)
             check_model(store.meta["model"], model, root)
-            given = {"rerank_k": rerank_k, "fusion": fusion, "qe_top": qe_top, "qe_weight": qe_weight}
-            rank = replace(
-                RankSettings.from_metadata(model_metadata(model)), **{k: v for k, v in given.items() if v is not None}
+            rank = RankSettings.from_metadata(model.weights_metadata).updated(
+                rerank_k=rerank_k, fusion=fusion, qe_top=qe_top, qe_weight=qe_weight
             )
-            rerank_k, qe_top = int(rank.rerank_k), int(rank.qe_top)
-            fusion, qe_weight = float(rank.fusion), float(rank.qe_weight)
-            if rerank_k < 1 or qe_top < 1:
-                raise SketchfindError("rerank_k and qe_top must be at least 1")
-            if not 0 <= fusion <= 1 or qe_weight < 0:
-                raise SketchfindError("fusion must lie in [0, 1] and qe_weight must not be negative")
-            ann_type = store.meta.get("ann_type", "SQ8")
-            params = {**default_search_params(ann_type), **(ann_params or {})}
-            settings = SearchSettings(_check_strategy(strategy), rerank_k, fusion, qe_top, qe_weight, params)
+            params = {**default_search_params(store.meta.get("ann_type", DEFAULT_ANN)), **(ann_params or {})}
+            settings = SearchSettings(strategy, rank, params)
             return cls(root, store, model.eval(), settings)
         except BaseException:
             store.close()
             raise
+
+    @classmethod
+    def from_photos(
+        cls, sources, index_dir, model: ZSEModel | None = None, *, weights=None, strategy: str | None = None, **build
+    ) -> tuple[Searcher, BuildReport]:
+        """Indexes ``sources`` into ``index_dir`` (created, or updated with new and changed photos only) and
+        opens it: ``(searcher, report)``. An existing index keeps its own model unless ``model`` is given;
+        a new one uses ``model`` or the default model. ``build`` goes to :func:`~sketchfind.index.build_index`."""
+        from .models.factory import load_model
+
+        if model is None:
+            if index_exists(index_dir):
+                with IndexStore.open(index_dir) as store:
+                    model = load_index_model(store.meta["model"], index_dir)
+            else:
+                model = load_model()
+        report = build_index(sources, index_dir, model, weights=weights, **build)
+        return cls.open(index_dir, model, strategy=strategy or DEFAULT_STRATEGY), report
 
     def close(self) -> None:
         """Releases the index files."""
@@ -146,60 +263,67 @@ class Searcher:
         self.close()
 
     # -- state -------------------------------------------------------------------------------------
+    @property
+    def state(self) -> SearchState:
+        """The generation of the index that searches currently read."""
+        return self._state
+
     def refresh(self, force: bool = False) -> None:
-        """Picks up changes committed since the index was opened (by this or another process)."""
+        """Picks up changes committed since the index was opened (by this or another process); never writes."""
         with self._lock:
-            if not force and self._state is not None and self.store.generation == self._state[0].generation:
+            if not force and self._state is not None and self.store.generation == self._state.snapshot.generation:
                 return
             snap = self.store.snapshot()
-            art = load_or_build(self.store, snap, persist=False) if _fresh(self.root, snap) else None
-            if art is None:  # stale or missing artefacts: rebuild, and write them if no one else is writing
-                try:
-                    with IndexStore.open(self.root, writable=True) as writer:
-                        snap = writer.snapshot()
-                        art = load_or_build(writer, snap, persist=True)
-                except IndexStoreError:
-                    snap = self.store.snapshot()
-                    art = load_or_build(self.store, snap, persist=False)
+            art = load_or_build(self.store, snap, persist=False)
             if art.ann is not None:
                 for name, value in self.settings.ann_params.items():  # explicit, never inherited from the file
                     faiss.ParameterSpace().set_index_parameter(art.ann, name, value)
             clusters = art.clusters
-            members = [] if clusters is None else _members(clusters.assign, clusters.n_clusters)
-            reps = None if clusters is None else torch.from_numpy(clusters.representatives)
-            self._state = (snap, art, self.store.paths(snap), members, reps)
+            self._state = SearchState(
+                store=self.store,
+                model=self.model,
+                snapshot=snap,
+                artefacts=art,
+                paths=self.store.paths(snap),
+                labels=self.store.labels(snap),
+                members=[] if clusters is None else cluster_members(clusters.assign, clusters.n_clusters),
+                representatives=None if clusters is None else torch.from_numpy(clusters.representatives),
+            )
 
     def __len__(self) -> int:
-        return len(self._state[0])
+        return len(self._state.snapshot)
 
     def info(self) -> dict:
         """index_info.json content + counts + the search settings in force."""
-        snap, art = self._state[:2]
-        return {**art.info, "counts": {"photos": len(snap)}, "search_settings": asdict(self.settings)}
+        state = self._state
+        return {
+            **state.artefacts.info,
+            "counts": {"photos": len(state.snapshot)},
+            "search_settings": asdict(self.settings),
+        }
 
     def photo(self, photo_id: int) -> PhotoRecord:
-        """The record of one indexed photo (IndexStoreError for an unknown id)."""
+        """The record of one indexed photo (UnknownPhotoError for an unknown id)."""
         return self.store.photo(photo_id)
 
-    def _positions(self, photo_ids) -> np.ndarray:
-        snap = self._state[0]
-        ids = np.asarray(photo_ids, np.int64).reshape(-1)
-        pos = np.searchsorted(snap.ids, ids)
-        bad = (pos >= len(snap.ids)) | (snap.ids[np.minimum(pos, len(snap.ids) - 1)] != ids)
-        if len(snap.ids) == 0 or bad.any():
-            raise IndexStoreError(f"unknown photo id {int(ids[bad][0]) if bad.any() else int(ids[0])}")
-        return pos
+    def photos(self, photo_ids) -> list[PhotoRecord]:
+        """Records of the given ids that exist, in the given order (one query for all of them)."""
+        return self.store.photos(photo_ids)
 
     def photo_tokens(self, photo_ids) -> torch.Tensor:
         """(n, T, D) float tokens of indexed photos (as stored, dequantised)."""
-        return torch.from_numpy(self.store.tokens(self._state[0], self._positions(photo_ids)))
+        state = self._state
+        return torch.from_numpy(state.tokens(state.snapshot.positions(photo_ids)))
 
     # -- queries ------------------------------------------------------------------------------------
     def encode_query(self, source) -> torch.Tensor:
         """A sketch (any accepted source) -> tokens (1, T, D)."""
-        image = preprocess_sketch(source, self.model.cfg.preprocess)
+        return self._encode_array(sketch_array(source, self.model.cfg.preprocess))
+
+    def _encode_array(self, squared: np.ndarray) -> torch.Tensor:
+        image = to_tensor(squared, self.model.cfg.preprocess).unsqueeze(0)
         with torch.inference_mode():
-            return self.model.encode_sketch(image.unsqueeze(0).contiguous(memory_format=torch.channels_last))
+            return self.model.encode_sketch(image.contiguous(memory_format=torch.channels_last))
 
     def search(self, source, k: int | None = 20, strategy: str | None = None) -> SearchResult:
         """Ranks the gallery for one sketch: the best ``k`` photos (``k=None``: the whole gallery)."""
@@ -217,101 +341,50 @@ class Searcher:
 
     def search_tokens(self, query: torch.Tensor, k: int | None, strategy: str | None = None):
         """Ranks for encoded sketch tokens (1, T, D) -> (hits, stage timings)."""
-        strategy = _check_strategy(strategy or self.settings.strategy)
+        run = STRATEGIES[check_strategy(strategy or self.settings.strategy)]
         if k is not None and k < 1:
-            raise SketchfindError("k must be at least 1")
-        run = {"exhaustive": self._exhaustive, "clustered": self._clustered, "ann": self._ann}[strategy]
+            raise ConfigError("k must be at least 1")
         for attempt in (0, 1):
-            with self._lock:
-                snap, art, paths, members, reps = self._state
-            if len(snap) == 0:
+            state = self._state
+            if len(state.snapshot) == 0:
                 return [], {}
             try:
                 with torch.inference_mode():
-                    positions, scores, timings = run(query, k, snap, art, members, reps)
+                    positions, scores, timings = run(state, query, k, self.settings)
                 break
             except IndexStoreError:
                 # another process compacted the shards this snapshot points into: take the new snapshot once
-                if attempt or self.store.generation == snap.generation:
+                if attempt or self.store.generation == state.snapshot.generation:
                     raise
                 self.refresh()
         hits = [
-            Hit(i + 1, int(snap.ids[p]), paths[p], float(s))
+            Hit(i + 1, int(state.snapshot.ids[p]), state.paths[p], float(s), state.labels[p])
             for i, (p, s) in enumerate(zip(positions, scores, strict=True))
         ]
         return hits, timings
 
-    def _relation(self, query: torch.Tensor, tokens: np.ndarray) -> np.ndarray:
-        return self.model.relation_scores(query, torch.from_numpy(tokens))[0].float().numpy()
+    def explain(self, sketch, photo_id: int):
+        """Which parts of a sketch match which parts of an indexed photo -> (Explanation, rendered images).
 
-    def _exhaustive(self, query, k, snap, art, members, reps):
-        t0 = time.perf_counter()
-        scores = np.empty(len(snap), np.float32)
-        for positions, tokens in self.store.iter_tokens(snap, self.settings.chunk):
-            scores[positions] = self._relation(query, tokens)
-        order = _top(scores, k)
-        return order, scores[order], {"rerank": time.perf_counter() - t0}
+        The sketch is decoded once; the photo's tokens come from the index, its pixels from its file
+        (PhotoMissingError when the file cannot be read any more)."""
+        from .errors import PhotoMissingError, SketchfindError
+        from .explain import explain_tokens, render
+        from .preprocess import read_photo
 
-    def _ann(self, query, k, snap, art, members, reps):
-        t0 = time.perf_counter()
-        s, n = self.settings, len(snap)
-        head_n = min(s.rerank_k, n) if s.fusion < 1 else 0
-        want = n if k is None else min(n, max(k, head_n))
-        ret = self.model.retrieval_embedding(query).numpy()  # (1, D)
-        if s.qe_weight > 0:  # expand the query with its nearest photos, then search again
-            _, near = art.ann.search(ret, min(n, s.qe_top))
-            near = near[0][near[0] >= 0]
-            ret = expand_query(ret, self._ret_embeddings(snap, near)[None], s.qe_weight).astype(np.float32)
-        cos, found = art.ann.search(ret, want)
-        keep = found[0] >= 0
-        cos, found = cos[0][keep], found[0][keep]
-        t1 = time.perf_counter()
-        if head_n:
-            head = found[:head_n]
-            fused = (1 - s.fusion) * self._relation(query, self.store.tokens(snap, head)) + s.fusion * cos[:head_n]
-            order = np.argsort(-fused, kind="stable")
-            found = np.concatenate([head[order], found[head_n:]])
-            cos = np.concatenate([fused[order], cos[head_n:]])
-        if k is not None:
-            found, cos = found[:k], cos[:k]
-        return found, cos, {"first_stage": t1 - t0, "rerank": time.perf_counter() - t1}
-
-    def _ret_embeddings(self, snap, positions: np.ndarray) -> np.ndarray:
-        """(n, D) unit [Ret] embeddings of indexed photos, as stored."""
-        return normalize(self.store.codec.decode_first(self.store.read_codes(snap, positions)))
-
-    def _clustered(self, query, k, snap, art, members, reps):
-        t0 = time.perf_counter()
-        clusters = art.clusters
-        cluster_scores = self.model.relation_scores(query, reps)[0].float().numpy()  # (C,)
-        cluster_scores[clusters.sizes == 0] = -np.inf
-        corder = np.argsort(-cluster_scores, kind="stable")
-        corder = corder[clusters.sizes[corder] > 0]
-        need = self.settings.rerank_k if k is None else k
-        taken = int(np.searchsorted(np.cumsum(clusters.sizes[corder]), min(need, len(snap)))) + 1
-        head = np.concatenate([members[c] for c in corder[:taken]])
-        t1 = time.perf_counter()
-        rel = self._relation(query, self.store.tokens(snap, head))
-        order = np.argsort(-rel, kind="stable")
-        positions, scores = head[order], rel[order]
-        if k is None:  # the rest of the gallery by cluster score, ties broken by [Ret] cosine
-            tail = [self._by_cosine(query, snap, members[c]) for c in corder[taken:]]
-            tail_scores = [
-                np.full(len(m), cluster_scores[c], np.float32) for m, c in zip(tail, corder[taken:], strict=True)
-            ]
-            positions = np.concatenate([positions, *tail])
-            scores = np.concatenate([scores, *tail_scores])
-        else:
-            positions, scores = positions[:k], scores[:k]
-        return positions, scores, {"first_stage": t1 - t0, "rerank": time.perf_counter() - t1}
-
-    def _by_cosine(self, query, snap, positions: np.ndarray) -> np.ndarray:
-        ret = self.model.retrieval_embedding(query).numpy()[0]
-        return positions[np.argsort(-(self._ret_embeddings(snap, positions) @ ret), kind="stable")]
+        record = self.photo(photo_id)
+        squared = sketch_array(sketch, self.model.cfg.preprocess)
+        explanation = explain_tokens(self.model, self._encode_array(squared), self.photo_tokens([photo_id]), squared)
+        try:
+            photo = read_photo(record.path).convert("RGB")
+        except SketchfindError as err:  # the file changed or vanished since indexing
+            raise PhotoMissingError(f"the file of photo {photo_id} cannot be read any more: {err}") from err
+        return explanation, render(explanation, squared, photo)
 
     # -- changes ------------------------------------------------------------------------------------
-    def add_photos(self, paths, **kwargs):
-        """Indexes new or changed photos (atomic commits) and refreshes; returns the BuildReport."""
+    def add_photos(self, paths, **kwargs) -> BuildReport:
+        """Indexes new or changed photos (atomic commits) and refreshes; the report's ``ids`` map each
+        file of the run to its photo id."""
         meta = self.store.meta
         report = build_index(
             paths,
@@ -331,9 +404,6 @@ class Searcher:
         return removed
 
 
-SKETCH_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".svg", ".json", ".ndjson")
-
-
 def sketch_files(sources) -> list[Path]:
     """Sketch files from files and folders (folders recursively, sorted); other paths are kept as given."""
     out: list[Path] = []
@@ -346,21 +416,14 @@ def sketch_files(sources) -> list[Path]:
     return out
 
 
-def _fresh(root: Path, snap: Snapshot) -> bool:
-    from .index.artefacts import read_info
-
-    info = read_info(root)
-    return bool(info) and info.get("generation") == snap.generation
-
-
-def _members(assign: np.ndarray, n_clusters: int) -> list[np.ndarray]:
+def cluster_members(assign: np.ndarray, n_clusters: int) -> list[np.ndarray]:
     """Positions of the photos of each cluster."""
     order = np.argsort(assign, kind="stable")
     bounds = np.searchsorted(assign[order], np.arange(n_clusters + 1))
     return [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)]
 
 
-def _top(scores: np.ndarray, k: int | None) -> np.ndarray:
+def top_positions(scores: np.ndarray, k: int | None) -> np.ndarray:
     """Positions of the k highest scores, best first (all when k is None)."""
     if k is None or k >= len(scores):
         return np.argsort(-scores, kind="stable")

@@ -2,14 +2,13 @@
 
 All three are rebuilt from the committed store (:mod:`.store`) whenever they are missing or stale
 (their generation differs from the store's), so a crash while writing them loses nothing. They are
-written to temporary files and moved into place with ``os.replace``; ``index_info.json`` goes last
+written atomically (:mod:`sketchfind.atomic`); ``index_info.json`` goes last
 and names the generation-stamped files it belongs to.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..cluster import Clusters, build_clusters, cluster_count
+from ..atomic import atomic_path
+from ..cluster import DEFAULT_CLUSTERS, Clusters, build_clusters, cluster_count
 from .store import FORMAT_VERSION, IndexStore, Snapshot, crash_point
 
 INFO_NAME = "index_info.json"
@@ -109,7 +109,7 @@ def _rebuild(store: IndexStore, snapshot: Snapshot, info: dict | None, *, persis
     n, gen = len(snapshot), snapshot.generation
     ann_type = store.meta.get("ann_type", DEFAULT_ANN)
     ann = clusters = None
-    n_clusters = cluster_count(n, store.meta.get("n_clusters", 125))
+    n_clusters = cluster_count(n, store.meta.get("n_clusters", DEFAULT_CLUSTERS))
     clustered_at = (info or {}).get("clusters", {}).get("photos_when_clustered", n)
     if n:
         ann = build_ann(ret_embeddings(store, snapshot), ann_type)
@@ -155,7 +155,7 @@ def _info(store: IndexStore, snapshot: Snapshot, ann_type: str, clusters: Cluste
         "clusters": {
             "file": f"clusters-{gen}.npz" if clusters is not None else None,
             "n_clusters": clusters.n_clusters if clusters is not None else 0,
-            "requested": meta.get("n_clusters", 125),
+            "requested": meta.get("n_clusters", DEFAULT_CLUSTERS),
             "photos_when_clustered": clustered_at,
             "kmeans": {"spherical": True, "niter": 20, "seed": 0},
         },
@@ -163,11 +163,8 @@ def _info(store: IndexStore, snapshot: Snapshot, ann_type: str, clusters: Cluste
 
 
 def _replace(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _write(store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clusters | None) -> None:

@@ -4,8 +4,13 @@
 * model (main thread): ``encode_with_global`` on a batch, plus the CLIP tower when clustering by CLIP;
 * writer: quantise and commit the batch atomically (:meth:`IndexStore.commit_batch`).
 Decoding overlaps compute because Pillow and torch release the GIL. A file that cannot be read or
-decoded is listed in the report and skipped; it never aborts the run. Running it again indexes only
-new or changed files (size + mtime, then the content hash) and resumes an interrupted run.
+decoded is skipped and listed in the report with its reason; it never aborts the run. Running it again
+indexes only new or changed files (size + mtime, then the content hash) and resumes an interrupted run.
+
+The report's words are the ones the CLI, the service and the API use: *new*, *updated* (content
+changed), *unchanged* (already indexed), *skipped* (could not be used, with the reason).
+
+:func:`write_encoded` commits photos whose tokens were computed elsewhere (benchmarks, other encoders).
 """
 
 from __future__ import annotations
@@ -23,16 +28,16 @@ import faiss
 import numpy as np
 import torch
 
-from ..errors import IndexStoreError, SketchfindError
+from ..errors import IncompleteIndexError, IndexStoreError, SketchfindError
 from ..models.zse import ZSEModel
-from ..preprocess import MAX_FILE_BYTES, preprocess_photo, read_photo
+from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, preprocess_photo, read_photo
+from ..progress import progress as progress_bar
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
-from .store import IndexStore, PhotoRow, model_fingerprint
+from .store import DB_NAME, IndexStore, PhotoRow, index_exists, model_fingerprint
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass
@@ -41,9 +46,10 @@ class BuildReport:
 
     index_dir: str
     new: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # already indexed with the same content
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    updated: list[str] = field(default_factory=list)  # indexed before with other content
+    unchanged: list[str] = field(default_factory=list)  # already indexed with the same content
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): could not be used
+    ids: dict[str, int] = field(default_factory=dict)  # photo id of every new, updated or unchanged file
     photos: int = 0  # photos in the index afterwards
     seconds: float = 0.0
     encode_seconds: float = 0.0  # time inside the model
@@ -52,6 +58,18 @@ class BuildReport:
     def photos_per_second(self) -> float:
         """Newly encoded photos per wall-clock second."""
         return (len(self.new) + len(self.updated)) / self.seconds if self.seconds else 0.0
+
+    @property
+    def added_ids(self) -> list[int]:
+        """Ids of the photos this run encoded (new and updated), in run order."""
+        return [self.ids[path] for path in [*self.new, *self.updated]]
+
+    def summary(self) -> str:
+        """One line: '3 new, 0 updated, 5 unchanged, 2 skipped; 8 photos in the index'."""
+        return (
+            f"{len(self.new)} new, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
+            f"{len(self.skipped)} skipped; {self.photos} photos in the index"
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -108,7 +126,7 @@ def scan_photos(sources) -> tuple[list[Path], list[tuple[str, str]]]:
     for source in [sources] if isinstance(sources, str | os.PathLike) else sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            found.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
         elif path.is_file():
             found.add(path.resolve())
         else:
@@ -130,13 +148,11 @@ def open_or_create(
     """(writable store, embedder) for a new or existing index built with ``model``.
 
     For an existing index, ``embedder`` and ``token_storage`` default to (and must equal) its own."""
-    if (out_dir / "index.sqlite").is_file():
+    if index_exists(out_dir):
         try:
             store = IndexStore.open(out_dir, writable=True)
-        except IndexStoreError as exc:
-            if "interrupted" not in str(exc):
-                raise
-            (out_dir / "index.sqlite").unlink()  # its creation never committed: nothing to lose
+        except IncompleteIndexError:
+            (out_dir / DB_NAME).unlink()  # its creation never committed: nothing to lose
             store = None
         if store is not None:
             try:
@@ -181,11 +197,12 @@ def _apply_settings(store: IndexStore, n_clusters: int | None, ann_type: str | N
 
 
 def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_folder: bool):
-    """Reader + mapper for one file -> ('ok', PhotoRow, tensor, clip tensor) | ('same', id, mtime) | ('failed', ...)."""
+    """Reader + mapper for one file -> ('ok', PhotoRow, tensor, clip tensor) | ('same', id, mtime, path) |
+    ('skipped', path, reason)."""
     try:
         stat = path.stat()
         if stat.st_size > MAX_FILE_BYTES:
-            return "failed", str(path), f"larger than {MAX_FILE_BYTES // 2**20} MiB"
+            return "skipped", str(path), f"larger than {MAX_FILE_BYTES // 2**20} MiB"
         data = path.read_bytes()
         sha = hashlib.sha256(data).digest()
         if known is not None and known[3] == sha:
@@ -197,9 +214,9 @@ def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_f
         row = PhotoRow(str(path), sha, len(data), stat.st_mtime_ns, label, known[0] if known else None)
         return "ok", row, x, y
     except SketchfindError as exc:
-        return "failed", str(path), str(exc).replace("the image", "image")
+        return "skipped", str(path), str(exc).replace("the image", "image")
     except Exception as exc:  # anything a broken file can raise must not stop the run
-        return "failed", str(path), f"{type(exc).__name__}: {exc}"
+        return "skipped", str(path), f"{type(exc).__name__}: {exc}"
 
 
 def build_index(
@@ -230,7 +247,7 @@ def build_index(
     if model is None:
         model = _default_model(out_dir)
     files, missing = scan_photos(sources)
-    report = BuildReport(str(out_dir), failed=list(missing))
+    report = BuildReport(str(out_dir), skipped=list(missing))
     store, emb = open_or_create(
         out_dir,
         model,
@@ -245,7 +262,7 @@ def build_index(
     )
     try:
         todo = _plan(files, store.file_states(), report)
-        with _progress(progress, len(todo), "indexing") as advance:
+        with progress_bar(len(todo), "indexing", enabled=progress) as advance:
             _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
         store.compact(min_garbage=COMPACT_AT)  # replaced photos leave their old rows behind
         snapshot = store.snapshot()
@@ -259,8 +276,37 @@ def build_index(
     return report
 
 
+def write_encoded(
+    out_dir: str | Path,
+    model: ZSEModel,
+    batches,
+    *,
+    weights=None,
+    token_storage: str | None = None,
+    n_clusters: int | None = None,
+    ann_type: str | None = None,
+) -> int:
+    """Commits photos whose tokens were computed elsewhere and builds the search structures, as
+    :func:`build_index` would; returns the number of photos in the index.
+
+    ``batches`` yields ``(rows, tokens, global_emb)``: a list of :class:`PhotoRow`, their (n, T, D) encoder
+    tokens and (n, G) global embeddings (the default embedder's: ``model.encode_with_global``)."""
+    store, _ = open_or_create(
+        Path(out_dir), model, weights=weights, token_storage=token_storage, n_clusters=n_clusters, ann_type=ann_type
+    )
+    try:
+        for rows, tokens, global_emb in batches:
+            tokens, global_emb = np.asarray(tokens, np.float32), np.asarray(global_emb, np.float32)
+            store.commit_batch(list(rows), store.codec.encode(tokens), store.gcodec.encode(global_emb))
+        snapshot = store.snapshot()
+        load_or_build(store, snapshot, persist=True)
+        return len(snapshot)
+    finally:
+        store.close()
+
+
 def _default_model(out_dir: Path) -> ZSEModel:
-    if (out_dir / "index.sqlite").is_file():
+    if index_exists(out_dir):
         with IndexStore.open(out_dir) as store:
             return load_index_model(store.meta["model"], out_dir)
     from ..models.factory import load_model
@@ -276,10 +322,11 @@ def _plan(files: list[Path], states: dict, report: BuildReport) -> list[tuple[Pa
         try:
             stat = path.stat()
         except OSError as exc:
-            report.failed.append((str(path), exc.strerror or str(exc)))
+            report.skipped.append((str(path), exc.strerror or str(exc)))
             continue
         if known is not None and known[1] == stat.st_size and known[2] == stat.st_mtime_ns:
-            report.skipped.append(str(path))
+            report.unchanged.append(str(path))
+            report.ids[str(path)] = known[0]
         else:
             todo.append((path, known))
     return todo
@@ -312,9 +359,10 @@ def _run(
                 global_emb = emb.embed(torch.stack([b[3] for b in batch]))
         report.encode_seconds += time.perf_counter() - t0
         rows = [b[1] for b in batch]
-        store.commit_batch(rows, store.codec.encode(tokens.numpy()), store.gcodec.encode(global_emb.numpy()))
-        for row in rows:
+        ids = store.commit_batch(rows, store.codec.encode(tokens.numpy()), store.gcodec.encode(global_emb.numpy()))
+        for row, photo_id in zip(rows, ids, strict=True):
             (report.updated if row.id is not None else report.new).append(row.path)
+            report.ids[row.path] = photo_id
         advance(len(batch))
         batch.clear()
 
@@ -338,40 +386,13 @@ def _run(
             else:
                 if result[0] == "same":
                     touched.append((result[1], result[2]))
-                    report.skipped.append(result[3])
+                    report.unchanged.append(result[3])
+                    report.ids[result[3]] = result[1]
                 else:
-                    report.failed.append((result[1], result[2]))
+                    report.skipped.append((result[1], result[2]))
                 advance(1)
         flush()
     store.touch(touched)
-
-
-class _progress:
-    """A rich progress bar (or nothing); ``advance(n)`` moves it."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label, self.bar = enabled and total > 0, total, label, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def remove_photos(index_dir: str | Path, targets) -> int:

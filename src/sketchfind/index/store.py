@@ -8,7 +8,18 @@ Bytes beyond a shard's committed row count are orphans of a crashed batch: reade
 them and the next writer truncates them. Derived artefacts (FAISS index, clusters, index_info.json)
 live in :mod:`.artefacts`, carry the generation they were built from and are rebuilt when stale.
 
-Layout: ``index.sqlite``, ``shards/tokens-00000.bin``, ``shards/global-00000.bin``, ``.lock``.
+Readers open the database read-only and never write (a read-only index directory works); one writer
+at a time holds ``.lock``.
+
+Layout of an index directory:
+  index.sqlite (+ -wal, -shm)   photos (id, path, hash, label, shard address), shards, meta
+  shards/tokens-NNNNN.bin       token codes, one fixed-size row per photo (:mod:`.codec`)
+  shards/global-NNNNN.bin       global-embedding codes (clustering), same rows
+  ann-GEN.faiss                 FAISS index over the [Ret] embeddings of generation GEN
+  clusters-GEN.npz              K-means centroids, assignment, representatives of generation GEN
+  index_info.json               what was built, with which settings; names the two files above
+  uploads/                      photos added over HTTP (the service's default upload folder)
+  .lock                         the writer lock
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import IndexStoreError
+from ..cluster import DEFAULT_CLUSTERS
+from ..errors import IncompleteIndexError, IndexStoreError, UnknownPhotoError
 from .codec import DEFAULT_TOKEN_KIND, GlobalCodec, TokenCodec
 
 FORMAT_VERSION = 1
@@ -88,6 +100,20 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def positions(self, photo_ids) -> np.ndarray:
+        """Snapshot positions of photo ids (UnknownPhotoError for an id not in this snapshot)."""
+        ids = np.asarray(photo_ids, np.int64).reshape(-1)
+        pos = np.searchsorted(self.ids, ids)
+        bad = (pos >= len(self.ids)) | (self.ids[np.minimum(pos, len(self.ids) - 1)] != ids)
+        if len(self.ids) == 0 or bad.any():
+            raise UnknownPhotoError(f"unknown photo id {int(ids[bad][0]) if bad.any() else int(ids[0])}")
+        return pos
+
+
+def index_exists(root: str | Path) -> bool:
+    """Whether ``root`` holds an index database (complete or not)."""
+    return (Path(root) / DB_NAME).is_file()
+
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Short sha256 of every parameter and buffer: two models with equal fingerprints encode alike."""
@@ -139,15 +165,16 @@ class IndexStore:
     def open(cls, root: str | Path, *, writable: bool = False) -> IndexStore:
         """Opens an existing index; a writer takes the directory lock and drops orphans of a crash."""
         root = Path(root)
-        if not (root / DB_NAME).is_file():
+        if not index_exists(root):
             raise IndexStoreError(
                 f"no sketchfind index at {root} (missing {DB_NAME}); build one with 'sketchfind index'"
             )
         lock_fd = _take_lock(root) if writable else None
         try:
-            conn = _connect(root / DB_NAME)
+            conn = _connect(root / DB_NAME, writable)
             if _read_meta_raw(conn).get("format_version") is None:
-                raise IndexStoreError(f"{root} holds an index whose creation was interrupted: build it again")
+                conn.close()
+                raise IncompleteIndexError(f"{root} holds an index whose creation was interrupted: build it again")
             store = cls(root, conn, writable, lock_fd)
         except BaseException:
             if lock_fd is not None:
@@ -176,7 +203,7 @@ class IndexStore:
         (root / "shards").mkdir(exist_ok=True)
         lock_fd = _take_lock(root)
         try:
-            conn = _connect(root / DB_NAME)
+            conn = _connect(root / DB_NAME, writable=True)
             existing = _read_meta_raw(conn)
             if existing.get("format_version") is not None:
                 raise IndexStoreError(f"an index already exists at {root}")
@@ -192,7 +219,7 @@ class IndexStore:
                 "ln_affine": [list(map(float, a)) for a in ln_affine],
                 "embedder": embedder,
                 "global_dim": global_dim,
-                "n_clusters": 125,
+                "n_clusters": DEFAULT_CLUSTERS,
             }
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
@@ -260,7 +287,7 @@ class IndexStore:
         """The record of one photo; IndexStoreError for an unknown id."""
         records = self.photos([photo_id])
         if not records:
-            raise IndexStoreError(f"unknown photo id {photo_id}")
+            raise UnknownPhotoError(f"unknown photo id {photo_id}")
         return records[0]
 
     def photos(self, ids) -> list[PhotoRecord]:
@@ -500,12 +527,25 @@ class IndexStore:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, writable: bool) -> sqlite3.Connection:
+    """A writer's connection (WAL, full sync, schema ensured), or a reader's that never writes: read-only,
+    and on a directory where SQLite cannot even create its shared-memory file, immutable."""
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
+        if writable:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            return conn
+        uri = path.resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.OperationalError:  # no -shm/-wal and no right to create them: nobody can be writing
+            conn.close()
+            conn = sqlite3.connect(
+                f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+            )
         return conn
     except sqlite3.DatabaseError as exc:
         raise IndexStoreError(f"{path} is not a readable index database: {exc}") from exc

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..config import ModelConfig, get_model_config
 from ..errors import CheckpointError
 from .convert import checkpoint_filter_fn, vit_backbone_filter_fn
@@ -190,11 +191,9 @@ def save_weights(model: ZSEModel, path: str | Path, extra: dict[str, str] | None
     floating-point tensors as fp16 (they load back as fp32)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     meta = {"config": json.dumps(model.cfg.to_dict()), **(extra or {})}
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)

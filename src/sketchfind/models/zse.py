@@ -360,6 +360,7 @@ class ZSEModel(nn.Module):
     def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
+        self.weights_metadata: dict[str, str] = {}  # stored beside the loaded weights (e.g. validated ann settings)
         self.tokens = ViTTokens(cfg) if cfg.backbone == "vit" else CNNTokens(cfg, backbone)
         if cfg.ret_source not in ("encoder", "pooled") or (cfg.ret_source == "pooled" and cfg.backbone == "vit"):
             raise ValueError(f"ret_source {cfg.ret_source!r} does not fit backbone {cfg.backbone!r}")

@@ -14,7 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import EmptySketchError, IndexStoreError, InputError, SketchfindError
+from ..errors import (
+    EmptySketchError,
+    IndexStoreError,
+    InputError,
+    PhotoMissingError,
+    SketchfindError,
+    TooLargeError,
+    UnknownPhotoError,
+)
 
 log = logging.getLogger("sketchfind.service")
 
@@ -62,10 +70,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def empty_sketch(_: Request, exc: EmptySketchError):
         return error_response(422, f"{str(exc).rstrip('.')}. Draw something first.", "empty_sketch")
 
+    @app.exception_handler(TooLargeError)
+    async def too_large(_: Request, exc: TooLargeError):
+        return error_response(413, str(exc), "too_large")
+
     @app.exception_handler(InputError)
     async def bad_input(_: Request, exc: InputError):
-        too_large = "too large" in str(exc) or "megapixel" in str(exc).lower()
-        return error_response(413 if too_large else 422, str(exc), "too_large" if too_large else "bad_input")
+        return error_response(422, str(exc), "bad_input")
+
+    @app.exception_handler(UnknownPhotoError)
+    async def unknown_photo(_: Request, exc: UnknownPhotoError):
+        return error_response(404, f"no photo with that id in the index ({exc})", "not_found")
+
+    @app.exception_handler(PhotoMissingError)
+    async def photo_missing(_: Request, exc: PhotoMissingError):
+        return error_response(404, str(exc), "photo_file_missing")
 
     @app.exception_handler(IndexStoreError)
     async def index_error(_: Request, exc: IndexStoreError):

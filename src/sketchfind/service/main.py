@@ -24,17 +24,22 @@ _CSP = (
 )
 
 
+def load_settings_model(settings: Settings) -> Any:
+    """The model named by ``settings`` (and its weights), or None: the index's own model."""
+    if not (settings.model or settings.weights):
+        return None
+    from ..models import load_model
+
+    return load_model(settings.model, weights=settings.weights)
+
+
 def open_searcher(settings: Settings) -> Any:
     """The Searcher for ``settings``: the index's own model unless a model (and weights) is named."""
-    from ..search import Searcher
+    from ..search import DEFAULT_STRATEGY, Searcher
 
-    model = None
-    if settings.model or settings.weights:
-        from ..models import load_model
-
-        model = load_model(settings.model, weights=settings.weights)
-    kwargs = {"strategy": settings.strategy} if settings.strategy else {}
-    return Searcher.open(settings.index, model=model, **kwargs)
+    return Searcher.open(
+        settings.index, model=load_settings_model(settings), strategy=settings.strategy or DEFAULT_STRATEGY
+    )
 
 
 def create_app(settings: Settings | None = None, searcher_factory: Callable[[Settings], Any] | None = None) -> FastAPI:

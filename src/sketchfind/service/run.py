@@ -10,35 +10,28 @@ from rich.console import Console
 from ..errors import CheckpointError
 from .settings import Settings
 
-INDEX_DB = "index.sqlite"
-
 
 def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
     """Build (or update) the index at ``settings.index`` from ``photos``, showing progress; the open Searcher."""
-    from ..index import build_index
-    from ..models import load_model
     from ..search import Searcher
-    from .main import open_searcher
+    from .main import load_settings_model
 
     console.print(f"indexing {photos} into {settings.index} (only new or changed photos) ...")
-    if (settings.index / INDEX_DB).is_file():  # an existing index keeps its own model
-        searcher = open_searcher(settings)
-        report = searcher.add_photos([photos], label_from_folder=True, progress=True)
-    else:
-        try:
-            model = load_model(settings.model, weights=settings.weights)  # None: the default model
-        except CheckpointError as err:
-            raise CheckpointError(f"{err}; on the command line: --model NAME --weights FILE") from err
-        report = build_index(
-            [photos], settings.index, model, weights=settings.weights, label_from_folder=True, progress=True
-        )
-        kwargs = {"strategy": settings.strategy} if settings.strategy else {}
-        searcher = Searcher.open(settings.index, model=model, **kwargs)
-    console.print(
-        f"{len(report.new)} new, {len(report.updated)} updated, {len(report.skipped)} unchanged, "
-        f"{len(report.failed)} skipped as unreadable; {len(searcher)} photos in the index"
+    try:
+        model = load_settings_model(settings)  # None: the index's own model, or the default for a new index
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; on the command line: --model NAME --weights FILE") from err
+    searcher, report = Searcher.from_photos(
+        [photos],
+        settings.index,
+        model,
+        weights=settings.weights,
+        strategy=settings.strategy,
+        label_from_folder=True,
+        progress=True,
     )
-    for path, reason in report.failed[:10]:
+    console.print(report.summary())
+    for path, reason in report.skipped[:10]:
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
     return searcher
 

@@ -100,9 +100,9 @@ class PhotoInfo(BaseModel):
 class UploadResponse(BaseModel):
     """What happened to each uploaded file."""
 
-    added: list[PhotoInfo]
-    skipped: list[str] = Field(description="files already in the index")
-    failed: list[dict[str, str]] = Field(description="{'name', 'error'} for each file that could not be used")
+    added: list[PhotoInfo] = Field(description="photos indexed by this upload (new, or a new version)")
+    unchanged: list[str] = Field(description="files already in the index with the same content")
+    skipped: list[dict[str, str]] = Field(description="{'name', 'reason'} for each file that could not be used")
 
 
 class DeleteResponse(BaseModel):

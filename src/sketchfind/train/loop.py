@@ -21,14 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_path
 from ..config import get_model_config
+from ..datasets import split_classes
 from ..errors import ConfigError, SketchfindError
 from ..metrics import retrieval_metrics
 from ..models.factory import save_weights
 from ..models.zse import ZSEModel
 from ..preprocess import preprocess_photo, sketch_array, to_tensor
-from ..rerank import pipeline_scores, settings_key, validation_grid
-from .data import augment_photo, augment_sketch, sample_quadruplets, split_classes
+from ..progress import progress
+from ..rerank import FUSION_GRID, fuse, pipeline_scores, settings_key, validation_grid
+from .data import augment_photo, augment_sketch, sample_quadruplets
 from .losses import zse_losses
 
 
@@ -118,28 +121,33 @@ def build_cache(model: ZSEModel, files: list, kind: str, views: int, seed: int, 
     """(N, views, C, h, w) fp16 outputs of the first ``start`` backbone stages (the same for both modalities:
     stages that training leaves alone are ImageNet's in both branches). ``kind="edges"``: the files are
     photos, drawn as HED edge maps and treated as sketches."""
-    from rich.progress import track
-
     rng = np.random.default_rng(seed)
     hed = None
     if kind == "edges":
         from ..models.hed import load_hed
-        from ..preprocess import read_photo
 
         hed = load_hed()
     out = []
     batch: list[torch.Tensor] = []
-    for i, path in enumerate(track(files, description=desc)):
-        if hed is not None:
-            drawing = hed.edge_image(np.asarray(read_photo(path).convert("RGB")))
-            batch.append(image_views(drawing, "sketches", model, views, rng))
-        else:
-            batch.append(image_views(path, kind, model, views, rng))
-        if len(batch) == 16 or i == len(files) - 1:
-            out.append(run_stages(model, torch.cat(batch), "photo", 0, start).half())  # (len(batch) * views, C, h, w)
-            batch = []
+    with progress(len(files), desc) as advance:
+        for i, path in enumerate(files):
+            batch.append(_views_of(path, kind, hed, model, views, rng))
+            if len(batch) == 16 or i == len(files) - 1:
+                # (len(batch) * views, C, h, w)
+                out.append(run_stages(model, torch.cat(batch), "photo", 0, start).half())
+                advance(len(batch))
+                batch = []
     flat = torch.cat(out)
     return flat.reshape(len(files), views, *flat.shape[1:])
+
+
+def _views_of(path, kind: str, hed, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
+    """The views of one training file; with ``hed``, of the edge map of the photo at ``path``."""
+    if hed is not None:
+        from ..preprocess import read_photo
+
+        return image_views(hed.edge_image(np.asarray(read_photo(path).convert("RGB"))), "sketches", model, views, rng)
+    return image_views(path, kind, model, views, rng)
 
 
 def contrastive_loss(
@@ -195,9 +203,8 @@ class Trainer:
             if path.is_file():
                 return torch.load(path, weights_only=True)
             value = compute()
-            tmp = path.with_suffix(".tmp")
-            torch.save(value, tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                torch.save(value, tmp)
             return value
 
         def features():
@@ -292,8 +299,8 @@ class Trainer:
             "val_map_ret": retrieval_metrics(-ret, ql, gl)["map_all"],
             "val_map_rn": retrieval_metrics(-rn, ql, gl)["map_all"],
         }
-        for f in (0.25, 0.5, 0.75):  # same convention as search: f * cosine + (1 - f) * relation score
-            out[f"val_map_fused_{f:g}"] = retrieval_metrics(-(f * ret + (1 - f) * rn), ql, gl)["map_all"]
+        for f in FUSION_GRID[:-1]:  # fusion 1 is the [Ret] ranking itself
+            out[f"val_map_fused_{f:g}"] = retrieval_metrics(-fuse(ret, rn, f), ql, gl)["map_all"]
         sk_emb, ph_emb = self.model.retrieval_embedding(sk).numpy(), self.model.retrieval_embedding(ph).numpy()
         for settings in validation_grid():
             scores = pipeline_scores(sk_emb, ph_emb, rn, settings)
@@ -314,9 +321,8 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "rng": {"torch": torch.get_rng_state(), "numpy": self.np_rng.bit_generator.state},
         }
-        tmp = self.out / "last.pth.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out / "last.pth")
+        with atomic_path(self.out / "last.pth") as tmp:
+            torch.save(state, tmp)
         score = max(v for k, v in metrics.items() if k.startswith("val_map"))
         if score > self.best:
             self.best = score
@@ -338,8 +344,6 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
         """Trains for cfg.epochs epochs (continuing from last.pth with resume=True)."""
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
         self.np_rng = np.random.default_rng(self.cfg.seed)
@@ -348,28 +352,18 @@ class Trainer:
         self.caches()
         self.anchor_bank()
         self.model.train()
-        total = self.cfg.epochs * self.cfg.steps_per_epoch
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        with Progress(*columns) as bar:
-            task = bar.add_task("training", total=total, completed=self.epoch * self.cfg.steps_per_epoch, info="")
+        steps = self.cfg.steps_per_epoch
+        with progress(self.cfg.epochs * steps, "training", done=self.epoch * steps) as advance:
             while self.epoch < self.cfg.epochs:
                 sums: dict[str, float] = {}
-                for n in range(1, self.cfg.steps_per_epoch + 1):
+                for n in range(1, steps + 1):
                     for k, v in self.step(self.np_rng).items():
                         sums[k] = sums.get(k, 0.0) + v
-                    bar.update(task, advance=1, info=" ".join(f"{k} {v / n:.3f}" for k, v in sorted(sums.items())))
+                    advance(1, **{k: v / n for k, v in sorted(sums.items())})
                 self.epoch += 1
                 metrics = self.validate()
-                row = {"epoch": self.epoch, **{k: v / self.cfg.steps_per_epoch for k, v in sums.items()}, **metrics}
+                row = {"epoch": self.epoch, **{k: v / steps for k, v in sums.items()}, **metrics}
                 self.history.append(row)
-                bar.console.print(
-                    " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-                )
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                 self.save(metrics)
         return self.history

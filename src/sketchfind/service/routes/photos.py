@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +14,8 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ...errors import IndexStoreError, SketchfindError
+from ...atomic import atomic_write_bytes
+from ...errors import SketchfindError, UnknownPhotoError
 from ...preprocess import read_photo
 from ..deps import State, require_token
 from ..errors import ApiError
@@ -33,7 +32,7 @@ _NOT_FOUND = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 def _record(searcher, photo_id: int):
     try:
         return searcher.photo(photo_id)
-    except IndexStoreError:
+    except UnknownPhotoError:
         raise ApiError(404, f"no photo with id {photo_id} in the index") from None
 
 
@@ -105,21 +104,26 @@ async def upload(request: Request, state: State) -> UploadResponse:
     uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     if not uploads:
         raise ApiError(422, "no files: send one or more photos in the multipart field 'files'", "invalid_request")
-    saved, failed = [], []
+    saved, skipped = [], []
     for upload_file in uploads:
         name = Path(upload_file.filename or "photo").name
         try:
             saved.append((name, _store_upload(await upload_file.read(), name, state.settings.uploads)))
         except SketchfindError as err:
-            failed.append({"name": name, "error": str(err)})
+            skipped.append({"name": name, "reason": str(err)})
+    if not saved:
+        return UploadResponse(added=[], unchanged=[], skipped=skipped)
 
     def add():
-        report = state.searcher.add_photos([path for _, path in saved]) if saved else None
-        return report, _report_records(state.searcher, report, saved)
+        report = state.searcher.add_photos([path for _, path in saved])
+        return report, {r.id: r for r in state.searcher.photos(report.ids.values())}
 
-    report, (added, skipped) = await state.run(add)
-    failed += [{"name": name, "error": error} for name, error in _report_failures(report, saved)]
-    return UploadResponse(added=added, skipped=skipped, failed=failed)
+    report, records = await state.run(add)
+    names = {str(path): name for name, path in saved}
+    added = [photo_info(records[report.ids[path]]) for path in [*report.new, *report.updated]]
+    unchanged = [names.get(path, Path(path).name) for path in report.unchanged]
+    skipped += [{"name": names.get(path, Path(path).name), "reason": reason} for path, reason in report.skipped]
+    return UploadResponse(added=added, unchanged=unchanged, skipped=skipped)
 
 
 def _store_upload(data: bytes, name: str, folder: Path) -> Path:
@@ -129,14 +133,7 @@ def _store_upload(data: bytes, name: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (hashlib.sha256(data).hexdigest()[:32] + extension)
     if not target.exists():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=extension)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(target, data)
     return target.resolve()
 
 
@@ -148,29 +145,6 @@ def _sniff_extension(data: bytes) -> str:
     if data.startswith(b"BM"):
         return ".bmp"
     return ".jpg"
-
-
-def _report_records(searcher, report, saved) -> tuple[list[PhotoInfo], list[str]]:
-    """Added photos (with their new ids) and the names of files that were already indexed."""
-    ids = {path: state[0] for path, state in searcher.store.file_states().items()}
-    changed = {str(Path(p).resolve()) for p in [*report.new, *report.updated]} if report else set()
-    added, skipped = [], []
-    for name, path in saved:
-        if str(path) in changed and str(path) in ids:
-            added.append(photo_info(searcher.photo(ids[str(path)])))
-        elif str(path) in ids:
-            skipped.append(name)
-    return added, skipped
-
-
-def _report_failures(report, saved) -> list[tuple[str, str]]:
-    """(client's file name, reason) for each file the index builder could not use."""
-    names = {str(path): name for name, path in saved}
-    return (
-        [(names.get(str(Path(path).resolve()), Path(path).name), reason) for path, reason in report.failed]
-        if report
-        else []
-    )
 
 
 @router.delete(

@@ -9,9 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from ...errors import IndexStoreError
-from ...explain import explain_tokens, png_bytes, render
-from ...preprocess import read_photo, sketch_array
+from ...explain import png_bytes
 from ..deps import State, clamp_k, read_sketch
 from ..errors import ApiError
 from ..schemas import ErrorBody, ExplainJSON, ExplainResponse, Hit, SearchResponse, SketchJSON, Strategy
@@ -53,13 +51,6 @@ def photo_urls(photo_id: int) -> dict[str, str]:
     return {"url": f"/api/photos/{photo_id}", "thumbnail_url": f"/api/photos/{photo_id}/thumbnail"}
 
 
-def _label(searcher, photo_id: int) -> str | None:
-    try:
-        return searcher.photo(photo_id).label
-    except IndexStoreError:
-        return None
-
-
 @router.post("/search", response_model=SearchResponse, responses=_ERRORS, openapi_extra=_sketch_body(SketchJSON))
 async def search(
     request: Request,
@@ -74,19 +65,14 @@ async def search(
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
     searcher = state.searcher
 
-    def run():
-        result = searcher.search(sketch.source, k=k, strategy=strategy)
-        labels = {hit.photo_id: _label(searcher, hit.photo_id) for hit in result.hits}
-        return result, labels
-
-    result, labels = await state.run(run, request=request)
+    result = await state.run(searcher.search, sketch.source, k, strategy, request=request)
     hits = [
         Hit(
             rank=h.rank,
             id=h.photo_id,
             score=float(h.score),
             name=Path(h.path).name,
-            label=labels[h.photo_id],
+            label=h.label,
             **photo_urls(h.photo_id),
         )
         for h in result.hits
@@ -120,25 +106,7 @@ async def explain(
     photo_id = sketch.fields.get("photo_id") if sketch.fields.get("photo_id") is not None else photo_id
     if photo_id is None:
         raise ApiError(422, "say which photo to explain: photo_id", "invalid_request")
-    searcher = state.searcher
-    cfg = searcher.model.cfg
-
-    def run():
-        try:
-            record = searcher.photo(photo_id)
-        except IndexStoreError:
-            raise ApiError(404, f"no photo with id {photo_id} in the index") from None
-        squared = sketch_array(sketch.source, cfg.preprocess)
-        explanation = explain_tokens(
-            searcher.model, searcher.encode_query(sketch.source), searcher.photo_tokens([photo_id]), squared
-        )
-        try:
-            photo = read_photo(record.path).convert("RGB")
-        except Exception as err:  # the photo file changed or vanished since indexing
-            raise ApiError(404, f"the file of photo {photo_id} cannot be read any more") from err
-        return explanation, render(explanation, squared, photo)
-
-    explanation, images = await state.run(run, request=request)
+    explanation, images = await state.run(state.searcher.explain, sketch.source, photo_id, request=request)
     if format == "png":
         return Response(png_bytes(images["combined"]), media_type="image/png")
     urls = {name: "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode() for name, img in images.items()}
