@@ -151,3 +151,23 @@ def test_console_script_exit_code(setup, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1 and "error" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_lists_commands_in_workflow_order_with_one_line_each():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "160"})
+    order = ["serve", "index", "search", "info", "remove", "recluster", "explain", "eval", "train", "export"]
+    order.append("check-reference")
+    listed = [line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and len(line.split()) > 2]
+    listed = [name for name in listed if name in order]
+    assert listed == order
+    search_help = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "160"}).output
+    assert "list[Path]" not in search_help and "<str>" not in search_help and "DIR" in search_help
+
+
+def test_every_index_command_finds_the_index_in_the_environment(setup, tmp_path):
+    root, *_ = setup
+    env = {"SKETCHFIND_INDEX": str(root / "idx")}
+    info = runner.invoke(app, ["info", "--format", "json"], env=env)
+    assert info.exit_code == 0 and json.loads(info.stdout)["counts"]["photos"] == 12
+    found = runner.invoke(app, ["search", str(sketches(("cup",), 1)[0]), "-k", "2", "--format", "json"], env=env)
+    assert found.exit_code == 0 and len(json.loads(found.stdout)["results"]) == 2

@@ -224,3 +224,92 @@ def test_ann_settings_come_from_the_weights_metadata(index_dir, model):
             Searcher.open(index_dir, model, fusion=1.5)
     finally:
         model.weights_metadata = {}
+
+
+def _files_state(root):
+    """(name, size, mtime) of every file an index writer owns (SQLite's own -wal/-shm excluded)."""
+    return sorted(
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+    )
+
+
+def test_a_reader_never_writes_even_when_the_artefacts_are_stale(model, tmp_path):
+    import json
+
+    copy_photos(tmp_path / "photos", classes=("cup", "swan"), per_class=4)
+    build_index([tmp_path / "photos"], tmp_path / "idx", model)
+    info_file = tmp_path / "idx" / "index_info.json"
+    info = json.loads(info_file.read_text())
+    info["generation"] = -1  # as if a writer had crashed after its commit, before refreshing the artefacts
+    info_file.write_text(json.dumps(info))
+    before = _files_state(tmp_path / "idx")
+    with Searcher.open(tmp_path / "idx", model) as searcher:
+        assert len(searcher.search(sketches(("cup",), 1)[0], k=None).hits) == 8  # rebuilt in memory
+        searcher.refresh(force=True)
+    assert _files_state(tmp_path / "idx") == before
+
+
+def test_a_reader_opens_an_index_it_may_not_write(model, tmp_path):
+    """A read-only index folder (a backup disk, a read-only volume): SQLite cannot create its -shm/-wal files
+    there, so the reader opens the database immutable; it searches without writing anything."""
+    import os
+    import shutil
+    import subprocess
+
+    copy_photos(tmp_path / "photos", classes=("cup",), per_class=4)
+    build_index([tmp_path / "photos"], tmp_path / "idx", model)
+    assert not (tmp_path / "idx" / "index.sqlite-shm").exists()  # the writer checkpointed and closed cleanly
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        shutil.copytree(tmp_path / "idx", ro, dirs_exist_ok=True)
+        for path in [ro, *ro.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        unmount = None
+    else:  # root writes through permission bits: mount the index read-only instead
+        subprocess.run(["mount", "--bind", str(tmp_path / "idx"), str(ro)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        unmount = ["umount", str(ro)]
+    try:
+        with pytest.raises(OSError):
+            (ro / "probe").write_bytes(b"")
+        with Searcher.open(ro, model) as searcher:
+            hits = searcher.search(sketches(("cup",), 1)[0], k=None).hits
+            assert len(hits) == 4
+    finally:
+        if unmount:
+            subprocess.run(unmount, check=True)
+
+
+def test_from_photos_builds_then_updates_and_add_photos_reports_ids(model, tmp_path):
+    copy_photos(tmp_path / "photos", classes=("cup",), per_class=4)
+    searcher, report = Searcher.from_photos([tmp_path / "photos"], tmp_path / "idx", model)
+    with searcher:
+        assert len(searcher) == 4 and len(report.new) == 4 and sorted(report.added_ids) == sorted(report.ids.values())
+        extra = copy_photos(tmp_path / "more", classes=("swan",), per_class=2)
+        added = searcher.add_photos(extra)
+        assert len(added.added_ids) == 2
+        records = searcher.photos(added.added_ids)
+        assert sorted(r.path for r in records) == sorted(str(p.resolve()) for p in extra)
+        assert searcher.photos([99999, *added.added_ids])[0].id == added.added_ids[0]  # unknown ids are left out
+    again, report = Searcher.from_photos([tmp_path / "photos"], tmp_path / "idx", model)  # an existing index
+    with again:
+        assert len(report.unchanged) == 4 and not report.new and len(again) == 6
+
+
+def test_explain_through_the_searcher(searcher):
+    from sketchfind.errors import UnknownPhotoError
+
+    photo_id = int(searcher.state.snapshot.ids[0])
+    explanation, images = searcher.explain(sketches(CLASSES, 1)[0], photo_id)
+    assert 0 < explanation.score < 1 and set(images) == {"sketch", "photo", "combined"}
+    with pytest.raises(UnknownPhotoError):
+        searcher.explain(sketches(CLASSES, 1)[0], 123456)
+
+
+def test_hits_carry_the_labels(searcher, query):
+    hits, _ = searcher.search_tokens(query, k=None, strategy="ann")
+    records = {r.id: r for r in searcher.photos([h.photo_id for h in hits])}
+    assert all(h.label == records[h.photo_id].label and h.label in CLASSES for h in hits)
