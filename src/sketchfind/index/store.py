@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import fsync_path
 from ..cluster import DEFAULT_CLUSTERS
 from ..errors import IncompleteIndexError, IndexStoreError, UnknownPhotoError
 from .codec import DEFAULT_TOKEN_KIND, GlobalCodec, TokenCodec
@@ -136,14 +137,6 @@ def crash_point(name: str) -> None:
 
 
 _CRASH_COUNTS: dict[str, int] = {}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IndexStore:
@@ -402,7 +395,7 @@ class IndexStore:
             f.flush()
             os.fsync(f.fileno())
         if new:
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
 
     def commit_batch(self, photos: list[PhotoRow], token_rows: np.ndarray, global_rows: np.ndarray) -> list[int]:
         """Appends a batch and commits it atomically; returns the photo ids in batch order."""

@@ -59,6 +59,23 @@ def _validation_message(errors: list) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# sketchfind errors answered as they are: their message is meant for a person
+_STATUS_BY_TYPE = {
+    TooLargeError: (413, "too_large"),
+    InputError: (422, "bad_input"),
+    UnknownPhotoError: (404, "not_found"),
+    PhotoMissingError: (404, "photo_file_missing"),
+    SketchfindError: (422, "bad_input"),
+}
+
+
+def _answer(status: int, code: str):
+    async def handler(_: Request, exc: Exception):
+        return error_response(status, str(exc), code)
+
+    return handler
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that keep every answer JSON."""
 
@@ -70,30 +87,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def empty_sketch(_: Request, exc: EmptySketchError):
         return error_response(422, f"{str(exc).rstrip('.')}. Draw something first.", "empty_sketch")
 
-    @app.exception_handler(TooLargeError)
-    async def too_large(_: Request, exc: TooLargeError):
-        return error_response(413, str(exc), "too_large")
-
-    @app.exception_handler(InputError)
-    async def bad_input(_: Request, exc: InputError):
-        return error_response(422, str(exc), "bad_input")
-
-    @app.exception_handler(UnknownPhotoError)
-    async def unknown_photo(_: Request, exc: UnknownPhotoError):
-        return error_response(404, f"no photo with that id in the index ({exc})", "not_found")
-
-    @app.exception_handler(PhotoMissingError)
-    async def photo_missing(_: Request, exc: PhotoMissingError):
-        return error_response(404, str(exc), "photo_file_missing")
+    for exc_type, (status, code) in _STATUS_BY_TYPE.items():  # the most specific type's handler answers
+        app.add_exception_handler(exc_type, _answer(status, code))
 
     @app.exception_handler(IndexStoreError)
     async def index_error(_: Request, exc: IndexStoreError):
         log.error("index error: %s", exc)
         return error_response(503, f"the index cannot be used: {exc}", "index_unavailable")
-
-    @app.exception_handler(SketchfindError)
-    async def sketchfind_error(_: Request, exc: SketchfindError):
-        return error_response(422, str(exc), "bad_input")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):
