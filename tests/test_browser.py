@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -46,9 +48,10 @@ def browser():
         browser.close()
 
 
-def _page(browser, base_url, **context_options):
+def _page(browser, base_url, viewport=(1280, 900), **context_options):
     # bypass_csp only lets Playwright's own wait_for_function run; the page itself runs under its CSP
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True, **context_options)
+    width, height = viewport
+    context = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True, **context_options)
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -141,7 +144,7 @@ def test_draw_undo_redo_touch_explain_and_errors(browser, tiny_server, artifacts
     page.wait_for_function("document.getElementById('viewer').dataset.explained === '1'", timeout=60_000)
     assert page.locator("#viewer").evaluate("d => d.open")
     assert page.locator("#explain-image").evaluate("img => img.naturalWidth") > 600
-    assert "Match score" in page.inner_text("#explain-status")
+    assert "regions" in page.inner_text("#explain-status")
     page.screenshot(path=str(artifacts / "tiny-explanation.png"))
     page.keyboard.press("Escape")
     assert not page.locator("#viewer").evaluate("d => d.open")
@@ -160,6 +163,155 @@ def test_draw_undo_redo_touch_explain_and_errors(browser, tiny_server, artifacts
     page.set_input_files("#upload", str(quickdraw))
     _wait_for_search(page, searches + 1)
     page.screenshot(path=str(artifacts / "tiny-upload.png"))
+    assert errors == []
+
+
+# ----------------------------------------------------------------------------- toolbar, captions, scores (tiny model)
+
+LONG_LABEL = "a_class_folder_name_far_too_long_to_fit_under_any_thumbnail"
+
+
+@pytest.fixture(scope="module")
+def long_names_server(tmp_path_factory):
+    """Six photos: three airplanes as they are, three cups with a very long class (folder) and file name."""
+    torch.manual_seed(0)
+    model = sketchfind.load_model("zse-tiny", random_init=True)
+    root = tmp_path_factory.mktemp("long-names")
+    folder = root / LONG_LABEL
+    folder.mkdir()
+    cups = []
+    for i, photo in enumerate(photo_paths(["cup"], 3)):
+        cups.append(folder / f"{photo.stem}_a_descriptive_file_name_that_goes_on_and_on_{i}.jpg")
+        shutil.copy(photo, cups[-1])
+    index = build_test_index(root / "index", model, photo_paths(["airplane"], 3) + cups)
+    app = create_app(Settings(index=index), searcher_factory=lambda s: Searcher.open(s.index, model=model))
+    with live_server(app) as url:
+        yield url
+
+
+def _search_with_a_sketch(page, cls: str = "cup") -> None:
+    searches = page.evaluate("window.sketchfind.searches")
+    draw(page, sketch_strokes(sorted((SKETCHY / "sketches" / cls).glob("*.png"))[0]))
+    _wait_for_search(page, searches + 1)
+
+
+def _choose_strategy(page, strategy: str) -> None:
+    searches = page.evaluate("window.sketchfind.searches")
+    page.select_option("#strategy", strategy)
+    _wait_for_search(page, searches + 1)  # a drawn sketch is searched again with the new strategy
+    assert f"{strategy})" in page.inner_text("#status")
+
+
+def _toolbar_rows(page) -> list[int]:
+    """The distinct rows (rounded vertical centres) the toolbar's visible controls sit on."""
+    return page.eval_on_selector_all(
+        ".toolbar > :not(.warning)",
+        """items => [...new Set(items.filter(e => e.offsetParent !== null).map(e => {
+             const r = e.getBoundingClientRect(); return Math.round((r.top + r.bottom) / 2);
+           }))]""",
+    )
+
+
+def test_toolbar_fits_one_row_at_1280(browser, long_names_server, artifacts):
+    page, errors = _page(browser, long_names_server, viewport=(1280, 800))
+    controls = page.eval_on_selector_all(".toolbar > :not(.warning)", "items => items.length")
+    assert controls >= 9 and page.locator(".toolbar").locator("#strategy, #k").count() == 2
+    rows = _toolbar_rows(page)
+    assert len(rows) == 1 or max(rows) - min(rows) <= 2, f"toolbar controls on rows {rows}"
+    toolbar = page.locator(".toolbar").bounding_box()
+    assert toolbar["x"] + toolbar["width"] <= 1280
+    page.select_option("#strategy", "exhaustive")  # the warning takes its own space: the controls keep their row
+    assert _toolbar_rows(page) == rows
+    page.screenshot(path=str(artifacts / "toolbar-1280.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 160})
+    assert errors == []
+
+
+def test_exhaustive_warns_that_it_is_slow(browser, long_names_server, artifacts):
+    page, errors = _page(browser, long_names_server, viewport=(1280, 800))
+    hint = page.locator("#strategy-hint")
+    assert page.input_value("#strategy") == "ann" and not hint.is_visible()  # the server's default strategy
+    _search_with_a_sketch(page)
+    _choose_strategy(page, "exhaustive")
+    assert hint.is_visible()
+    text = hint.inner_text()
+    assert "slow" in text.lower() and "every photo" in text and "6 photos" in text  # this index's size
+    assert page.locator("#grid .hit").count() == 6  # non-blocking: the search ran, results are there
+    page.screenshot(path=str(artifacts / "exhaustive-warning.png"))
+    _choose_strategy(page, "clustered")
+    assert not hint.is_visible()
+    _choose_strategy(page, "ann")
+    assert not hint.is_visible()
+    # the results count is a search option too
+    searches = page.evaluate("window.sketchfind.searches")
+    page.fill("#k", "2")
+    page.press("#k", "Enter")
+    _wait_for_search(page, searches + 1)
+    assert page.locator("#grid .hit").count() == 2
+    assert errors == []
+
+
+def test_long_names_never_hide_the_score(browser, long_names_server, artifacts):
+    page, errors = _page(browser, long_names_server, viewport=(1280, 800))
+    _search_with_a_sketch(page)
+    tiles = page.eval_on_selector_all(
+        "#grid .hit",
+        """cards => cards.map(card => {
+             const box = (e) => e.getBoundingClientRect(), score = card.querySelector('.score');
+             const name = card.querySelector('.name');
+             const c = box(card), s = box(score);
+             const inside = s.width > 0 && s.left >= c.left && s.right <= c.right && s.top >= c.top
+               && s.bottom <= c.bottom;
+             return {label: card.dataset.label, score: score.textContent, inside,
+                     scoreCut: score.scrollWidth > score.clientWidth, nameCut: name.scrollWidth > name.clientWidth};
+           })""",
+    )
+    assert len(tiles) == 6
+    long_tiles = [t for t in tiles if t["label"] == LONG_LABEL]
+    assert len(long_tiles) == 3 and all(t["nameCut"] for t in long_tiles)  # the long names are ellipsised ...
+    for tile in tiles:  # ... and every score is whole and inside its tile
+        assert tile["inside"] and not tile["scoreCut"], tile
+        assert re.fullmatch(r"-?\d\.\d\d", tile["score"]), tile
+    page.screenshot(path=str(artifacts / "long-names.png"))
+    assert errors == []
+
+
+def _dialog_numbers(page) -> list[str]:
+    """Every decimal number a person reads in the open result dialog (its text, not the picture)."""
+    return re.findall(r"\d+\.\d+", page.inner_text("#viewer"))
+
+
+def _open_first_result(page) -> tuple[dict, dict]:
+    """Opens the first result; returns its hit and the /api/explain answer."""
+    hit = page.evaluate("window.sketchfind.lastResults[0]")
+    with page.expect_response("**/api/explain") as answer:
+        page.locator("#grid .hit").first.click()
+    page.wait_for_function("document.getElementById('viewer').dataset.explained === '1'", timeout=60_000)
+    return hit, answer.value.json()
+
+
+def test_result_dialog_shows_one_labelled_score(browser, long_names_server, artifacts):
+    page, errors = _page(browser, long_names_server, viewport=(1280, 800))
+    _search_with_a_sketch(page, "airplane")
+
+    # ann ranks by embedding similarity: that is the one number, named; the picture's score is named as another
+    hit, _ = _open_first_result(page)
+    shown = f"{hit['score']:.3f}"
+    assert _dialog_numbers(page) == [shown]
+    assert page.inner_text("#viewer-score").startswith(f"similarity {shown} — how close")
+    assert "score" not in page.inner_text("#viewer-title")
+    assert "a different measure from the similarity" in page.inner_text("#explain-status")
+    page.screenshot(path=str(artifacts / "dialog-ann.png"))
+    page.keyboard.press("Escape")
+
+    # exhaustive ranks by the relation network: the dialog's score is the picture's "match score"
+    _choose_strategy(page, "exhaustive")
+    hit, explained = _open_first_result(page)
+    shown = f"{hit['score']:.3f}"
+    assert _dialog_numbers(page) == [shown]
+    assert page.inner_text("#viewer-score").startswith(f"match score {shown} — how sure the relation network")
+    assert f"{explained['score']:.3f}" == shown  # the same number as in the picture's caption
+    assert "the same as above" in page.inner_text("#explain-status")
+    page.screenshot(path=str(artifacts / "dialog-exhaustive.png"))
     assert errors == []
 
 

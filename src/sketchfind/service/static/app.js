@@ -2,7 +2,6 @@
 // Plain JS, no dependencies, nothing loaded from other hosts.
 "use strict";
 
-const RESULTS = 24;          // thumbnails shown
 const DEBOUNCE_MS = 30;      // a new stroke started within this time replaces the pending search
 const INK = "#000", PAPER = "#fff";
 
@@ -22,7 +21,8 @@ const state = {
   controller: null,
   seq: 0,
   strokeEnd: 0,     // performance.now() when the last stroke ended
-  photos: null,
+  photos: null,     // how many photos the index holds (from /api/info)
+  ann: null,        // the ann strategy's re-ranking head, {fusion, rerankK}, when /api/info tells it
 };
 // read by the tests and the benchmark: latency of the last search, from stroke end to results shown
 // idle: no search pending or in flight (set false when a stroke ends, true once its results are shown)
@@ -169,14 +169,39 @@ $("width").addEventListener("input", (e) => { state.width = Number(e.target.valu
 $("undo").addEventListener("click", undo);
 $("redo").addEventListener("click", redo);
 $("clear").addEventListener("click", clearAll);
+$("strategy").addEventListener("change", () => { showStrategyHint(); searchAgain(); });
+$("k").addEventListener("change", searchAgain);
 document.addEventListener("keydown", (event) => {
-  if (event.target instanceof HTMLInputElement || $("viewer").open) return;
+  const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
+  if (typing || $("viewer").open) return;
   const key = event.key.toLowerCase();
   if ((event.ctrlKey || event.metaKey) && key === "z") { event.preventDefault(); event.shiftKey ? redo() : undo(); }
   else if ((event.ctrlKey || event.metaKey) && key === "y") { event.preventDefault(); redo(); }
   else if (key === "p") setTool("pen");
   else if (key === "e") setTool("eraser");
 });
+
+// ------------------------------------------------------------------ search options
+
+// exhaustive scores every photo with the relation network: fine on small indexes, slow on big ones
+function showStrategyHint() {
+  const hint = $("strategy-hint");
+  hint.hidden = $("strategy").value !== "exhaustive";
+  const here = state.photos === null ? "" : ` This index holds ${state.photos.toLocaleString()} photos.`;
+  hint.textContent = "⚠ Slow on large galleries: exhaustive scores every photo with the relation network — " +
+    `seconds per search at 10,000 photos, about 30 s at 70,000.${here}`;
+}
+
+function resultCount() {
+  const input = $("k"), asked = Math.round(Number(input.value));
+  const k = asked >= 1 ? Math.min(asked, Number(input.max)) : Number(input.defaultValue);
+  input.value = String(k);  // show the count actually searched for
+  return k;
+}
+
+function searchAgain() {  // a search option changed: the same sketch, searched again
+  if (state.uploaded || hasInk()) { state.strokeEnd = performance.now(); scheduleSearch(); }
+}
 
 // ------------------------------------------------------------------ upload a sketch file
 
@@ -253,7 +278,8 @@ async function search() {
   setStatus("Searching…", "busy");
   const form = new FormData();
   form.append("sketch", state.uploaded || (await canvasBlob()), state.uploaded ? state.uploaded.name : "sketch.png");
-  form.append("k", String(RESULTS));
+  form.append("k", String(resultCount()));
+  form.append("strategy", $("strategy").value);
   let body;
   try {
     const response = await fetch("/api/search", { method: "POST", body: form, signal: controller.signal });
@@ -322,7 +348,7 @@ async function showResults(body, seq) {
       "`sketchfind serve ~/Pictures`, or upload photos through the API."));
     return;
   }
-  const cards = body.results.map(resultCard);
+  const cards = body.results.map((hit) => resultCard(hit, body.strategy));
   grid.replaceChildren(...cards);
   window.sketchfind.lastGridMs = performance.now() - state.strokeEnd;
   // "shown" = the thumbnails are decoded and on screen, not merely requested
@@ -340,27 +366,54 @@ async function showResults(body, seq) {
   grid.dataset.searches = String(window.sketchfind.searches);
 }
 
-function resultCard(hit) {
+// What a hit's score means depends on the strategy that ranked it (see sketchfind.search).
+function scoreMeaning(strategy, rank) {
+  const head = state.ann && state.ann.fusion < 1 && rank <= state.ann.rerankK;
+  if (strategy === "ann" && !head) {
+    return { name: "similarity", text: "how close your sketch's embedding is to this photo's (cosine, 1 = the same)" };
+  }
+  if (strategy === "ann") {
+    return { name: "blended score", text: "embedding similarity blended with the relation network's score" };
+  }
+  return { name: "match score", text: "how sure the relation network is that your sketch and this photo " +
+    "show the same kind of thing (0 to 1)" };
+}
+
+function fixed(x, digits) {  // x.toFixed(digits), without "-0.00" for a cosine a hair below zero
+  return (Math.abs(x) < 0.5 * 10 ** -digits ? 0 : x).toFixed(digits);
+}
+
+function resultCard(hit, strategy) {
   const card = document.createElement("button");
   card.className = "hit";
   card.dataset.id = hit.id;
   card.dataset.label = hit.label || "";
-  card.title = `${hit.label || hit.name} — score ${hit.score.toFixed(3)}`;
+  card.title = `${hit.label || hit.name} — ${scoreMeaning(strategy, hit.rank).name} ${fixed(hit.score, 3)}`;
   const image = document.createElement("img");
   image.src = hit.thumbnail_url;
   image.alt = hit.label ? `${hit.label} (${hit.name})` : hit.name;
-  const caption = document.createElement("span");
-  caption.textContent = `#${hit.rank} ${hit.label || hit.name} · ${hit.score.toFixed(2)}`;
+  const caption = document.createElement("span");  // the name may be cut short, never the score
+  caption.className = "caption";
+  const name = document.createElement("span"), score = document.createElement("span");
+  name.className = "name";
+  name.textContent = `#${hit.rank} ${hit.label || hit.name}`;
+  score.className = "score";
+  score.textContent = fixed(hit.score, 2);
+  caption.append(name, score);
   card.append(image, caption);
-  card.addEventListener("click", () => openViewer(hit));
+  card.addEventListener("click", () => openViewer(hit, strategy));
   return card;
 }
 
 // ------------------------------------------------------------------ large view + explanation
 
-async function openViewer(hit) {
+async function openViewer(hit, strategy) {
   const viewer = $("viewer");
-  $("viewer-title").textContent = `#${hit.rank} ${hit.label || ""} ${hit.name} — score ${hit.score.toFixed(3)}`;
+  const meaning = scoreMeaning(strategy, hit.rank);
+  $("viewer-title").textContent = `#${hit.rank} ${hit.label || ""} ${hit.name}`;
+  const score = document.createElement("strong");
+  score.textContent = `${meaning.name} ${fixed(hit.score, 3)}`;
+  $("viewer-score").replaceChildren(score, ` — ${meaning.text}`);
   $("viewer-photo").src = hit.url;
   const image = $("explain-image"), status = $("explain-status");
   image.hidden = true;
@@ -382,7 +435,11 @@ async function openViewer(hit) {
     await image.decode().catch(() => null);
     image.hidden = false;
     $("explain-note").hidden = false;
-    status.textContent = `Match score ${body.score.toFixed(3)} (${body.source} map, ${body.grid}×${body.grid} regions).`;
+    // the picture's caption prints the relation network's score of the pair: say how it relates to ours
+    const caption = meaning.name === "match score" ? "is the same as above"
+      : `is the relation network's own score of this pair (0 to 1), a different measure from the ${meaning.name} above`;
+    status.textContent = `From the ${body.source} map, ${body.grid}×${body.grid} regions. ` +
+      `The “match score” under the picture ${caption}.`;
     viewer.dataset.explained = "1";
   } catch (error) {
     status.className = "error";
@@ -406,6 +463,11 @@ async function loadInfo() {
     const info = await response.json();
     if (!response.ok) throw new ApiError(response.status, info);
     state.photos = info.photos;
+    const ann = (info.index && info.index.search_settings) || {};
+    if (ann.fusion !== undefined) state.ann = { fusion: ann.fusion, rerankK: ann.rerank_k };
+    if (info.default_strategy) $("strategy").value = info.default_strategy;
+    $("k").max = String(info.max_k);
+    showStrategyHint();
     $("index-info").textContent = `${info.photos.toLocaleString()} photos · model ${info.model}`;
   } catch (error) {
     $("index-info").textContent = "";
