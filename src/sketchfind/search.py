@@ -28,7 +28,7 @@ from .index.artefacts import Artefacts, default_search_params, load_or_build
 from .index.build import build_index, check_model, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot
 from .models.zse import ZSEModel
-from .preprocess import preprocess_sketch
+from .preprocess import SKETCH_SUFFIXES, preprocess_sketch
 from .rerank import RankSettings, expand_query, normalize
 
 STRATEGIES = ("exhaustive", "clustered", "ann")
@@ -329,9 +329,6 @@ class Searcher:
         removed = remove_photos(self.root, [int(i) for i in photo_ids])
         self.refresh()
         return removed
-
-
-SKETCH_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".svg", ".json", ".ndjson")
 
 
 def sketch_files(sources) -> list[Path]:

@@ -25,14 +25,13 @@ import torch
 
 from ..errors import IndexStoreError, SketchfindError
 from ..models.zse import ZSEModel
-from ..preprocess import MAX_FILE_BYTES, preprocess_photo, read_photo
+from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, preprocess_photo, read_photo
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
 from .store import IndexStore, PhotoRow, model_fingerprint
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass
@@ -108,7 +107,7 @@ def scan_photos(sources) -> tuple[list[Path], list[tuple[str, str]]]:
     for source in [sources] if isinstance(sources, str | os.PathLike) else sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            found.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
         elif path.is_file():
             found.add(path.resolve())
         else:

@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+from ..preprocess import PHOTO_SUFFIXES
 
 
 @dataclass
@@ -37,7 +36,7 @@ class Split:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside a folder, sorted."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
 
 
 def read_class_file(path: str | Path) -> list[str]:
