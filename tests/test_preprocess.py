@@ -17,8 +17,14 @@ from sketchfind.config import PreprocessConfig
 from sketchfind.errors import EmptySketchError, InputError, SketchfindError
 from sketchfind.preprocess import (
     MAX_PIXELS,
+    PHOTO_SUFFIXES,
+    RASTER_FORMATS,
+    SKETCH_SUFFIXES,
+    ink_mask,
+    photo_array,
     preprocess_photo,
     preprocess_sketch,
+    raster_format,
     read_photo,
     read_sketch_rgb,
     render_strokes,
@@ -134,6 +140,54 @@ def test_sketchy_mini_files_go_through():
             tensor = preprocess_photo(path, CFG)
             assert tensor.shape == (3, 224, 224) and torch.isfinite(tensor).all()
             assert -1 <= tensor.min() and tensor.max() <= 1
+
+
+def test_photo_array_is_the_photo_pipeline_before_normalising():
+    photos = [REFERENCE / "photo_a.png", *sorted((SKETCHY / "photos" / "airplane").glob("*.jpg"))[:3]]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (CFG.mean, CFG.std))
+    for path in photos:
+        array = photo_array(path, CFG)
+        assert array.dtype == np.uint8 and array.shape == (224, 224, 3)
+        tensor = preprocess_photo(path, CFG)
+        assert torch.equal(to_tensor(array, CFG), tensor)
+        undone = tensor.mul(std).add(mean).mul(255).round().byte().permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(array, undone)
+
+
+def test_ink_mask_on_a_real_sketch_bounds_the_crop():
+    path = sorted((SKETCHY / "sketches" / "airplane").glob("*.png"))[0]
+    rgb = read_sketch_rgb(path)
+    mask = ink_mask(rgb, CFG)
+    assert mask.dtype == bool and mask.shape == rgb.shape[:2]
+    np.testing.assert_array_equal(mask, rgb.astype(int).sum(axis=2) <= 300)
+    assert 0 < mask.mean() < 0.5  # strokes on white paper
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    margin = CFG.sketch_margin
+    height = min(mask.shape[0], rows[-1] + margin) - max(0, rows[0] - margin)
+    width = min(mask.shape[1], cols[-1] + margin) - max(0, cols[0] - margin)
+    assert sketch_steps(rgb, CFG)["cropped"].shape == (height, width, 3)
+    stricter = ink_mask(rgb, PreprocessConfig(ink_threshold=100))
+    assert stricter.sum() < mask.sum() and not (stricter & ~mask).any()
+
+
+def test_raster_format_on_real_files():
+    jpeg = next((SKETCHY / "photos" / "airplane").glob("*.jpg")).read_bytes()
+    png = next((SKETCHY / "sketches" / "airplane").glob("*.png")).read_bytes()
+    assert raster_format(jpeg) == "JPEG" and raster_format(png) == "PNG"
+    assert RASTER_FORMATS["JPEG"].extension == ".jpg" and RASTER_FORMATS["JPEG"].media_type == "image/jpeg"
+    assert RASTER_FORMATS["PNG"].extension == ".png" and RASTER_FORMATS["PNG"].media_type == "image/png"
+    for fmt in ("WEBP", "BMP"):
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(png)).save(buffer, fmt)
+        assert raster_format(buffer.getvalue()) == fmt
+    assert raster_format(b"<svg xmlns='http://www.w3.org/2000/svg'/>") is None
+    assert raster_format(b"RIFF\0\0\0\0WAVE") is None and raster_format(b"") is None
+
+
+def test_suffix_lists():
+    assert set(PHOTO_SUFFIXES) == {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+    assert set(SKETCH_SUFFIXES) == set(PHOTO_SUFFIXES) | {".svg", ".json", ".ndjson"}
+    assert {fmt.extension for fmt in RASTER_FORMATS.values()} <= set(PHOTO_SUFFIXES)
 
 
 # ----------------------------------------------------------------------------- transparency, orientation

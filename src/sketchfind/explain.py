@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .preprocess import preprocess_photo, read_photo, sketch_array, to_tensor
+from .config import PreprocessConfig
+from .preprocess import ink_mask, preprocess_photo, read_photo, sketch_array, to_tensor
 
 DISPLAY_SIZE = 320  # side of each picture in the rendered explanation
 # perceptually ordered colour stops (dark blue -> cyan -> yellow -> red): cold = weak match, hot = strong
@@ -85,7 +86,9 @@ def explain_tokens(
         matrix = _attention_matrix(model, sketch_tokens, photo_tokens)
         source, grid = "cross-attention", model.cfg.grid
     matrix = matrix.float().cpu().numpy()
-    inked = _inked_cells(sketch_image, grid) if sketch_image is not None else np.ones(grid * grid, bool)
+    inked = np.ones(grid * grid, bool)
+    if sketch_image is not None:
+        inked = _inked_cells(sketch_image, grid, model.cfg.preprocess)
     sketch_heat = np.zeros(grid * grid)
     sketch_heat[inked] = _unit(matrix[inked].max(axis=1))
     photo_heat = _unit(matrix[inked].max(axis=0))
@@ -125,9 +128,9 @@ def _unit(values: np.ndarray) -> np.ndarray:
     return (values - values.min()) / span if span > 1e-12 else np.zeros_like(values)
 
 
-def _inked_cells(squared: np.ndarray, grid: int) -> np.ndarray:
-    """(grid**2,) bool: which cells of the squared sketch hold ink (R+G+B <= 300, the preprocessing rule)."""
-    ink = squared.astype(np.int32).sum(axis=2) <= 300
+def _inked_cells(squared: np.ndarray, grid: int, cfg: PreprocessConfig) -> np.ndarray:
+    """(grid**2,) bool: which cells of the squared sketch hold ink (the preprocessing rule)."""
+    ink = ink_mask(squared, cfg)
     edges = np.linspace(0, ink.shape[0], grid + 1).round().astype(int)
     cells = [ink[edges[r] : edges[r + 1], edges[c] : edges[c + 1]].any() for r in range(grid) for c in range(grid)]
     inked = np.array(cells, dtype=bool)

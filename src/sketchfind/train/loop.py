@@ -28,7 +28,7 @@ from ..errors import ConfigError, SketchfindError
 from ..metrics import retrieval_metrics
 from ..models.factory import save_weights
 from ..models.zse import ZSEModel
-from ..preprocess import preprocess_photo, sketch_array, to_tensor
+from ..preprocess import photo_array, sketch_array, to_tensor
 from ..progress import progress
 from ..rerank import FUSION_GRID, fuse, pipeline_scores, settings_key, validation_grid
 from .data import augment_photo, augment_sketch, sample_quadruplets
@@ -110,7 +110,7 @@ def image_views(source, kind: str, model: ZSEModel, views: int, rng: np.random.G
         base = sketch_array(source, pre)
         aug = augment_sketch
     else:
-        base = np.asarray(preprocess_photo(source, pre).mul(0.5).add(0.5).mul(255).round().byte().permute(1, 2, 0))
+        base = photo_array(source, pre)
         aug = augment_photo
     arrays = [base] + [aug(base, rng) for _ in range(views - 1)]
     return torch.stack([to_tensor(np.ascontiguousarray(a), pre) for a in arrays])

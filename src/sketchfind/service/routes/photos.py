@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from ...atomic import atomic_write_bytes
 from ...errors import SketchfindError, UnknownPhotoError
-from ...preprocess import read_photo
+from ...preprocess import RASTER_FORMATS, raster_format, read_photo
 from ..deps import State, require_token
 from ..errors import ApiError
 from ..schemas import DeleteResponse, ErrorBody, PhotoInfo, UploadResponse
@@ -25,7 +25,6 @@ from .search import photo_urls
 router = APIRouter(prefix="/api/photos", tags=["photos"])
 
 PhotoId = Annotated[int, PathParam(description="the photo's id in the index", ge=0, le=2**62)]
-_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
 _NOT_FOUND = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
 
@@ -128,23 +127,15 @@ async def upload(request: Request, state: State) -> UploadResponse:
 
 def _store_upload(data: bytes, name: str, folder: Path) -> Path:
     """Check the bytes are a usable photo, then write them (atomically) under a content-hash file name."""
-    image = read_photo(data)  # InputError for non-images, >40 MP, corrupt files
-    extension = _EXTENSIONS.get(image.format or "", None) or _sniff_extension(data)
+    read_photo(data)  # InputError for non-images, >40 MP, corrupt files
+    fmt = raster_format(data)
+    # A drawing (SVG, strokes) keeps the old ".jpg" name: reading sniffs it by content, not by suffix.
+    extension = RASTER_FORMATS[fmt].extension if fmt else ".jpg"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (hashlib.sha256(data).hexdigest()[:32] + extension)
     if not target.exists():
         atomic_write_bytes(target, data)
     return target.resolve()
-
-
-def _sniff_extension(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return ".png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    if data.startswith(b"BM"):
-        return ".bmp"
-    return ".jpg"
 
 
 @router.delete(

@@ -1,0 +1,181 @@
+"""Drawings as sketches: QuickDraw stroke lists and SVG files, rendered black on white RGB images."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+import svgelements as se
+from PIL import Image, ImageChops, ImageDraw
+
+from ..errors import EmptySketchError, InputError
+
+SVG_MIN_SIDE, SVG_MAX_SIDE = 256, 1024  # an SVG is rendered with its longer side in this range
+_BLACK, _WHITE = (0, 0, 0), (255, 255, 255)
+
+
+def render_strokes(strokes: list, size: int = 256, line_width: int = 3) -> Image.Image:
+    """Draw QuickDraw strokes ``[[xs], [ys](, [ts])]`` black on a white RGB canvas, fitted with a margin."""
+    if size < 8 or line_width < 1:
+        raise ValueError(f"need size >= 8 and line_width >= 1, got size={size}, line_width={line_width}")
+    lines = _validate_strokes(strokes, "the stroke list")
+    points = np.concatenate(lines)
+    low, span = points.min(axis=0), np.ptp(points, axis=0)
+    margin = max(line_width, size // 16)
+    scale = (size - 2 * margin) / span.max() if span.max() > 0 else 1.0
+    offset = (size - span * scale) / 2 - low * scale  # centre the drawing
+    canvas = Image.new("RGB", (size, size), _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for line in lines:
+        _draw_polyline(draw, [tuple(p) for p in line * scale + offset], line_width, _BLACK)
+    return canvas
+
+
+def render_svg(data: bytes | str) -> Image.Image:
+    """Rasterise an SVG drawing (shapes, transforms, stroke widths) to an RGB image, ink black on white."""
+    svg = _parse_svg(data)
+    width, height = float(svg.width or 0), float(svg.height or 0)
+    if not (width > 0 and height > 0 and math.isfinite(width * height)):
+        raise InputError(f"malformed SVG: the drawing has no usable size ({svg.width} x {svg.height})")
+    # Render at the document's own size (like a PNG export of the same canvas), within sane bounds.
+    scale = min(max(max(width, height), SVG_MIN_SIDE), SVG_MAX_SIDE) / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = Image.new("RGB", size, _WHITE)
+    for element in svg.elements():
+        if isinstance(element, se.Shape):
+            _draw_shape(canvas, element, scale)
+    return canvas
+
+
+# ----------------------------------------------------------------------------- strokes
+
+
+def parse_strokes_json(data: bytes, name: str) -> list:
+    """Stroke list from JSON / NDJSON text: a raw list, or an object with a "drawing" key (first line)."""
+    try:
+        text = data.decode("utf-8-sig")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            # NDJSON (one QuickDraw drawing per line): take the first drawing.
+            first = next((line for line in text.splitlines() if line.strip()), "")
+            obj = json.loads(first)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"malformed strokes JSON in {name}: {err}") from err
+    return strokes_from_object(obj, name)
+
+
+def strokes_from_object(obj: Any, name: str) -> list:
+    """A validated stroke list from a raw list or a QuickDraw record (an object with a "drawing" key)."""
+    if isinstance(obj, dict):
+        if "drawing" not in obj:
+            raise InputError(f"malformed strokes JSON in {name}: an object needs a 'drawing' key")
+        obj = obj["drawing"]
+    if not isinstance(obj, list):
+        raise InputError(f"malformed strokes in {name}: expected a list of strokes")
+    _validate_strokes(obj, name)
+    return obj
+
+
+def _validate_strokes(strokes: Any, name: str) -> list[np.ndarray]:
+    """Each stroke as an (N, 2) float array of finite points; strokes without points are dropped."""
+    if not isinstance(strokes, list | tuple):
+        raise InputError(f"malformed strokes in {name}: expected a list of strokes")
+    lines = [_stroke_points(stroke, index, name) for index, stroke in enumerate(strokes)]
+    lines = [line for line in lines if len(line)]
+    if not lines:
+        raise EmptySketchError(f"the sketch is empty: {name} has no points")
+    return lines
+
+
+def _stroke_points(stroke: Any, index: int, name: str) -> np.ndarray:
+    bad = f"malformed strokes in {name}: stroke {index} must be [[x0, x1, ...], [y0, y1, ...]]"
+    if not isinstance(stroke, list | tuple) or len(stroke) not in (2, 3):
+        raise InputError(bad)
+    try:
+        xs, ys = (np.asarray(coords, dtype=np.float64) for coords in stroke[:2])
+    except (TypeError, ValueError) as err:
+        raise InputError(bad) from err
+    if xs.ndim != 1 or xs.shape != ys.shape or not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        raise InputError(bad + " with equally long lists of finite numbers")
+    return np.stack([xs, ys], axis=1)
+
+
+def _draw_polyline(draw: ImageDraw.ImageDraw, points: list, width: float, color: tuple) -> None:
+    """Polyline with round joins and caps; a single point becomes a dot."""
+    width = max(1, round(width))
+    if len(points) > 1:
+        draw.line(points, fill=color, width=width, joint="curve")
+    radius = width / 2
+    for x, y in {points[0], points[-1]}:
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color)
+        draw.point((x, y), fill=color)  # Pillow draws nothing for sub-pixel ellipses
+
+
+# ----------------------------------------------------------------------------- SVG
+
+
+def _parse_svg(data: bytes | str) -> se.SVG:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        svg = se.SVG.parse(io.BytesIO(raw))
+    except Exception as err:  # ParseError, ValueError...: the text is not a usable SVG
+        raise InputError(f"malformed SVG: {err}") from err
+    if not isinstance(svg, se.SVG):
+        raise InputError("malformed SVG: no <svg> root element")
+    return svg
+
+
+def _draw_shape(canvas: Image.Image, shape: se.Shape, scale: float) -> None:
+    """Fill then stroke one shape (transforms already applied by svgelements), in binary ink."""
+    try:
+        subpaths = [_flatten_subpath(sub, scale) for sub in se.Path(shape).as_subpaths()]
+    except Exception as err:  # degenerate geometry deep inside svgelements
+        raise InputError(f"malformed SVG: cannot draw a {type(shape).__name__}: {err}") from err
+    subpaths = [points for points in subpaths if points]
+    if not subpaths:
+        return
+    fill = _ink(shape.fill)
+    if fill is not None:
+        _fill_evenodd(canvas, subpaths, fill)
+    stroke = _ink(shape.stroke)
+    if stroke is not None:
+        width = (shape.implicit_stroke_width or 1.0) * scale
+        draw = ImageDraw.Draw(canvas)
+        for points in subpaths:
+            _draw_polyline(draw, points, width, stroke)
+
+
+def _flatten_subpath(subpath: Any, scale: float) -> list[tuple[float, float]]:
+    """Segments of one subpath as a polyline in canvas pixels (curves sampled at 32 points)."""
+    points: list[tuple[float, float]] = []
+    for segment in subpath:
+        if isinstance(segment, se.Move | se.Line | se.Close):
+            ends = [segment.end]
+        else:
+            ends = [se.Point(*xy) for xy in segment.npoint(np.linspace(0, 1, 33)[1:])]
+        points.extend((float(p.x) * scale, float(p.y) * scale) for p in ends if p is not None)
+    return points
+
+
+def _fill_evenodd(canvas: Image.Image, subpaths: list, color: tuple) -> None:
+    """Fill closed subpaths with the even-odd rule (so holes stay open)."""
+    mask = Image.new("1", canvas.size, 0)
+    for points in subpaths:
+        if len(points) < 3:
+            continue
+        layer = Image.new("1", canvas.size, 0)
+        ImageDraw.Draw(layer).polygon(points, fill=1)
+        mask = ImageChops.logical_xor(mask, layer)
+    canvas.paste(color, mask=mask)
+
+
+def _ink(color: se.Color | None) -> tuple | None:
+    """Binary ink for a paint: None for no paint, white for near-white paint, black otherwise."""
+    if color is None or color.value is None or color.alpha == 0:
+        return None
+    luminance = 0.299 * color.red + 0.587 * color.green + 0.114 * color.blue
+    return _WHITE if luminance >= 230 else _BLACK  # white paint (backgrounds, erasers) stays white

@@ -1,0 +1,309 @@
+"""Reading images: any accepted source -> pixels, with format sniffing and size limits.
+
+Raster files (PNG, JPEG, WebP, BMP) are recognised by their magic bytes, drawings (SVG, QuickDraw
+strokes) by their suffix or text and handed to :mod:`.drawings`. Every failure is a
+:mod:`sketchfind.errors` exception that names the input.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import InputError, TooLargeError
+from .drawings import parse_strokes_json, render_strokes, render_svg, strokes_from_object
+
+MAX_PIXELS = 40_000_000  # larger images are refused before their pixels are decoded
+MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
+
+
+@dataclass(frozen=True)
+class RasterFormat:
+    """One accepted raster format: its Pillow name, file extension, media type and magic bytes."""
+
+    name: str  # Pillow's format name, e.g. "JPEG"
+    extension: str  # the file extension we write, e.g. ".jpg"
+    media_type: str  # e.g. "image/jpeg"
+    magic: tuple[tuple[int, bytes], ...]  # (offset, bytes) pairs that must all match
+    aliases: tuple[str, ...] = ()  # other suffixes of the same format, e.g. ".jpeg"
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """Every file suffix of the format, the written extension first."""
+        return (self.extension, *self.aliases)
+
+    def matches(self, data: bytes) -> bool:
+        """Whether ``data`` starts like a file of this format."""
+        return all(data[offset : offset + len(magic)] == magic for offset, magic in self.magic)
+
+
+# Pillow tries the formats in this order; the magic bytes never overlap, so the order does not matter.
+RASTER_FORMATS = {
+    fmt.name: fmt
+    for fmt in (
+        RasterFormat("PNG", ".png", "image/png", ((0, b"\x89PNG\r\n\x1a\n"),)),
+        RasterFormat("JPEG", ".jpg", "image/jpeg", ((0, b"\xff\xd8\xff"),), aliases=(".jpeg",)),
+        RasterFormat("WEBP", ".webp", "image/webp", ((0, b"RIFF"), (8, b"WEBP"))),
+        RasterFormat("BMP", ".bmp", "image/bmp", ((0, b"BM"),)),
+    )
+}
+PHOTO_SUFFIXES = tuple(suffix for fmt in RASTER_FORMATS.values() for suffix in fmt.suffixes)
+SVG_SUFFIXES = (".svg",)
+STROKES_SUFFIXES = (".json", ".ndjson")  # QuickDraw drawings (NDJSON: the first line)
+SKETCH_SUFFIXES = PHOTO_SUFFIXES + SVG_SUFFIXES + STROKES_SUFFIXES
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def raster_format(data: bytes) -> str | None:
+    """The name of the raster format (a key of ``RASTER_FORMATS``) ``data`` starts with, or None."""
+    return next((fmt.name for fmt in RASTER_FORMATS.values() if fmt.matches(data)), None)
+
+
+def read_sketch_rgb(source: Any) -> np.ndarray:
+    """Decode any accepted sketch source to uint8 HxWx3 RGB (like cv2.imread; alpha composited on white)."""
+    name = describe_source(source)
+    if isinstance(source, np.ndarray):
+        return _gray_to_rgb(_flatten_alpha(_array_to_uint8(source, name)))
+    if isinstance(source, Image.Image):
+        return _pil_to_rgb(source, name)
+    encoded = _bytes_or_drawing(source, name)
+    if isinstance(encoded, Image.Image):
+        return np.asarray(encoded)
+    return _decode_raster_rgb(encoded, name)
+
+
+def read_photo(source: Any) -> Image.Image:
+    """Open any accepted photo source as a loaded PIL image (EXIF-oriented, alpha composited on white)."""
+    name = describe_source(source)
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(_flatten_alpha(_array_to_uint8(source, name)))
+    if isinstance(source, Image.Image):
+        _check_pixels(source.width, source.height, name)
+        _load(source, name)
+        return _flatten_pil(_exif_transpose(source))
+    encoded = _bytes_or_drawing(source, name)
+    if isinstance(encoded, Image.Image):
+        return encoded
+    image = _open_image(encoded, name)
+    _load(image, name)
+    return _flatten_pil(_exif_transpose(image))
+
+
+def read_bytes(source: Any, name: str) -> tuple[bytes, str]:
+    """Bytes and a lowercase file suffix ('' if unknown) from a path, bytes or a file-like object."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), ""
+    if isinstance(source, str | os.PathLike):
+        return _read_file(Path(source)), Path(source).suffix.lower()
+    if hasattr(source, "read"):
+        try:
+            data = source.read(MAX_FILE_BYTES + 1)
+        except Exception as err:  # any reader failure is an unusable input
+            raise InputError(f"cannot read {name}: {err}") from err
+        data = data.encode() if isinstance(data, str) else bytes(data)
+        _check_file_size(len(data), name)
+        return data, Path(str(getattr(source, "name", ""))).suffix.lower()
+    raise InputError(
+        f"unsupported input type {type(source).__name__}: expected a file path, bytes, a file object, "
+        f"a numpy array, a PIL image or a QuickDraw stroke list"
+    )
+
+
+def check_rgb(arr: np.ndarray, name: str) -> None:
+    """Raise InputError unless ``arr`` is a non-empty uint8 HxWx3 array."""
+    if not (isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3):
+        raise InputError(f"{name}: expected a uint8 HxWx3 RGB array")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{name} has no pixels")
+
+
+def describe_source(source: Any) -> str:
+    """A short human name for an input, used in error messages."""
+    if isinstance(source, str | os.PathLike):
+        return str(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"the uploaded data ({len(source)} bytes)"
+    if isinstance(source, np.ndarray):
+        return f"the image array {source.shape}"
+    if isinstance(source, Image.Image):
+        return f"the {source.mode} image {source.width}x{source.height}"
+    if isinstance(source, list | dict):
+        return "the stroke list"
+    return str(getattr(source, "name", None) or f"the {type(source).__name__} input")
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _bytes_or_drawing(source: Any, name: str) -> bytes | Image.Image:
+    """Raster sources as encoded bytes; stroke lists and SVG / strokes files rendered to an image."""
+    if isinstance(source, list | dict):
+        return render_strokes(strokes_from_object(source, name))
+    data, suffix = read_bytes(source, name)
+    kind = _sniff(data, suffix, name)
+    if kind == "svg":
+        return render_svg(data)
+    if kind == "strokes":
+        return render_strokes(parse_strokes_json(data, name))
+    return data
+
+
+def _read_file(path: Path) -> bytes:
+    """Whole file contents, with friendly errors for missing, odd or huge files."""
+    try:
+        if not path.exists():
+            raise InputError(f"file not found: {path}")
+        if not path.is_file():
+            raise InputError(f"not a regular file: {path}")
+        _check_file_size(path.stat().st_size, str(path))
+        return path.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _check_file_size(num_bytes: int, name: str) -> None:
+    if num_bytes > MAX_FILE_BYTES:
+        raise TooLargeError(f"{name} is too large: more than {MAX_FILE_BYTES // 2**20} MiB")
+
+
+def _sniff(data: bytes, suffix: str, name: str) -> str:
+    """'raster', 'svg' or 'strokes' from magic bytes, then the file suffix, then the text."""
+    if raster_format(data):
+        return "raster"
+    if suffix in SVG_SUFFIXES:
+        return "svg"
+    if suffix in STROKES_SUFFIXES:
+        return "strokes"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith((b"<svg", b"<?xml")) or (head.startswith(b"<!") and b"<svg" in data[:4096]):
+        return "svg"
+    if head.startswith((b"[", b"{")):
+        return "strokes"
+    raise InputError(f"{name} is not an image: expected PNG, JPEG, WebP, BMP, SVG or QuickDraw strokes JSON")
+
+
+def _open_image(data: bytes, name: str) -> Image.Image:
+    """Open lazily with Pillow (header only) and refuse oversized images before decoding pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=tuple(RASTER_FORMATS))
+    except Image.DecompressionBombError as err:
+        raise TooLargeError(f"{name} is too large: more than {MAX_PIXELS:,} pixels") from err
+    except UnidentifiedImageError as err:
+        raise InputError(f"{name} is corrupt or not a supported image (PNG, JPEG, WebP, BMP)") from err
+    except Exception as err:  # Pillow raises many types on broken headers
+        raise InputError(f"{name} is corrupt: {err}") from err
+    _check_pixels(image.width, image.height, name)
+    return image
+
+
+def _load(image: Image.Image, name: str) -> None:
+    """Decode the pixels, turning truncation and corruption into InputError."""
+    try:
+        image.load()
+    except Exception as err:  # OSError (truncated), SyntaxError, ValueError, zlib errors...
+        raise InputError(f"{name} is corrupt or truncated: {err}") from err
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise TooLargeError(f"{name} is too large: {width}x{height} = {width * height:,} pixels (limit {MAX_PIXELS:,})")
+    if width * height == 0:
+        raise InputError(f"{name} has no pixels ({width}x{height})")
+
+
+def _decode_raster_rgb(data: bytes, name: str) -> np.ndarray:
+    """8-bit RGB exactly as cv2.imread gives it; images with transparency are composited on white."""
+    image = _open_image(data, name)
+    if _has_alpha(image):
+        _load(image, name)
+        return _pil_to_rgb(image, name)
+    if image.format == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # No end-of-image marker after the last scan: some OpenCV builds decode it as gray.
+        raise InputError(f"{name} is corrupt or truncated: JPEG data ends early")
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as err:
+        raise InputError(f"{name} is corrupt: {err}") from err
+    if bgr is None:
+        raise InputError(f"{name} is corrupt or truncated: OpenCV could not decode it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def _exif_transpose(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored rather than fatal."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # malformed EXIF must not make an otherwise fine image unusable
+        return image
+
+
+def _flatten_pil(image: Image.Image) -> Image.Image:
+    """Composite an image with transparency onto white; other images keep their mode (official resize)."""
+    if not _has_alpha(image):
+        return image
+    return Image.fromarray(_flatten_alpha(np.asarray(image.convert("RGBA"))))
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
+    """Any-mode PIL image -> uint8 HxWx3 RGB (EXIF-oriented like cv2.imread, alpha on white)."""
+    _check_pixels(image.width, image.height, name)
+    _load(image, name)
+    image = _exif_transpose(image)
+    if _has_alpha(image):
+        return _flatten_alpha(np.asarray(image.convert("RGBA")))
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return _gray_to_rgb(_high_depth_to_uint8(image))
+    return np.asarray(image.convert("RGB"))
+
+
+def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
+    """16-bit modes scale 65535 -> 255; 32-bit 'I'/'F' are taken as 0..255 values and clipped."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        values = values / 257.0
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
+def _array_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """Validate an HxW / HxWx1 / HxWx3 / HxWx4 array and bring it to uint8 (floats must be in [0, 1])."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise InputError(f"{name}: expected an HxW, HxWx3 or HxWx4 image array")
+    _check_pixels(arr.shape[1], arr.shape[0], name)
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+            raise InputError(f"{name}: float image arrays must hold finite values in [0, 1]")
+        return np.round(arr * 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 255:
+        return arr.astype(np.uint8)
+    raise InputError(f"{name}: expected uint8 values (0..255) or floats in [0, 1], got dtype {arr.dtype}")
+
+
+def _flatten_alpha(arr: np.ndarray) -> np.ndarray:
+    """Composite an HxWx4 RGBA uint8 array onto white (rounded); other arrays pass through."""
+    if arr.ndim != 3 or arr.shape[2] != 4:
+        return arr
+    rgb, alpha = arr[:, :, :3].astype(np.uint32), arr[:, :, 3:].astype(np.uint32)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _gray_to_rgb(arr: np.ndarray) -> np.ndarray:
+    return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else np.ascontiguousarray(arr)
