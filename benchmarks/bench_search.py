@@ -251,7 +251,7 @@ def setting_name(s: dict) -> str:
 
 def evaluate(args, model, classes: list[str], kinds, sweep_kinds, name: str) -> dict:
     """Every strategy (+ the ann sweep) per token storage on the photos and sketches of ``classes``."""
-    from sketchfind.index.store import model_fingerprint
+    from sketchfind.models import model_fingerprint
     from sketchfind.search import Searcher
 
     photos = [p for c in classes for p in sorted((SKETCHY / "photos" / c).glob("*.jpg"))]
@@ -569,10 +569,9 @@ def main() -> None:
         },
     }
     timing_model = load(args.model, None)
-    from sketchfind.models import model_metadata
     from sketchfind.rerank import RankSettings
 
-    res["settings"]["ann_settings"] = RankSettings.from_metadata(model_metadata(timing_model)).__dict__
+    res["settings"]["ann_settings"] = RankSettings.from_metadata(timing_model.weights_metadata).__dict__
     if "scaling" not in skip:
         res["scaling"] = scaling(args, timing_model)
         res["ratios"] = ratios(res["scaling"])

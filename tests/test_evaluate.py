@@ -43,11 +43,10 @@ def test_rankings_and_baselines(result):
     from dataclasses import replace
 
     from sketchfind.evaluate import encode_files
-    from sketchfind.models import model_metadata
     from sketchfind.rerank import RankSettings, pipeline_scores
 
     model = sketchfind.load_model()
-    settings = replace(RankSettings.from_metadata(model_metadata(model)), fusion=0.75)
+    settings = replace(RankSettings.from_metadata(model.weights_metadata), fusion=0.75)
     assert result.settings["ann"] == settings.__dict__
     sk, _ = encode_files(model, result.query_files, "sketch")
     ph, _ = encode_files(model, result.gallery_files, "photo")
@@ -87,7 +86,7 @@ def test_cli_eval(subset, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    shipped = float(sketchfind.models.model_metadata(sketchfind.load_model())["fusion"])
+    shipped = float(sketchfind.load_model().weights_metadata["fusion"])
     assert json.loads((out / "metrics.json").read_text())["settings"]["fusion"] == shipped  # from the weights
     bad = CliRunner().invoke(app, ["eval", "--sketches", str(tmp_path / "nope"), "--photos", str(tmp_path)])
     assert bad.exit_code == 1 and "error" in bad.output

@@ -206,11 +206,11 @@ def eval_cmd(
 ) -> None:
     """Evaluate retrieval (mAP@all, mAP@200, P@100, P@200 ...) for [Ret], relation-network and fused rankings."""
     from .evaluate import evaluate, write_report
-    from .models.factory import load_model, model_metadata
+    from .models.factory import load_model
     from .train.data import read_class_file
 
     net = load_model(model, weights=weights)
-    f = fusion if fusion is not None else float(model_metadata(net).get("fusion", 0.5))
+    f = fusion if fusion is not None else float(net.weights_metadata.get("fusion", 0.5))
     class_list = read_class_file(classes) if classes else None
     result = evaluate(net, sketches, photos, class_list, fusion=f, baselines=baselines)
     paths = write_report(result, out)

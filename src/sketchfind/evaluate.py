@@ -21,7 +21,6 @@ import torch
 
 from .errors import InputError
 from .metrics import precision_recall_curve, retrieval_metrics
-from .models.factory import model_metadata
 from .models.zse import ZSEModel
 from .preprocess import preprocess_photo, preprocess_sketch
 from .rerank import RankSettings, pipeline_scores
@@ -113,7 +112,7 @@ def evaluate(
     rn_s = time.perf_counter() - t0
     scores["fused"] = fusion * scores["ret"] + (1 - fusion) * scores["rn"]
     if settings is None:
-        settings = replace(RankSettings.from_metadata(model_metadata(model)), fusion=fusion)
+        settings = replace(RankSettings.from_metadata(model.weights_metadata), fusion=fusion)
     q_emb, g_emb = model.retrieval_embedding(sk_tok).numpy(), model.retrieval_embedding(ph_tok).numpy()
     scores["ann"] = pipeline_scores(q_emb, g_emb, scores["rn"], settings)
     if baselines:

@@ -109,8 +109,6 @@ class Searcher:
     ) -> Searcher:
         """Opens an index for searching; ``model=None`` loads the model the index was built with. ann settings
         left as None take the values validated with the model's weights (:class:`~sketchfind.rerank.RankSettings`)."""
-        from .models.factory import model_metadata
-
         root = Path(index_dir)
         store = IndexStore.open(root)
         try:
@@ -119,7 +117,7 @@ class Searcher:
             check_model(store.meta["model"], model, root)
             given = {"rerank_k": rerank_k, "fusion": fusion, "qe_top": qe_top, "qe_weight": qe_weight}
             rank = replace(
-                RankSettings.from_metadata(model_metadata(model)), **{k: v for k, v in given.items() if v is not None}
+                RankSettings.from_metadata(model.weights_metadata), **{k: v for k, v in given.items() if v is not None}
             )
             rerank_k, qe_top = int(rank.rerank_k), int(rank.qe_top)
             fusion, qe_weight = float(rank.fusion), float(rank.qe_weight)

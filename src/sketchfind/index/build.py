@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from ..errors import IndexStoreError, SketchfindError
+from ..models.factory import model_fingerprint
 from ..models.zse import ZSEModel
 from ..preprocess import MAX_FILE_BYTES, preprocess_photo, read_photo
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
-from .store import IndexStore, PhotoRow, model_fingerprint
+from .store import IndexStore, PhotoRow
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

@@ -14,7 +14,6 @@ Layout: ``index.sqlite``, ``shards/tokens-00000.bin``, ``shards/global-00000.bin
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import IndexStoreError
 from .codec import DEFAULT_TOKEN_KIND, GlobalCodec, TokenCodec
@@ -87,15 +85,6 @@ class Snapshot:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Short sha256 of every parameter and buffer: two models with equal fingerprints encode alike."""
-    digest = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def crash_point(name: str) -> None:
