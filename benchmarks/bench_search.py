@@ -230,7 +230,7 @@ def setting_name(s: dict) -> str:
 
 def evaluate(args, model, classes: list[str], kinds, sweep_kinds, name: str) -> dict:
     """Every strategy (+ the ann sweep) per token storage on the photos and sketches of ``classes``."""
-    from sketchfind.index.store import model_fingerprint
+    from sketchfind.models import model_fingerprint
     from sketchfind.search import Searcher
 
     photos = [p for c in classes for p in sorted((SKETCHY / "photos" / c).glob("*.jpg"))]

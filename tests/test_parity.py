@@ -46,7 +46,7 @@ def run(vit_model, golden_inputs):
         out["patch_conv_p0"] = model.tokens.patch_embed(photo[:1])[0]
         out["scale_emb_s0"] = model.tokens.conv_tokenizer(sketch[:1])[0]
         out["scale_emb_p0"] = model.tokens.conv_tokenizer(photo[:1])[0]
-        tokens_in = model.encoder.embed(model.tokens(images))
+        tokens_in = model.encoder.embed(model.tokens(images)[0])
         out["tokens_in"] = tokens_in
         x, blocks = tokens_in[:1], []
         for block in model.encoder.blocks:

@@ -213,6 +213,7 @@ def test_ann_with_query_expansion_is_the_rerank_pipeline(model, query, tmp_path)
 
 
 def test_ann_settings_come_from_the_weights_metadata(index_dir, model):
+    saved = model.weights_metadata
     model.weights_metadata = {"fusion": "0.75", "qe_top": "4", "qe_weight": "1.5", "rerank_k": "7"}
     try:
         with Searcher.open(index_dir, model) as s:
@@ -223,7 +224,7 @@ def test_ann_settings_come_from_the_weights_metadata(index_dir, model):
         with pytest.raises(SketchfindError, match="fusion"):
             Searcher.open(index_dir, model, fusion=1.5)
     finally:
-        model.weights_metadata = {}
+        model.weights_metadata = saved
 
 
 def _files_state(root):

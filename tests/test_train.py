@@ -72,7 +72,7 @@ def test_train_resume_and_load(subset, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
     model = sketchfind.load_model(weights=out / "best.safetensors")
     assert model.cfg.name == "zse-lite0"
-    meta = sketchfind.models.model_metadata(model)
+    meta = model.weights_metadata
     assert "val_metrics" in meta and json.loads(meta["val_metrics"])
     # the photo backbone is ImageNet's, untouched; the sketch branch's trained last stage is not
     from sketchfind.models.efficientnet import load_pretrained
@@ -92,8 +92,8 @@ def test_train_resume_and_load(subset, tmp_path):
     shipped = sketchfind.load_model(weights=tmp_path / "shipped.safetensors")
     assert (tmp_path / "shipped.safetensors").stat().st_size < 0.55 * (out / "best.safetensors").stat().st_size
     chosen = choose_settings(json.loads(meta["val_metrics"]))
-    assert RankSettings.from_metadata(sketchfind.models.model_metadata(shipped)) == chosen
-    assert json.loads(sketchfind.models.model_metadata(shipped)["train_config"])["seed"] == 7
+    assert RankSettings.from_metadata(shipped.weights_metadata) == chosen
+    assert json.loads(shipped.weights_metadata["train_config"])["seed"] == 7
     x = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(shipped.encode(x), model.encode(x), atol=0.05, rtol=0.05)

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 
 from ..errors import IncompleteIndexError, IndexStoreError, SketchfindError
+from ..models.factory import model_fingerprint
 from ..models.zse import ZSEModel
 from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, preprocess_photo, read_photo
 from ..progress import progress as progress_bar
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
-from .store import DB_NAME, IndexStore, PhotoRow, index_exists, model_fingerprint
+from .store import DB_NAME, IndexStore, PhotoRow, index_exists
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
 

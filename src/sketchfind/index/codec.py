@@ -1,11 +1,18 @@
 """Compact on-disk codes for photo tokens and global embeddings (pure numpy, no training needed).
 
-Tokens are the encoder's final LayerNorm outputs ``x = weight * x_hat + bias``. We store ``x_hat`` (zero
-mean, unit variance over channels for every token) quantised symmetrically with one fp16 scale per
-token: the LayerNorm affine removes the per-channel offsets and gains that would otherwise waste the
-code range, and a per-token scale needs no calibration data, so photos added months later quantise as
-well as the first batch. ``int6`` (the default, chosen in ``benchmarks/``) packs four values into three
-bytes. Global embeddings (for clustering only) use per-vector min/max ``uint4``.
+Tokens are the model's (T, D) encoder tokens, [Ret] first. The patch tokens are the encoder's final
+LayerNorm outputs ``x = weight * x_hat + bias``; so is the [Ret] of the official ViT model, but a model
+with the anchored [Ret] (``ret_source="pooled"``, e.g. the shipped ``zse-lite0``) puts a normalised PCA
+projection of pooled backbone features, scaled to norm sqrt(D), in that slot instead: no LayerNorm output.
+The codec needs no more than a per-channel affine and a per-token scale, so it serves both: every token
+is stored as ``x_hat = (x - bias) / weight`` (zero mean and unit variance over channels for LayerNorm
+outputs; for an anchored [Ret] just an affine image of it) quantised symmetrically with one fp16 scale
+per token. The LayerNorm affine removes the per-channel offsets and gains that would otherwise waste
+the code range of the patch tokens, and a per-token scale needs no calibration data, so photos added
+months later quantise as well as the first batch. Channels whose LayerNorm weight is ~0 are stored as
+``x = bias``: exact for LayerNorm outputs, lossy for an anchored [Ret] (the shipped weights have no
+such channel). ``int6`` (the default, chosen in ``benchmarks/``) packs four values into three bytes.
+Global embeddings (for clustering only) use per-vector min/max ``uint4``.
 
 Row layout (one row per photo, ``row_bytes`` long):
   float kinds   T*D values, little-endian

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from ..config import PreprocessConfig
 from ..errors import ConfigError
+from ..models.factory import model_fingerprint
 from ..models.zse import CNNTokens, ZSEModel
-from .store import model_fingerprint
 
 EMBEDDERS = ("default", "clip")
 

@@ -25,7 +25,6 @@ Layout of an index directory:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -37,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..atomic import fsync_path
 from ..cluster import DEFAULT_CLUSTERS
@@ -114,15 +112,6 @@ class Snapshot:
 def index_exists(root: str | Path) -> bool:
     """Whether ``root`` holds an index database (complete or not)."""
     return (Path(root) / DB_NAME).is_file()
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Short sha256 of every parameter and buffer: two models with equal fingerprints encode alike."""
-    digest = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def crash_point(name: str) -> None:

@@ -2,7 +2,8 @@
 
 The official ZSE-SBIR state dict (``best_checkpoint.pth``) and the official pretrained ViT-B/16 file
 (``sam_ViT-B_16.pth``) use the research code's module names; ``checkpoint_filter_fn`` renames them
-through one (old, new) swap table so that the model can load them with ``strict=True``.
+through one (old, new) swap table so that the model can load them with ``strict=True``
+(:func:`load_state_dict_strict`, also used for the EfficientNet ImageNet weights).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import re
 
 import torch
+from torch import nn
+
+from ..errors import CheckpointError
 
 # applied in order with re.sub; each official key passes through every rule
 OFFICIAL_SWAPS: tuple[tuple[str, str], ...] = (
@@ -84,3 +88,26 @@ def vit_backbone_filter_fn(checkpoint: object) -> dict[str, torch.Tensor]:
     state_dict = unwrap_state_dict(checkpoint)
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items() if "mlp_head" not in k}
     return {official_to_sketchfind(VIT_BACKBONE_PREFIX + k): v for k, v in state_dict.items()}
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, target: str) -> None:
+    """``model.load_state_dict(state_dict, strict=True)``, or a :class:`CheckpointError` a person can act on:
+    "<source> does not fit <target>: n missing keys (e.g. ...); n unexpected keys ...; n shape mismatches ..."."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k}: file {tuple(getattr(v, 'shape', ()))} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and getattr(v, "shape", None) != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:3])})")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {target}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sketchfind.errors import CheckpointError
+
+from .convert import load_state_dict_strict
 
 INPUT_MEAN = (0.5, 0.5, 0.5)  # the weights were trained on (x / 255 - 0.5) / 0.5, i.e. [-1, 1]
 INPUT_STD = (0.5, 0.5, 0.5)
@@ -109,6 +111,21 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     keep = 1.0 - rate
     mask = x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(keep)  # (B, 1, 1, 1)
     return x * mask / keep
+
+
+def freeze_stages(stages: Sequence[nn.Module], n_frozen: int) -> None:
+    """The first ``n_frozen`` stages stop learning, the others learn (see :func:`keep_frozen_in_eval`)."""
+    for i, stage in enumerate(stages):
+        stage.requires_grad_(i >= n_frozen)
+
+
+def keep_frozen_in_eval(stages: Sequence[nn.Module], n_frozen: int) -> None:
+    """Puts the first ``n_frozen`` stages back in eval mode; ``train()`` of a module with frozen stages calls it.
+
+    A frozen stage is a fixed feature extractor: its BatchNorm statistics must not drift and its
+    stochastic depth must not add noise."""
+    for stage in list(stages)[:n_frozen]:
+        stage.eval()
 
 
 class ConvBN(nn.Module):
@@ -235,17 +252,13 @@ class EfficientNetLite(nn.Module):
         if not 0 <= n_trainable_stages <= NUM_STAGES:
             raise ValueError(f"n_trainable_stages must be in [0, {NUM_STAGES}], got {n_trainable_stages}")
         self.num_frozen_stages = NUM_STAGES - n_trainable_stages
-        for i, stage in enumerate(self.stages):
-            stage.requires_grad_(i >= self.num_frozen_stages)
+        freeze_stages(self.stages, self.num_frozen_stages)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> EfficientNetLite:
         """Set train/eval mode; frozen stages always stay in eval mode."""
         super().train(mode)
-        for stage in self.stages[: self.num_frozen_stages]:
-            # a frozen stage is a fixed feature extractor: its BatchNorm statistics must not
-            # drift and its stochastic depth must not add noise
-            stage.eval()
+        keep_frozen_in_eval(self.stages, self.num_frozen_stages)
         return self
 
 
@@ -309,18 +322,5 @@ def load_pretrained(variant: str = "lite0", weights_path: str | Path | None = No
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(f"{path} holds a {type(state_dict).__name__}, not a state dict")
     model = EfficientNetLite(variant)
-    state_dict = checkpoint_filter_fn(state_dict, model)
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    wrong_shape = sorted(
-        k for k in expected.keys() & state_dict.keys() if getattr(state_dict[k], "shape", None) != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
-        raise CheckpointError(
-            f"{path} does not fit EfficientNet-{variant}: {len(missing)} missing {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, "
-            f"{len(wrong_shape)} of wrong shape {wrong_shape[:3]}"
-        )
-    model.load_state_dict(state_dict, strict=True)
+    load_state_dict_strict(model, checkpoint_filter_fn(state_dict, model), str(path), f"EfficientNet-{variant}")
     return model.eval()

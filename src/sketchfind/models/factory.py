@@ -7,6 +7,7 @@ or raises :class:`~sketchfind.errors.CheckpointError` naming the problem. Random
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import zipfile
@@ -19,7 +20,7 @@ import torch
 from ..atomic import atomic_path
 from ..config import ModelConfig, get_model_config
 from ..errors import CheckpointError
-from .convert import checkpoint_filter_fn, vit_backbone_filter_fn
+from .convert import checkpoint_filter_fn, load_state_dict_strict, vit_backbone_filter_fn
 from .zse import ZSEModel
 
 DEFAULT_MODEL = "zse-lite0"
@@ -96,28 +97,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig 
     return checkpoint_filter_fn(state_dict), config, meta
 
 
-def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error message a person can act on."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:3])})")
-    if problems:
-        raise CheckpointError(f"{source} does not fit model {model.cfg.name!r}: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
-
-
 def load_vit_backbone(model: ZSEModel, path: str | Path) -> None:
     """Loads the official pretrained ViT-B/16 file (``sam_ViT-B_16.pth`` format) into the encoder.
 
@@ -135,7 +114,7 @@ def load_vit_backbone(model: ZSEModel, path: str | Path) -> None:
     missing = [k for k in vit_keys if k not in state_dict]
     if missing:
         raise CheckpointError(f"{path} lacks ViT keys (e.g. {', '.join(missing[:3])}): not a ViT-B/16 backbone file")
-    load_state_dict_strict(model, merged, str(path))
+    load_state_dict_strict(model, merged, str(path), f"model {model.cfg.name!r}")
 
 
 def load_model(
@@ -152,6 +131,8 @@ def load_model(
       checkpoint or a ``.safetensors`` file; all parameters must load.
     - ``load_model("zse-vit-b16", backbone_weights=PATH)``: pretrained ViT only (for training).
     - ``random_init=True``: random weights on purpose (tests, training from scratch).
+
+    ``model.weights_metadata`` holds the metadata stored beside the weights (e.g. ``fusion``), or {}.
     """
     if weights is not None:
         state_dict, stored_cfg, meta = read_checkpoint(weights)
@@ -161,8 +142,8 @@ def load_model(
         if stored_cfg is not None and name is not None and stored_cfg.hash() != cfg.hash():
             raise CheckpointError(f"{weights} holds a {stored_cfg.name!r} model, not {cfg.name!r}")
         model = ZSEModel(cfg)
-        load_state_dict_strict(model, state_dict, str(weights))
-        model.weights_metadata = meta
+        load_state_dict_strict(model, state_dict, str(weights), f"model {cfg.name!r}")
+        model.weights_metadata.update(meta)
         return model.eval()
     name = name or DEFAULT_MODEL
     cfg = get_model_config(name)
@@ -171,8 +152,8 @@ def load_model(
         load_vit_backbone(model, backbone_weights)
     elif (shipped := shipped_weights(cfg.name)) is not None:
         state_dict, _, meta = read_checkpoint(shipped)
-        load_state_dict_strict(model, state_dict, str(shipped))
-        model.weights_metadata = meta
+        load_state_dict_strict(model, state_dict, str(shipped), f"model {cfg.name!r}")
+        model.weights_metadata.update(meta)
     elif not random_init:
         raise CheckpointError(
             f"model {cfg.name!r} ships no weights: pass weights=PATH (e.g. the official best_checkpoint.pth) "
@@ -181,9 +162,13 @@ def load_model(
     return model.eval()
 
 
-def model_metadata(model: ZSEModel) -> dict[str, str]:
-    """The metadata stored beside the weights the model was loaded from (e.g. ``fusion``), or {}."""
-    return dict(getattr(model, "weights_metadata", {}) or {})
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Short sha256 of every parameter and buffer: two models with equal fingerprints encode alike."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def save_weights(model: ZSEModel, path: str | Path, extra: dict[str, str] | None = None, half: bool = False) -> None:

@@ -2,27 +2,31 @@
 cross-attention between sketch and photo tokens, and a relation network on the token-correspondence map.
 
 Read top to bottom:
-  token sources   ViTTokens (patch embedding averaged with a conv tokenizer) or CNNTokens (a CNN's last map)
+  token sources   ViTTokens (patch embedding averaged with a conv tokenizer) or CNNTokens (a CNN's last map);
+                  both map (images, modality) -> (patch tokens (B, N, D), pooled features (B, C) or None)
   AnchoredRet     CNN family option: [Ret] = pooled backbone features in a fixed space of ImageNet photo features
   Encoder         [Ret] token + position embedding + pre-LN transformer blocks + final LayerNorm
   CrossAttention  one layer per stream: sketch queries attend to photo keys, photo queries to sketch keys
   RelationHead    down-sample tokens, cosine map between sketch and photo positions, MLP -> sigmoid score
   ZSEModel        the whole model and the API every other part of sketchfind uses
 
-Shapes: B batch, N patch tokens, T = N + 1 tokens with [Ret] first, D width, P sketch-photo pairs,
-A = relation_grid**2 anchors (49 for the official model).
+Shapes: B batch, N patch tokens, T = N + 1 tokens with [Ret] first, D width, C backbone channels,
+g token grid side, h heads of hs = D / h channels, P sketch-photo pairs, A = relation_grid**2 anchors
+(49 for the official model).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .efficientnet import EfficientNetLite, freeze_stages, keep_frozen_in_eval
 
 # ---------------------------------------------------------------------------------------------
 # token sources
@@ -30,6 +34,10 @@ from ..config import ModelConfig
 
 class ViTTokens(nn.Module):
     """ViT-B/16 patch embedding averaged with the learnable convolutional sketch tokenizer."""
+
+    # sketches and photos share every weight here, so training runs them as one batch like the
+    # official code (one sequence of dropout draws for the whole batch)
+    joint_batch = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -44,9 +52,10 @@ class ViTTokens(nn.Module):
         layers.append(nn.Conv2d(chans[-1], d, 3, stride=2, padding=1, bias=False))
         self.conv_tokenizer = nn.Sequential(*layers)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, modality: str = "photo") -> tuple[torch.Tensor, None]:
+        """(B, 3, S, S) -> (patch tokens (B, N, D), None: no pooled features); the same for both modalities."""
         grid = (self.patch_embed(images) + self.conv_tokenizer(images)) / 2  # (B, D, g, g)
-        return grid.flatten(2).transpose(1, 2)  # (B, N, D), token index y*g + x
+        return grid.flatten(2).transpose(1, 2), None  # token index y*g + x
 
 
 class CNNTokens(nn.Module):
@@ -56,16 +65,17 @@ class CNNTokens(nn.Module):
     (the ones training adapts to drawings) while photos keep the ImageNet stages: the photo side keeps
     ImageNet's semantics for classes that sketch training never saw (zero-shot)."""
 
+    joint_batch = False  # with a sketch branch the two modalities run different stages
+
     def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
         if backbone is None:
-            from .efficientnet import EfficientNetLite
-
             backbone = EfficientNetLite(cfg.backbone.removeprefix("efficientnet_"), num_classes=0)
         backbone.classifier = nn.Identity()  # the ImageNet classifier plays no part in retrieval
         self.backbone = backbone
         n = cfg.sketch_stages
         self.sketch_tail = nn.ModuleList(copy.deepcopy(s) for s in backbone.stages[-n:]) if n else None
+        self.frozen_sketch_stages = 0  # leading stages of sketch_tail that training leaves alone (freeze())
         self.proj = nn.Linear(cfg.backbone_channels, cfg.width)
 
     def stages(self, modality: str) -> list[nn.Module]:
@@ -85,25 +95,32 @@ class CNNTokens(nn.Module):
             raise ValueError(f"the sketch branch has {len(self.sketch_tail)} stages; cannot train {n_trainable}")
         self.backbone.freeze(0)
         self.frozen_sketch_stages = len(self.sketch_tail) - n_trainable
-        for i, stage in enumerate(self.sketch_tail):
-            stage.requires_grad_(i >= self.frozen_sketch_stages)
+        freeze_stages(self.sketch_tail, self.frozen_sketch_stages)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> CNNTokens:
-        """Set train/eval mode; frozen sketch stages stay in eval mode (BatchNorm statistics kept)."""
+        """Set train/eval mode; frozen sketch stages stay in eval mode (the backbone sees to its own)."""
         super().train(mode)
-        for stage in list(self.sketch_tail or [])[: getattr(self, "frozen_sketch_stages", 0)]:
-            stage.eval()
+        keep_frozen_in_eval(self.sketch_tail or [], self.frozen_sketch_stages)
         return self
 
-    def features(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
-        """The backbone's feature map (B, C, g, g)."""
-        for stage in self.stages(modality):
+    def features(
+        self, images: torch.Tensor, modality: str = "photo", start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        """Runs the modality's backbone stages [start, stop) on ``images``: (B, 3, S, S) -> (B, C, g, g) for the
+        whole backbone; training passes cached outputs of the first ``start`` stages."""
+        for stage in self.stages(modality)[start:stop]:
             images = stage(images)
         return images
 
-    def forward(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
-        return self.proj(self.features(images, modality).flatten(2).transpose(1, 2))  # (B, N, D)
+    def to_tokens(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature map (B, C, g, g) -> (patch tokens (B, N, D), average-pooled features (B, C))."""
+        patch_tokens = self.proj(feature_map.flatten(2).transpose(1, 2))  # (B, N, D), token index y*g + x
+        return patch_tokens, feature_map.mean((2, 3))
+
+    def forward(self, images: torch.Tensor, modality: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> (patch tokens (B, N, D), pooled features (B, C))."""
+        return self.to_tokens(self.features(images, modality))
 
 
 class AnchoredRet(nn.Module):
@@ -279,6 +296,27 @@ class CrossAttentionLayer(nn.Module):
         return self.attend(own, *self.project(own, other))
 
 
+class Stream(NamedTuple):
+    """One stream's inputs to cross-attention, projected once per image (not once per pair it joins)."""
+
+    tokens: torch.Tensor  # (B, T, D) encoder tokens: the residual input of its own layer
+    q: torch.Tensor  # (B, h, T, hs) queries of its own layer
+    v: torch.Tensor  # (B, h, T, hs) values of its own layer
+    k_for_other: torch.Tensor  # (B, h, T, hs) the keys the other stream's layer takes from this image
+
+    def rows(self, start: int, stop: int) -> Stream:
+        """Images [start, stop) of the batch."""
+        return Stream._make(t[start:stop] for t in self)
+
+    def repeat_each(self, n: int) -> Stream:
+        """Every image n times in a row (B -> B*n rows: a a b b)."""
+        return Stream._make(t.repeat_interleave(n, dim=0) for t in self)
+
+    def tile(self, m: int) -> Stream:
+        """The whole batch m times over (B -> m*B rows: a b a b)."""
+        return Stream._make(t.repeat(m, *([1] * (t.dim() - 1))) for t in self)
+
+
 class CrossAttention(nn.Module):
     """Both streams updated simultaneously from the original inputs."""
 
@@ -292,6 +330,18 @@ class CrossAttention(nn.Module):
     def forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor):
         """(P, T, D) x2 -> (P, T, D) x2, pair p = (sketch_tokens[p], photo_tokens[p])."""
         return self.sketch_layer(sketch_tokens, photo_tokens), self.photo_layer(photo_tokens, sketch_tokens)
+
+    def stream(self, tokens: torch.Tensor, modality: str) -> Stream:
+        """(B, T, D) tokens of sketches or photos -> their projections for pairing with any other image."""
+        layers = (self.sketch_layer, self.photo_layer)
+        own, other = layers if modality == "sketch" else layers[::-1]
+        return Stream(tokens, own.split(own.q(tokens)), own.split(own.v(tokens)), other.split(other.k(tokens)))
+
+    def attend_streams(self, sketch: Stream, photo: Stream) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned rows of projected sketches and photos -> (P, T, D) x2, as forward() on their tokens."""
+        sketch_ca = self.sketch_layer.attend(sketch.tokens, sketch.q, photo.k_for_other, sketch.v)
+        photo_ca = self.photo_layer.attend(photo.tokens, photo.q, sketch.k_for_other, photo.v)
+        return sketch_ca, photo_ca
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,14 +410,16 @@ class ZSEModel(nn.Module):
     def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.weights_metadata: dict[str, str] = {}  # stored beside the loaded weights (e.g. validated ann settings)
-        self.tokens = ViTTokens(cfg) if cfg.backbone == "vit" else CNNTokens(cfg, backbone)
+        # (images, modality) -> (patch tokens, pooled or None); joint_batch says how training batches them
+        self.tokens: ViTTokens | CNNTokens = ViTTokens(cfg) if cfg.backbone == "vit" else CNNTokens(cfg, backbone)
         if cfg.ret_source not in ("encoder", "pooled") or (cfg.ret_source == "pooled" and cfg.backbone == "vit"):
             raise ValueError(f"ret_source {cfg.ret_source!r} does not fit backbone {cfg.backbone!r}")
         self.ret = AnchoredRet(cfg) if cfg.ret_source == "pooled" else None
         self.encoder = Encoder(cfg)
         self.cross = CrossAttention(cfg)
         self.relation = RelationHead(cfg)
+        # metadata stored beside the weights this model was loaded from (e.g. "fusion"); load_model fills it
+        self.weights_metadata: dict[str, str] = {}
 
     # -- encoding ---------------------------------------------------------------------------
     def encode(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
@@ -387,18 +439,20 @@ class ZSEModel(nn.Module):
 
         The global embedding (L2-normalised) is what the clustered strategy groups photos by:
         the CNN backbone's average-pooled features, or the mean encoder patch token for ViT."""
-        if isinstance(self.tokens, CNNTokens):
-            return self.tokens_from_features(self.tokens.features(images, modality), modality)
-        tokens = self.encoder(self.tokens(images))
-        return tokens, F.normalize(tokens[:, 1:].mean(1).float(), dim=-1)
+        patch_tokens, pooled = self.tokens(images, modality)  # (B, N, D), (B, C) or None
+        return self.encode_tokens(patch_tokens, pooled, modality)
 
-    def tokens_from_features(self, feats: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """CNN feature map (B, C, g, g) -> (tokens (B, T, D), global embedding (B, C)); training calls it on
-        cached backbone outputs."""
-        tokens = self.encoder(self.tokens.proj(feats.flatten(2).transpose(1, 2)))  # (B, T, D)
-        pooled = feats.mean((2, 3))  # (B, C)
+    def encode_tokens(
+        self, patch_tokens: torch.Tensor, pooled: torch.Tensor | None, modality: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A token source's output (patch tokens (B, N, D), pooled (B, C) or None) -> (tokens (B, T, D),
+        global embedding (B, G)); training calls it on tokens made from cached backbone features."""
+        tokens = self.encoder(patch_tokens)  # (B, T, D)
         if self.ret is not None:  # the anchored [Ret] takes the encoder's [Ret] slot
-            tokens = torch.cat([self.ret(pooled, modality).unsqueeze(1).to(tokens.dtype), tokens[:, 1:]], dim=1)
+            ret = self.ret(pooled, modality).unsqueeze(1)  # (B, 1, D)
+            tokens = torch.cat([ret.to(tokens.dtype), tokens[:, 1:]], dim=1)
+        if pooled is None:  # no pooled backbone features (ViT): the mean encoder patch token stands in
+            pooled = tokens[:, 1:].mean(1)  # (B, D)
         return tokens, F.normalize(pooled.float(), dim=-1)
 
     @staticmethod
@@ -415,39 +469,31 @@ class ZSEModel(nn.Module):
     def relation_scores(
         self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor, max_pairs: int | None = None
     ) -> torch.Tensor:
-        """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs."""
+        """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs;
+        the same scores as pair_forward on every (sketch, photo) pair."""
         S, P = sketch_tokens.shape[0], photo_tokens.shape[0]
         dtype = self.relation.out.weight.dtype
-        sketch_tokens, photo_tokens = sketch_tokens.to(dtype), photo_tokens.to(dtype)
         if max_pairs is None:  # ~64 MB of activations per chunk
             max_pairs = max(1, (1 << 24) // (self.cfg.num_tokens * max(self.cfg.width, self.cfg.ca_ff)))
-        sk_layer, ph_layer = self.cross.sketch_layer, self.cross.photo_layer
-        # per-image projections computed once, not once per pair
-        sk_q, sk_v = sk_layer.split(sk_layer.q(sketch_tokens)), sk_layer.split(sk_layer.v(sketch_tokens))
-        ph_k_of_sk = ph_layer.split(ph_layer.k(sketch_tokens))
-        out = torch.empty(S, P, dtype=dtype, device=sketch_tokens.device)
         photos_per_chunk = max(1, max_pairs // S) if S <= max_pairs else 1
-        sketches_per_chunk = S if S <= max_pairs else max_pairs
+        sketches_per_chunk = min(S, max_pairs)
+        sketches = self.cross.stream(sketch_tokens.to(dtype), "sketch")  # projected once, (S, ...) each
+        out = torch.empty(S, P, dtype=dtype, device=sketch_tokens.device)
         for p0 in range(0, P, photos_per_chunk):
-            ph = photo_tokens[p0 : p0 + photos_per_chunk]
-            ph_q, ph_v = ph_layer.split(ph_layer.q(ph)), ph_layer.split(ph_layer.v(ph))
-            sk_k_of_ph = sk_layer.split(sk_layer.k(ph))
-            n = ph.shape[0]
+            photos = self.cross.stream(photo_tokens[p0 : p0 + photos_per_chunk].to(dtype), "photo")  # (n, ...)
+            n = photos.tokens.shape[0]
             for s0 in range(0, S, sketches_per_chunk):
-                s1 = min(S, s0 + sketches_per_chunk)
-                m = s1 - s0
-                # pair i*n + j = (sketch s0+i, photo p0+j): sketch side repeat_interleave, photo side repeat
-                sk_rows = [t[s0:s1].repeat_interleave(n, dim=0) for t in (sketch_tokens, sk_q, sk_v, ph_k_of_sk)]
-                ph_rows = [t.repeat(m, *([1] * (t.dim() - 1))) for t in (ph, ph_q, ph_v, sk_k_of_ph)]
-                sketch_ca = sk_layer.attend(sk_rows[0], sk_rows[1], ph_rows[3], sk_rows[2])
-                photo_ca = ph_layer.attend(ph_rows[0], ph_rows[1], sk_rows[3], ph_rows[2])
-                out[s0:s1, p0 : p0 + n] = self.relation(sketch_ca, photo_ca).reshape(m, n)
+                chunk = sketches.rows(s0, s0 + sketches_per_chunk)  # (m, ...)
+                m = chunk.tokens.shape[0]
+                # pair i*n + j = (sketch s0+i, photo p0+j)
+                sketch_ca, photo_ca = self.cross.attend_streams(chunk.repeat_each(n), photos.tile(m))  # (m*n, T, D)
+                out[s0 : s0 + m, p0 : p0 + n] = self.relation(sketch_ca, photo_ca).reshape(m, n)
         return out
 
     def forward(self, sketches: torch.Tensor, photos: torch.Tensor):
         """Training forward on images: aligned (B, 3, S, S) sketches and photos ->
         (CA [Ret] tokens of [sketch rows; photo rows] (2B, D), relation scores (B,)), as official train mode."""
-        if isinstance(self.tokens, ViTTokens):  # one batch, as the official code (same dropout draws)
+        if self.tokens.joint_batch:  # one batch, as the official code (same dropout draws)
             sketch_tokens, photo_tokens = self.encode(torch.cat([sketches, photos])).chunk(2)
         else:
             sketch_tokens, photo_tokens = self.encode_sketch(sketches), self.encode_photo(photos)

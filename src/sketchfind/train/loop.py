@@ -90,16 +90,10 @@ def frozen_count(model: ZSEModel, cfg: TrainConfig) -> int:
     return len(model.tokens.backbone.stages) - cfg.trainable_stages
 
 
-def run_stages(model: ZSEModel, x: torch.Tensor, modality: str, start: int = 0, stop: int | None = None):
-    """The backbone stages [start, stop) that images of ``modality`` run through, on x."""
-    for stage in model.tokens.stages(modality)[start:stop]:
-        x = stage(x)
-    return x
-
-
 def tokens_from_cache(model: ZSEModel, cached: torch.Tensor, modality: str, start: int) -> torch.Tensor:
     """Cached outputs of the first ``start`` stages -> encoder tokens (B, T, D)."""
-    return model.tokens_from_features(run_stages(model, cached.float(), modality, start), modality)[0]
+    feature_map = model.tokens.features(cached.float(), modality, start=start)  # (B, C, g, g)
+    return model.encode_tokens(*model.tokens.to_tokens(feature_map), modality)[0]
 
 
 def image_views(source, kind: str, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
@@ -134,7 +128,7 @@ def build_cache(model: ZSEModel, files: list, kind: str, views: int, seed: int, 
             batch.append(_views_of(path, kind, hed, model, views, rng))
             if len(batch) == 16 or i == len(files) - 1:
                 # (len(batch) * views, C, h, w)
-                out.append(run_stages(model, torch.cat(batch), "photo", 0, start).half())
+                out.append(model.tokens.features(torch.cat(batch), "photo", stop=start).half())
                 advance(len(batch))
                 batch = []
     flat = torch.cat(out)
@@ -233,8 +227,9 @@ class Trainer:
         if self.model.ret is None:
             return
         photos = self.data["train_photos"][:, 0]  # plain views
+        tokens = self.model.tokens
         pooled = torch.cat(
-            [run_stages(self.model, x.float(), "photo", self.start).mean((2, 3)) for x in photos.split(128)]
+            [tokens.to_tokens(tokens.features(x.float(), "photo", start=self.start))[1] for x in photos.split(128)]
         )
         if self.epoch == 0:
             self.model.ret.fit(pooled)
