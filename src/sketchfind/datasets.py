@@ -49,7 +49,9 @@ def scan(sketches_dir: str | Path, photos_dir: str | Path, classes: list[str] | 
     """Reads ``sketches_dir/<class>`` and ``photos_dir/<class>`` for the given (or all common) classes."""
     sk_root, ph_root = Path(sketches_dir), Path(photos_dir)
     if not sk_root.is_dir() or not ph_root.is_dir():
-        raise InputError(f"{sk_root} and {ph_root} must be folders with one subfolder per class")
+        raise InputError(
+            f"{sk_root} and {ph_root} must be folders with one subfolder per class (sketches/<class>/, photos/<class>/)"
+        )
     common = sorted(
         {p.name for p in sk_root.iterdir() if p.is_dir()} & {p.name for p in ph_root.iterdir() if p.is_dir()}
     )
