@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..config import PreprocessConfig
 from ..errors import ConfigError
 from ..models.factory import model_fingerprint
-from ..models.zse import CNNTokens, ZSEModel
+from ..models.zse import ZSEModel
 
 EMBEDDERS = ("default", "clip")
 
@@ -34,8 +34,7 @@ class BackboneEmbedder:
     preprocess = None  # uses the ZSE photo tensor; the embedding comes out of encode_with_global
 
     def __init__(self, model: ZSEModel):
-        cfg = model.cfg
-        self.dim = cfg.backbone_channels if isinstance(model.tokens, CNNTokens) else cfg.width
+        self.dim = model.tokens.global_dim  # what encode_with_global returns beside the tokens
 
     def spec(self) -> dict:
         """What index_info.json records about this embedder."""

@@ -41,6 +41,7 @@ class ViTTokens(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.global_dim = cfg.width  # no pooled output: the global embedding is the mean encoder patch token
         d, p = cfg.width, cfg.patch_size
         self.patch_embed = nn.Conv2d(3, d, kernel_size=p, stride=p)
         # four stride-2 convs (k7 then k3) reach the same 1/16 grid; no bias, no final activation
@@ -77,6 +78,7 @@ class CNNTokens(nn.Module):
         self.sketch_tail = nn.ModuleList(copy.deepcopy(s) for s in backbone.stages[-n:]) if n else None
         self.frozen_sketch_stages = 0  # leading stages of sketch_tail that training leaves alone (freeze())
         self.proj = nn.Linear(cfg.backbone_channels, cfg.width)
+        self.global_dim = cfg.backbone_channels  # the global embedding is the average-pooled feature map
 
     def stages(self, modality: str) -> list[nn.Module]:
         """The backbone stages an image of this modality ("sketch" or "photo") runs through, in order."""
