@@ -30,6 +30,7 @@ from .index.store import IndexStore, PhotoRecord, Snapshot
 from .models.zse import ZSEModel
 from .preprocess import preprocess_sketch
 from .rerank import RankSettings, expand_query, normalize
+from .runtime import load_runtime
 
 STRATEGIES = ("exhaustive", "clustered", "ann")
 DEFAULT_STRATEGY = "ann"
@@ -106,9 +107,11 @@ class Searcher:
         qe_top: int | None = None,
         qe_weight: float | None = None,
         ann_params: dict | None = None,
+        runtime: str | None = None,
     ) -> Searcher:
         """Opens an index for searching; ``model=None`` loads the model the index was built with. ann settings
-        left as None take the values validated with the model's weights (:class:`~sketchfind.rerank.RankSettings`)."""
+        left as None take the values validated with the model's weights (:class:`~sketchfind.rerank.RankSettings`).
+        ``runtime``: 'torch', 'onnx' or 'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`)."""
         from .models.factory import model_metadata
 
         root = Path(index_dir)
@@ -130,7 +133,7 @@ class Searcher:
             ann_type = store.meta.get("ann_type", "SQ8")
             params = {**default_search_params(ann_type), **(ann_params or {})}
             settings = SearchSettings(_check_strategy(strategy), rerank_k, fusion, qe_top, qe_weight, params)
-            return cls(root, store, model.eval(), settings)
+            return cls(root, store, load_runtime(model, runtime), settings)
         except BaseException:
             store.close()
             raise
@@ -313,6 +316,7 @@ class Searcher:
     def add_photos(self, paths, **kwargs):
         """Indexes new or changed photos (atomic commits) and refreshes; returns the BuildReport."""
         meta = self.store.meta
+        kwargs.setdefault("runtime", getattr(self.model, "runtime", "torch"))  # index as this Searcher encodes
         report = build_index(
             paths,
             self.root,

@@ -34,7 +34,7 @@ def open_searcher(settings: Settings) -> Any:
 
         model = load_model(settings.model, weights=settings.weights)
     kwargs = {"strategy": settings.strategy} if settings.strategy else {}
-    return Searcher.open(settings.index, model=model, **kwargs)
+    return Searcher.open(settings.index, model=model, runtime=settings.runtime, **kwargs)
 
 
 def create_app(settings: Settings | None = None, searcher_factory: Callable[[Settings], Any] | None = None) -> FastAPI:

@@ -30,10 +30,16 @@ def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
         except CheckpointError as err:
             raise CheckpointError(f"{err}; on the command line: --model NAME --weights FILE") from err
         report = build_index(
-            [photos], settings.index, model, weights=settings.weights, label_from_folder=True, progress=True
+            [photos],
+            settings.index,
+            model,
+            weights=settings.weights,
+            label_from_folder=True,
+            progress=True,
+            runtime=settings.runtime,
         )
         kwargs = {"strategy": settings.strategy} if settings.strategy else {}
-        searcher = Searcher.open(settings.index, model=model, **kwargs)
+        searcher = Searcher.open(settings.index, model=model, runtime=settings.runtime, **kwargs)
     console.print(
         f"{len(report.new)} new, {len(report.updated)} updated, {len(report.skipped)} unchanged, "
         f"{len(report.failed)} skipped as unreadable; {len(searcher)} photos in the index"
