@@ -26,8 +26,10 @@ _CSP = (
 
 def open_searcher(settings: Settings) -> Any:
     """The Searcher for ``settings``: the index's own model unless a model (and weights) is named."""
+    from ..runtime import set_threads
     from ..search import Searcher
 
+    set_threads(settings.threads)  # before the ONNX sessions are made: they take their thread count then
     model = None
     if settings.model or settings.weights:
         from ..models import load_model
