@@ -263,6 +263,14 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def write(res: dict, out: Path) -> None:
+    """Writes what has been measured so far (every section adds to the same files)."""
+    res["machine"]["load_end"] = os.getloadavg()[0]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runtime.json").write_text(json.dumps(res, indent=2))
+    (out / "runtime.md").write_text(markdown(res))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -291,6 +299,7 @@ def main() -> None:
         models = {"torch": lite, "onnx": load_runtime(lite, "onnx", cache_dir=tmp / "cache")}
         if "query" not in skip:
             res["query"] = bench_query(models, reps)
+            write(res, args.out)
             log("query", res["query"])
         index_dir = None
         if not {"build", "search", "bf16"} <= skip:
@@ -299,16 +308,15 @@ def main() -> None:
             res["search_gallery"] = res["build"]["torch"]["photos"]
         if "search" not in skip:
             res["search"] = bench_search(models, index_dir, reps)
+            write(res, args.out)
         if "bf16" not in skip:
             res["bf16"] = bench_bf16(lite, index_dir)
+            write(res, args.out)
             log("bf16", res["bf16"])
         if "full" not in skip:
             res["full"] = bench_full(5 if args.quick else 10, 16 if args.quick else 64, tmp / "cache")
             log("full", res["full"])
-    res["machine"]["load_end"] = os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "runtime.json").write_text(json.dumps(res, indent=2))
-    (args.out / "runtime.md").write_text(markdown(res))
+    write(res, args.out)
     print(markdown(res))
 
 
