@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ REFERENCE = SHARED / "reference" / "zse-sbir"
 SKETCHY = SHARED / "data" / "sketchy-mini"
 
 torch.set_num_threads(2)
+# exported ONNX graphs (the default runtime when onnxruntime is installed) go to a per-run folder, never ~/.cache
+os.environ.setdefault("SKETCHFIND_CACHE_DIR", tempfile.mkdtemp(prefix="sketchfind-test-cache-"))
 
 
 def load_make_weights():

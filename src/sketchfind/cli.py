@@ -37,6 +37,10 @@ ModelName = Annotated[
 WeightsFile = Annotated[
     Path | None, typer.Option("--weights", help="weights file (with the model config inside)", metavar="FILE")
 ]
+Runtime = Annotated[
+    str | None,
+    typer.Option("--runtime", help="torch | onnx | auto (default: the fastest installed)", envvar="SKETCHFIND_RUNTIME"),
+]
 
 
 def _plain_type_names() -> None:
@@ -93,12 +97,13 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(help="torch threads per query (default: all cores)", envvar="SKETCHFIND_THREADS")
     ] = None,
+    runtime: Runtime = None,
 ) -> None:
     """Serve the draw-to-search page and the REST API (indexing PHOTOS first when given)."""
     from .service.run import serve as run_serve
     from .service.settings import Settings
 
-    settings = Settings(index=index, model=model, weights=weights, token=token, threads=threads)
+    settings = Settings(index=index, model=model, weights=weights, token=token, threads=threads, runtime=runtime)
     run_serve(settings, photos, host, port, console)
 
 
@@ -124,6 +129,7 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option(help="photos per model batch")] = 32,
     label_from_folder: Annotated[bool, typer.Option(help="label each photo with its folder name")] = False,
     report: Annotated[Path | None, typer.Option(help="write the full report (every skipped file) as JSON")] = None,
+    runtime: Runtime = None,
 ) -> None:
     """Index photos: only new or changed files when the index exists; unreadable files are skipped."""
     import json
@@ -147,6 +153,7 @@ def index_cmd(
         n_clusters=clusters,
         label_from_folder=label_from_folder,
         progress=True,
+        runtime=runtime,
     )
     for path, reason in result.skipped[:20]:
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
@@ -174,6 +181,7 @@ def search_cmd(
     qe_top: Annotated[int | None, typer.Option(min=1, help="ann: nearest photos averaged into the query")] = None,
     model: ModelName = None,
     weights: WeightsFile = None,
+    runtime: Runtime = None,
 ) -> None:
     """Rank the indexed photos for each sketch; ann settings left out come with the model's weights."""
     import json
@@ -187,7 +195,7 @@ def search_cmd(
     failed, drawn = 0, []
     net = _model_or_none(model, weights)
     ann = {"rerank_k": rerank_k, "fusion": fusion, "qe_weight": qe_weight, "qe_top": qe_top}
-    with Searcher.open(index, net, strategy=strategy, **ann) as searcher:
+    with Searcher.open(index, net, strategy=strategy, runtime=runtime, **ann) as searcher:
         for source in sources:
             try:
                 result = searcher.search(source, k=k)
@@ -410,6 +418,7 @@ def export_cmd(
 @friendly
 def check_reference(
     reference: Annotated[Path, typer.Argument(help="the zse-sbir reference folder (shared/reference/zse-sbir)")],
+    runtime: Annotated[str, typer.Option(help="torch | onnx: which runtime encodes and scores")] = "torch",
 ) -> None:
     """Compare the model, preprocessing and metrics with the official ZSE-SBIR goldens."""
     from rich.table import Table
@@ -419,7 +428,7 @@ def check_reference(
     table = Table("golden", "max |diff|", "tolerance", "result")
     failed = 0
     with console.status("running the official-format checkpoint through sketchfind..."):
-        for check in run_checks(reference):
+        for check in run_checks(reference, runtime=runtime):
             failed += not check.passed
             verdict = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
             table.add_row(check.name, f"{check.max_abs_diff:.3g}", f"{check.tolerance:g}", verdict)

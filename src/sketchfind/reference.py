@@ -47,11 +47,13 @@ def _make_checkpoint(reference: Path, out: Path) -> Path:
     return path
 
 
-def run_checks(reference: str | Path) -> Iterator[Check]:
-    """Yields one Check per golden, computed through the public model / preprocessing / metrics API."""
+def run_checks(reference: str | Path, runtime: str = "torch") -> Iterator[Check]:
+    """Yields one Check per golden, computed through the public model / preprocessing / metrics API; with
+    ``runtime="onnx"`` the encoders and relation scores run on the exported graphs (the internals stay torch)."""
     from .metrics import retrieval_metrics
     from .models import load_model
     from .preprocess import preprocess_photo, preprocess_sketch, read_sketch_rgb, sketch_steps
+    from .runtime import load_runtime
     from .train.losses import zse_losses
 
     reference = Path(reference)
@@ -63,8 +65,9 @@ def run_checks(reference: str | Path) -> Iterator[Check]:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model("zse-vit-b16", weights=_make_checkpoint(reference, Path(tmp)))
     sketch, photo = torch.from_numpy(inputs["sketch"]), torch.from_numpy(inputs["photo"])
+    net = load_runtime(model, runtime)
     with torch.no_grad():
-        sk, ph = model.encode_sketch(sketch), model.encode_photo(photo)
+        sk, ph = net.encode_sketch(sketch), net.encode_photo(photo)
         yield Check("sa_fea", _diff(torch.cat([sk, ph]), gold["sa_fea"]), ACT)
         yield Check("sa_cls", _diff(torch.cat([sk, ph])[:, 0], gold["sa_cls"]), ACT)
         ca_sk, ca_ph = model.cross(sk.repeat_interleave(4, dim=0), ph.repeat(4, 1, 1))
@@ -72,7 +75,7 @@ def run_checks(reference: str | Path) -> Iterator[Check]:
         down = model.relation.downsample(torch.cat([ca_sk, ca_ph]))
         yield Check("down_fea", _diff(down, gold["down_fea"]), ACT)
         yield Check("cos_map", _diff(model.relation.cosine_map(down[:16], down[16:]), gold["cos_map"]), FINE)
-        scores = model.relation_scores(sk, ph)
+        scores = net.relation_scores(sk, ph)
         yield Check("rn_score", _diff(scores, gold["rn_score"]), FINE)
         a, b = model.retrieval_embedding(sk), model.retrieval_embedding(ph)
         sa_dist = torch.linalg.vector_norm(a[:, None] - b[None] + 1e-6, dim=-1)

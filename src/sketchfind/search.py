@@ -35,6 +35,7 @@ from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .models.zse import ZSEModel
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
 from .rerank import RankSettings, expand_query, fuse, normalize
+from .runtime import load_runtime
 
 DEFAULT_STRATEGY = "ann"
 
@@ -214,10 +215,12 @@ class Searcher:
         qe_top: int | None = None,
         qe_weight: float | None = None,
         ann_params: dict | None = None,
+        runtime: str | None = None,
     ) -> Searcher:
         """Opens an index for searching (read-only); ``model=None`` loads the model the index was built with.
         ann settings left as None take the values validated with the model's weights
-        (:class:`~sketchfind.rerank.RankSettings`)."""
+        (:class:`~sketchfind.rerank.RankSettings`). ``runtime``: 'torch', 'onnx' or 'auto' (None:
+        ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`)."""
         root = Path(index_dir)
         store = IndexStore.open(root)
         try:
@@ -229,14 +232,22 @@ class Searcher:
             )
             params = {**default_search_params(store.meta.get("ann_type", DEFAULT_ANN)), **(ann_params or {})}
             settings = SearchSettings(strategy, rank, params)
-            return cls(root, store, model.eval(), settings)
+            return cls(root, store, load_runtime(model, runtime), settings)
         except BaseException:
             store.close()
             raise
 
     @classmethod
     def from_photos(
-        cls, sources, index_dir, model: ZSEModel | None = None, *, weights=None, strategy: str | None = None, **build
+        cls,
+        sources,
+        index_dir,
+        model: ZSEModel | None = None,
+        *,
+        weights=None,
+        strategy: str | None = None,
+        runtime: str | None = None,
+        **build,
     ) -> tuple[Searcher, BuildReport]:
         """Indexes ``sources`` into ``index_dir`` (created, or updated with new and changed photos only) and
         opens it: ``(searcher, report)``. An existing index keeps its own model unless ``model`` is given;
@@ -249,8 +260,9 @@ class Searcher:
                     model = load_index_model(store.meta["model"], index_dir)
             else:
                 model = load_model()
-        report = build_index(sources, index_dir, model, weights=weights, **build)
-        return cls.open(index_dir, model, strategy=strategy or DEFAULT_STRATEGY), report
+        model = load_runtime(model, runtime)  # exported once, used to index and to search
+        report = build_index(sources, index_dir, model, weights=weights, runtime=runtime, **build)
+        return cls.open(index_dir, model, strategy=strategy or DEFAULT_STRATEGY, runtime=runtime), report
 
     def close(self) -> None:
         """Releases the index files."""
@@ -386,6 +398,7 @@ class Searcher:
         """Indexes new or changed photos (atomic commits) and refreshes; the report's ``ids`` map each
         file of the run to its photo id."""
         meta = self.store.meta
+        kwargs.setdefault("runtime", self.model.runtime)  # index with the runtime this Searcher encodes with
         report = build_index(
             paths,
             self.root,

@@ -33,6 +33,7 @@ from ..models.factory import model_fingerprint
 from ..models.zse import ZSEModel
 from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, preprocess_photo, read_photo
 from ..progress import progress as progress_bar
+from ..runtime import load_runtime
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
@@ -237,16 +238,19 @@ def build_index(
     ann_type: str | None = None,
     label_from_folder: bool = False,
     progress: bool = False,
+    runtime: str | None = None,
 ) -> BuildReport:
     """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
 
     ``model=None``: the model an existing index was built with, or the default model for a new one.
     ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` (FAISS factory
-    string, default 'SQ8') are chosen when the index is created."""
+    string, default 'SQ8') are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'auto'
+    (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if model is None:
         model = _default_model(out_dir)
+    model = load_runtime(model, runtime)
     files, missing = scan_photos(sources)
     report = BuildReport(str(out_dir), skipped=list(missing))
     store, emb = open_or_create(

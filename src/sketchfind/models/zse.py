@@ -409,6 +409,8 @@ class RelationHead(nn.Module):
 class ZSEModel(nn.Module):
     """ZSE-SBIR: the API used by indexing, search, training and the web service."""
 
+    runtime = "torch"  # what runs it (sketchfind.runtime.OnnxModel offers the same API with "onnx")
+
     def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg

@@ -35,10 +35,15 @@ def load_settings_model(settings: Settings) -> Any:
 
 def open_searcher(settings: Settings) -> Any:
     """The Searcher for ``settings``: the index's own model unless a model (and weights) is named."""
+    from ..runtime import set_threads
     from ..search import DEFAULT_STRATEGY, Searcher
 
+    set_threads(settings.threads)  # before the ONNX sessions are made: they take their thread count then
     return Searcher.open(
-        settings.index, model=load_settings_model(settings), strategy=settings.strategy or DEFAULT_STRATEGY
+        settings.index,
+        model=load_settings_model(settings),
+        strategy=settings.strategy or DEFAULT_STRATEGY,
+        runtime=settings.runtime,
     )
 
 

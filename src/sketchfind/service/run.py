@@ -13,6 +13,7 @@ from .settings import Settings
 
 def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
     """Build (or update) the index at ``settings.index`` from ``photos``, showing progress; the open Searcher."""
+    from ..runtime import set_threads
     from ..search import Searcher
     from .main import load_settings_model
 
@@ -21,12 +22,14 @@ def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
         model = load_settings_model(settings)  # None: the index's own model, or the default for a new index
     except CheckpointError as err:
         raise CheckpointError(f"{err}; on the command line: --model NAME --weights FILE") from err
+    set_threads(settings.threads)  # before the ONNX sessions are made: they take their thread count then
     searcher, report = Searcher.from_photos(
         [photos],
         settings.index,
         model,
         weights=settings.weights,
         strategy=settings.strategy,
+        runtime=settings.runtime,
         label_from_folder=True,
         progress=True,
     )

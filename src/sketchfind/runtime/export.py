@@ -1,0 +1,179 @@
+"""Exporting a loaded ZSEModel to three ONNX graphs, cached on disk by the model's fingerprint.
+
+Graphs (dynamic batch B / pair count P; T tokens, D width, G global dim):
+  sketch.onnx  images (B, 3, S, S) -> tokens (B, T, D), global (B, G)   = encode_with_global(images, "sketch")
+  photo.onnx   images (B, 3, S, S) -> tokens (B, T, D), global (B, G)   = encode_with_global(images, "photo")
+  head.onnx    sketch_tokens (P, T, D), photo_tokens (P, T, D) -> scores (P,)  cross-attention + relation head
+               over aligned pairs (pair p = sketch_tokens[p], photo_tokens[p])
+
+The cache folder is ``<cache root>/onnx/<model name>-<key>/``: the key hashes the weights fingerprint, the
+config hash, the torch version and :data:`EXPORT_VERSION`, so new weights or a new exporter never reuse a
+stale graph. Each export is written into a temporary folder and renamed into place (atomic), with a
+``manifest.json`` written last that lists the sha256 of every graph; a folder whose manifest does not
+match is exported again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SketchfindError
+
+EXPORT_VERSION = 1  # bump when the exported graphs change shape or meaning
+OPSET = 17
+GRAPHS = ("sketch", "photo", "head")
+
+
+class _Encoder(nn.Module):
+    """images -> (tokens, global) for one modality."""
+
+    def __init__(self, model: nn.Module, modality: str):
+        super().__init__()
+        self.model, self.modality = model, modality
+
+    def forward(self, images: torch.Tensor):
+        return self.model.encode_with_global(images, self.modality)
+
+
+class _PairHead(nn.Module):
+    """Aligned (P, T, D) sketch and photo tokens -> (P,) relation scores."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.pair_forward(sketch_tokens, photo_tokens)[2]
+
+
+def cache_root() -> Path:
+    """``$SKETCHFIND_CACHE_DIR``, else ``$XDG_CACHE_HOME/sketchfind``, else ``~/.cache/sketchfind``."""
+    if os.environ.get("SKETCHFIND_CACHE_DIR"):
+        return Path(os.environ["SKETCHFIND_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sketchfind"
+
+
+def fingerprint(model: nn.Module) -> str:
+    """The weights fingerprint the index records."""
+    from ..models import model_fingerprint
+
+    return model_fingerprint(model)
+
+
+def cache_key(model: nn.Module) -> str:
+    """Hash of everything an exported graph depends on: weights, config, torch, this exporter."""
+    parts = [fingerprint(model), model.cfg.hash(), torch.__version__, str(OPSET), str(EXPORT_VERSION)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def export_onnx(model: nn.Module, out_dir: str | Path) -> dict[str, Path]:
+    """Writes sketch.onnx, photo.onnx and head.onnx for ``model`` into ``out_dir`` -> {graph: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    images = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+    tokens = torch.zeros(2, cfg.num_tokens, cfg.width)
+    specs = {
+        "sketch": (_Encoder(model, "sketch"), (images,), ["images"], ["tokens", "global"]),
+        "photo": (_Encoder(model, "photo"), (images,), ["images"], ["tokens", "global"]),
+        "head": (_PairHead(model), (tokens, tokens.clone()), ["sketch_tokens", "photo_tokens"], ["scores"]),
+    }
+    was_training = model.training
+    paths = {}
+    try:
+        for name, (wrapper, args, inputs, outputs) in specs.items():
+            # the exporter restores the wrapper's own mode afterwards: a fresh wrapper is in training mode,
+            # which would leave the model with dropout on
+            wrapper.eval()
+            paths[name] = out_dir / f"{name}.onnx"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic on fixed sizes
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(paths[name]),
+                    input_names=inputs,
+                    output_names=outputs,
+                    dynamic_axes={n: {0: "batch"} for n in inputs + outputs},
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
+    finally:
+        model.train(was_training)
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _valid(folder: Path, key: str) -> bool:
+    """True when ``folder`` holds a complete export for ``key`` (manifest matches every graph file)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return manifest.get("key") == key and all(
+            _sha256(folder / f"{g}.onnx") == manifest["sha256"][g] for g in GRAPHS
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def cached_export(model: nn.Module, cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """The ONNX graphs of ``model`` from the cache, exported (atomically) when missing or stale."""
+    key = cache_key(model)
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
+    final = root / f"{model.cfg.name}-{key}"
+    if not _valid(final, key):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+        try:
+            paths = export_onnx(model, tmp)
+            manifest = {
+                "key": key,
+                "model": model.cfg.name,
+                "config_hash": model.cfg.hash(),
+                "fingerprint": fingerprint(model),
+                "torch": torch.__version__,
+                "opset": OPSET,
+                "export_version": EXPORT_VERSION,
+                "sha256": {g: _sha256(p) for g, p in paths.items()},
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            _replace_dir(tmp, final, key)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, SketchfindError):
+                raise
+            raise SketchfindError(f"exporting {model.cfg.name!r} to ONNX failed: {exc}") from exc
+    return {g: final / f"{g}.onnx" for g in GRAPHS}
+
+
+def _replace_dir(tmp: Path, final: Path, key: str) -> None:
+    """Moves a finished export into place; another process may have won the race with a valid one."""
+    if final.exists():
+        if _valid(final, key):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        stale = final.with_name(f".{final.name}.stale-{os.getpid()}")
+        final.rename(stale)  # a damaged or partial folder: out of the way first, then delete
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.rename(final)
+    except OSError:  # lost a race between the check and the rename
+        if not _valid(final, key):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

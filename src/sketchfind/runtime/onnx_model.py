@@ -1,0 +1,98 @@
+"""``OnnxModel``: the exported graphs run by ONNX Runtime behind the ZSEModel methods search and indexing use.
+
+Inputs and outputs are torch tensors, as with :class:`~sketchfind.models.zse.ZSEModel`; every other
+attribute (``state_dict`` for the fingerprint check, ``encoder``, ``tokens``, ...) is the PyTorch model's,
+which stays loaded for those checks and for what the graphs do not cover (training, explain).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.zse import ZSEModel
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 numpy view (a copy only for channels-last or non-float input)."""
+    return np.ascontiguousarray(x.detach().float().numpy())
+
+
+class OnnxModel:
+    """ONNX Runtime sessions for the sketch encoder, the photo encoder and the pair head of one model."""
+
+    runtime = "onnx"
+
+    def __init__(self, model: ZSEModel, paths: dict[str, Path], threads: int | None = None):
+        import onnxruntime as ort
+
+        self.torch_model = model
+        self.cfg = model.cfg
+        self.weights_metadata = getattr(model, "weights_metadata", {})
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # incl. NCHWc conv layouts
+        self.sessions = {
+            name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            for name, path in paths.items()
+        }
+        # pairs per head call: the PyTorch chunk size (~64 MB of activations)
+        cfg = self.cfg
+        self.max_pairs = max(1, (1 << 24) // (cfg.num_tokens * max(cfg.width, cfg.ca_ff)))
+
+    def __getattr__(self, name: str):
+        if name == "torch_model":  # not set yet (during unpickling or a failed __init__)
+            raise AttributeError(name)
+        return getattr(self.torch_model, name)
+
+    def eval(self) -> OnnxModel:
+        """Inference only: already in eval mode."""
+        return self
+
+    # -- encoding ---------------------------------------------------------------------------
+    def encode_with_global(self, images: torch.Tensor, modality: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) images -> (tokens (B, T, D), global embedding (B, G)), as ZSEModel."""
+        if modality not in ("sketch", "photo"):
+            raise ValueError(f"unknown modality {modality!r}")
+        tokens, global_emb = self.sessions[modality].run(None, {"images": _array(images)})
+        return torch.from_numpy(tokens), torch.from_numpy(global_emb)
+
+    def encode(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
+        """Images -> (B, T, D) tokens."""
+        return self.encode_with_global(images, modality)[0]
+
+    def encode_sketch(self, images: torch.Tensor) -> torch.Tensor:
+        """Sketch images -> tokens."""
+        return self.encode(images, "sketch")
+
+    def encode_photo(self, images: torch.Tensor) -> torch.Tensor:
+        """Photo images -> tokens."""
+        return self.encode(images, "photo")
+
+    retrieval_embedding = staticmethod(ZSEModel.retrieval_embedding)
+
+    # -- pairs --------------------------------------------------------------------------------
+    def pair_scores(self, sketch_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
+        """Aligned (P, T, D) float32 arrays -> (P,) relation scores (one head call)."""
+        feeds = {"sketch_tokens": sketch_tokens, "photo_tokens": photo_tokens}
+        return self.sessions["head"].run(None, feeds)[0]
+
+    def relation_scores(
+        self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor, max_pairs: int | None = None
+    ) -> torch.Tensor:
+        """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs."""
+        sketches, photos = _array(sketch_tokens), _array(photo_tokens)
+        S, P = sketches.shape[0], photos.shape[0]
+        chunk = max_pairs or self.max_pairs
+        out = np.empty((S, P), np.float32)
+        for s in range(S):
+            repeated = None  # the sketch's tokens repeated once per photo of a chunk, reused across chunks
+            for p0 in range(0, P, chunk):
+                ph = photos[p0 : p0 + chunk]
+                if repeated is None or repeated.shape[0] != ph.shape[0]:
+                    repeated = np.ascontiguousarray(np.broadcast_to(sketches[s], ph.shape))
+                out[s, p0 : p0 + ph.shape[0]] = self.pair_scores(repeated, ph)
+        return torch.from_numpy(out)

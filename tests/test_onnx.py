@@ -1,0 +1,142 @@
+"""The ONNX Runtime path: parity with PyTorch on real sketchy-mini images, the export cache, search rankings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from sketchfind.errors import SketchfindError  # noqa: E402
+from sketchfind.index import build_index  # noqa: E402
+from sketchfind.models import load_model  # noqa: E402
+from sketchfind.preprocess import preprocess_photo, preprocess_sketch  # noqa: E402
+from sketchfind.runtime import OnnxModel, cached_export, load_runtime, resolve_runtime  # noqa: E402
+from sketchfind.runtime import export as export_module  # noqa: E402
+from sketchfind.search import Searcher  # noqa: E402
+
+from .conftest import REFERENCE, SKETCHY  # noqa: E402
+from .index_helpers import copy_photos, tiny  # noqa: E402
+
+CLASSES = ("cup", "airplane", "swan", "apple", "cat", "tree")
+TOKENS, SCORES = 1e-4, 1e-5
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return load_model()  # zse-lite0, shipped weights
+
+
+@pytest.fixture(scope="module")
+def lite_onnx(lite, tmp_path_factory):
+    return load_runtime(lite, "onnx", cache_dir=tmp_path_factory.mktemp("onnx-cache"))
+
+
+def _images(kind: str, per_class: int, pre) -> torch.Tensor:
+    files = [f for c in CLASSES for f in sorted((SKETCHY / kind / c).iterdir())[:per_class]]
+    fn = preprocess_sketch if kind == "sketches" else preprocess_photo
+    return torch.stack([fn(f, pre) for f in files])
+
+
+def test_lite_encoders_and_head_match_pytorch_on_real_images(lite, lite_onnx):
+    assert isinstance(lite_onnx, OnnxModel) and lite_onnx.cfg == lite.cfg
+    sketches = _images("sketches", 2, lite.cfg.preprocess)  # 12
+    photos = _images("photos", 4, lite.cfg.preprocess)  # 24
+    with torch.inference_mode():
+        for images, modality in ((sketches, "sketch"), (photos, "photo")):
+            want_tokens, want_global = lite.encode_with_global(images, modality)
+            # channels-last input, as build_index and the Searcher pass it
+            got_tokens, got_global = lite_onnx.encode_with_global(
+                images.contiguous(memory_format=torch.channels_last), modality
+            )
+            assert (got_tokens - want_tokens).abs().max() <= TOKENS
+            assert (got_global - want_global).abs().max() <= TOKENS
+        sk, ph = lite.encode_sketch(sketches), lite.encode_photo(photos)
+        want = lite.relation_scores(sk, ph)
+        got = lite_onnx.relation_scores(sk, ph, max_pairs=7)  # several chunks, a short last one
+        assert got.shape == want.shape == (12, 24)
+        assert (got - want).abs().max() <= SCORES
+        assert torch.equal(lite_onnx.retrieval_embedding(sk), lite.retrieval_embedding(sk))
+
+
+def test_export_leaves_the_model_in_eval_mode(lite, lite_onnx):
+    assert not lite.training  # the exporter restores its wrappers' (training) mode unless told otherwise
+
+
+def test_cache_is_reused_keyed_by_weights_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    model = tiny(seed=5)
+    calls = []
+    real = export_module.export_onnx
+    monkeypatch.setattr(export_module, "export_onnx", lambda m, d: calls.append(d) or real(m, d))
+    first = cached_export(model, tmp_path)
+    again = cached_export(model, tmp_path)
+    assert first == again and len(calls) == 1
+    folder = first["head"].parent
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["key"] == export_module.cache_key(model) and set(manifest["sha256"]) == {"sketch", "photo", "head"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no temporary folders left
+
+    other = cached_export(tiny(seed=6), tmp_path)  # other weights: another key, another folder
+    assert other["head"].parent != folder and len(calls) == 2
+
+    first["photo"].write_bytes(b"truncated")  # a damaged graph is exported again
+    repaired = cached_export(model, tmp_path)
+    assert len(calls) == 3 and repaired == first
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_runtime_choice(monkeypatch):
+    monkeypatch.delenv("SKETCHFIND_RUNTIME", raising=False)
+    assert resolve_runtime("auto") == resolve_runtime(None) == "onnx"  # the faster one, when installed
+    assert resolve_runtime("torch") == "torch"
+    monkeypatch.setenv("SKETCHFIND_RUNTIME", "torch")
+    assert resolve_runtime(None) == "torch"
+    with pytest.raises(SketchfindError, match="unknown runtime"):
+        resolve_runtime("tensorrt")
+    model = tiny()
+    assert load_runtime(model, "torch") is model
+
+
+@pytest.fixture(scope="module")
+def lite_index(lite, tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx-search")
+    copy_photos(root / "photos", classes=CLASSES, per_class=10)  # 60 photos
+    build_index([root / "photos"], root / "idx", lite, runtime="torch", n_clusters=6, token_storage="fp32")
+    return root / "idx"
+
+
+@pytest.mark.parametrize("strategy", ["exhaustive", "clustered", "ann"])
+def test_search_ranks_alike_with_either_runtime(lite, lite_index, strategy):
+    queries = [sorted((SKETCHY / "sketches" / c).iterdir())[0] for c in CLASSES]
+    eager, ort = (Searcher.open(lite_index, lite, runtime=r) for r in ("torch", "onnx"))
+    with eager, ort:
+        assert isinstance(ort.model, OnnxModel) and not isinstance(eager.model, OnnxModel)
+        for query in queries:
+            want = eager.search(query, k=None, strategy=strategy).hits
+            got = ort.search(query, k=None, strategy=strategy).hits
+            assert [h.photo_id for h in got] == [h.photo_id for h in want]
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=SCORES)
+
+
+def test_an_index_built_through_onnx_searches_like_one_built_through_torch(lite, tmp_path):
+    copy_photos(tmp_path / "photos", classes=CLASSES[:3], per_class=6)
+    report = build_index([tmp_path / "photos"], tmp_path / "idx", lite, runtime="onnx", token_storage="fp32")
+    assert len(report.new) == 18
+    query = sorted((SKETCHY / "sketches" / "swan").iterdir())[0]
+    with Searcher.open(tmp_path / "idx", lite, runtime="torch") as s:
+        with torch.inference_mode():
+            photos = torch.stack([preprocess_photo(p, lite.cfg.preprocess) for p in s._state[2]])
+            want = lite.encode_photo(photos)
+        assert (s.photo_tokens(s._state[0].ids) - want).abs().max() <= TOKENS
+        assert s.search(query, k=3).hits[0].path.split("/")[-2] in CLASSES
+
+
+@pytest.mark.slow
+def test_full_size_model_passes_the_official_goldens_through_onnx():
+    from sketchfind.reference import run_checks
+
+    failed = [(c.name, c.max_abs_diff) for c in run_checks(REFERENCE, runtime="onnx") if not c.passed]
+    assert not failed
