@@ -171,7 +171,7 @@ def bench_bf16(model, index_dir: Path) -> dict:
     half = bf16_head(model)
     queries = files("sketches", unseen(), 1)
     with Searcher.open(index_dir, model, runtime="torch") as s:
-        ids = s._state[0].ids
+        ids = s.state.snapshot.ids
         gallery = s.photo_tokens(ids)
         labels = np.array([s.photo(int(i)).label for i in ids])
         qlabels = np.array([q.parent.name for q in queries])

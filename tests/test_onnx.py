@@ -128,9 +128,9 @@ def test_an_index_built_through_onnx_searches_like_one_built_through_torch(lite,
     query = sorted((SKETCHY / "sketches" / "swan").iterdir())[0]
     with Searcher.open(tmp_path / "idx", lite, runtime="torch") as s:
         with torch.inference_mode():
-            photos = torch.stack([preprocess_photo(p, lite.cfg.preprocess) for p in s._state[2]])
+            photos = torch.stack([preprocess_photo(p, lite.cfg.preprocess) for p in s.state.paths])
             want = lite.encode_photo(photos)
-        assert (s.photo_tokens(s._state[0].ids) - want).abs().max() <= TOKENS
+        assert (s.photo_tokens(s.state.snapshot.ids) - want).abs().max() <= TOKENS
         assert s.search(query, k=3).hits[0].path.split("/")[-2] in CLASSES
 
 
