@@ -406,7 +406,24 @@ class RelationHead(nn.Module):
 # the model
 
 
-class ZSEModel(nn.Module):
+class Encodes:
+    """``encode`` / ``encode_sketch`` / ``encode_photo`` in terms of ``encode_with_global``, for every runtime
+    that offers the model's API (ZSEModel itself, sketchfind.runtime.OnnxModel)."""
+
+    def encode(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, T, D) encoder tokens, [Ret] first."""
+        return self.encode_with_global(images, modality)[0]
+
+    def encode_sketch(self, images: torch.Tensor) -> torch.Tensor:
+        """Sketch images -> tokens."""
+        return self.encode(images, "sketch")
+
+    def encode_photo(self, images: torch.Tensor) -> torch.Tensor:
+        """Photo images -> tokens."""
+        return self.encode(images, "photo")
+
+
+class ZSEModel(Encodes, nn.Module):
     """ZSE-SBIR: the API used by indexing, search, training and the web service."""
 
     runtime = "torch"  # what runs it (sketchfind.runtime.OnnxModel offers the same API with "onnx")
@@ -425,19 +442,7 @@ class ZSEModel(nn.Module):
         # metadata stored beside the weights this model was loaded from (e.g. "fusion"); load_model fills it
         self.weights_metadata: dict[str, str] = {}
 
-    # -- encoding ---------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
-        """(B, 3, S, S) normalised images -> (B, T, D) encoder tokens, [Ret] first."""
-        return self.encode_with_global(images, modality)[0]
-
-    def encode_sketch(self, images: torch.Tensor) -> torch.Tensor:
-        """Sketch images -> tokens."""
-        return self.encode(images, "sketch")
-
-    def encode_photo(self, images: torch.Tensor) -> torch.Tensor:
-        """Photo images -> tokens."""
-        return self.encode(images, "photo")
-
+    # -- encoding (encode, encode_sketch, encode_photo: see Encodes) -------------------------------
     def encode_with_global(self, images: torch.Tensor, modality: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
         """Images -> (tokens (B, T, D), global embedding (B, G)) in one backbone pass.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.zse import ZSEModel
+from ..models.zse import Encodes, ZSEModel
 
 
 def _array(x: torch.Tensor) -> np.ndarray:
@@ -20,7 +20,7 @@ def _array(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().float().numpy())
 
 
-class OnnxModel:
+class OnnxModel(Encodes):
     """ONNX Runtime sessions for the sketch encoder, the photo encoder and the pair head of one model."""
 
     runtime = "onnx"
@@ -59,18 +59,6 @@ class OnnxModel:
             raise ValueError(f"unknown modality {modality!r}")
         tokens, global_emb = self.sessions[modality].run(None, {"images": _array(images)})
         return torch.from_numpy(tokens), torch.from_numpy(global_emb)
-
-    def encode(self, images: torch.Tensor, modality: str = "photo") -> torch.Tensor:
-        """Images -> (B, T, D) tokens."""
-        return self.encode_with_global(images, modality)[0]
-
-    def encode_sketch(self, images: torch.Tensor) -> torch.Tensor:
-        """Sketch images -> tokens."""
-        return self.encode(images, "sketch")
-
-    def encode_photo(self, images: torch.Tensor) -> torch.Tensor:
-        """Photo images -> tokens."""
-        return self.encode(images, "photo")
 
     retrieval_embedding = staticmethod(ZSEModel.retrieval_embedding)
 
