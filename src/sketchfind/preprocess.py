@@ -32,6 +32,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .config import PreprocessConfig
 from .errors import ConfigError, EmptySketchError, InputError
+from .normalize import normalize_drawing
 
 MAX_PIXELS = 40_000_000  # larger images are refused before their pixels are decoded
 MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
@@ -66,8 +67,10 @@ def preprocess_photo(source: Any, cfg: PreprocessConfig) -> torch.Tensor:
 
 
 def sketch_array(source: Any, cfg: PreprocessConfig) -> np.ndarray:
-    """Any accepted sketch source -> the cropped, resized and padded uint8 (S, S, 3) RGB image."""
-    return sketch_steps(read_sketch_rgb(source), cfg, name=_describe(source))["squared"]
+    """Any accepted sketch source -> the cropped, resized and padded uint8 (S, S, 3) RGB image; the drawing is
+    first brought to dark strokes on white (:func:`~sketchfind.normalize.normalize_drawing`, identity if clean)."""
+    name = _describe(source)
+    return sketch_steps(normalize_drawing(read_sketch_rgb(source), name), cfg, name=name)["squared"]
 
 
 def sketch_steps(rgb: np.ndarray, cfg: PreprocessConfig, *, name: str = "the sketch") -> dict:
