@@ -73,7 +73,9 @@ def test_pointing_game_by_hand():
     masks = np.zeros((2, 2, 2), bool)
     masks[0, 0, 0] = masks[1, 1, 1] = masks[1, 0, 1] = True
     heats = np.array([[[1.0, 0], [0, 0]], [[1.0, 0], [0, 0]]])  # first hits, second misses
-    assert pointing_game(heats, masks) == {"hit_rate": 0.5, "random": (0.25 + 0.5) / 2, "pairs": 2}
+    result = pointing_game(heats, masks)
+    assert result["hit_rate"] == 0.5 and result["random"] == (0.25 + 0.5) / 2 and result["pairs"] == 2
+    assert result["auc"] == (1.0 + (0.5 * 0.5 + 0.5 * 0)) / 2  # pair 2: ink cells 0 and 1 (0 heat) vs 1.0, 0
     tie = np.ones((1, 2, 2))  # a flat map: the point is shared by all cells
     assert pointing_game(tie, masks[:1])["hit_rate"] == 0.25
 
