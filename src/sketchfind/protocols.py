@@ -272,7 +272,7 @@ def report_markdown(report: dict) -> str:
             out.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
         out.append("")
     if "perturbations" in report:
-        out.append("### perturbations of the S-25 queries (ann, mAP@all; drop = relative to clean)\n")
+        out.append("### perturbations of the query sketches (ann, mAP@all; drop = relative to clean)\n")
         out.append("| perturbation | mAP@all | relative drop | refused |")
         out.append("|---|---|---|---|")
         for name, p in report["perturbations"].items():
@@ -332,14 +332,13 @@ def encode_drawings(
         digest.update(b"" if image is None else image.tobytes())
 
     def encode() -> tuple[np.ndarray]:
-        blank = torch.zeros(3, cfg.image_size, cfg.image_size)
-        out = []
+        tokens = np.zeros((len(squared), model.cfg.num_tokens, model.cfg.width), np.float32)  # refused: zeros
+        kept = np.flatnonzero(~refused)
         with torch.inference_mode():
-            for i in range(0, len(squared), batch):
-                chunk = [blank if s is None else to_tensor(s, cfg) for s in squared[i : i + batch]]
-                out.append(model.encode_sketch(torch.stack(chunk)).float().numpy())
-        tokens = np.concatenate(out) if out else np.zeros((0, model.cfg.num_tokens, model.cfg.width), np.float32)
-        tokens[refused] = 0.0
+            for i in range(0, len(kept), batch):
+                rows = kept[i : i + batch]
+                images = torch.stack([to_tensor(squared[r], cfg) for r in rows])
+                tokens[rows] = model.encode_sketch(images).float().numpy()
         return (tokens,)
 
     (tokens,) = _cached(cache, f"sketch-{digest.hexdigest()[:16]}", encode)
