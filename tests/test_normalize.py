@@ -75,3 +75,11 @@ def test_every_perturbation_keeps_a_drawing():
     for name in PERTURBATIONS:
         out = normalize_drawing(read_sketch_rgb(perturb(name, clean)))
         assert _ink(out).any(), name
+
+
+def test_textured_drawings_with_official_ink_pass_unchanged():
+    rng = np.random.default_rng(0)
+    soft = np.clip(rng.normal(180, 40, (64, 64)), 0, 255).astype(np.uint8)  # texture everywhere, no stroke
+    soft[0, 0] = 50  # but one pixel the official rule calls ink
+    rgb = np.repeat(soft[:, :, None], 3, axis=2)
+    assert normalize_drawing(rgb) is rgb

@@ -265,7 +265,8 @@ def report_markdown(report: dict) -> str:
     """The dict of :func:`run_protocols` (or the benchmark) as Markdown tables."""
     out = []
     for proto, entry in report.get("retrieval", {}).items():
-        out.append(f"### {proto} ({entry['queries']} queries, gallery {entry['gallery']})\n")
+        rn = f"; rn and fused: the first {entry['rn_queries']} queries by class" if "rn_queries" in entry else ""
+        out.append(f"### {proto} ({entry['queries']} queries, gallery {entry['gallery']}{rn})\n")
         out.append("| ranking | " + " | ".join(METRICS) + " |")
         out.append("|---" * (len(METRICS) + 1) + "|")
         for name, m in entry["metrics"].items():
