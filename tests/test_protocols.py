@@ -115,7 +115,7 @@ def test_run_protocols_on_a_tiny_real_subset(tmp_path):
     assert retrieval["sketches vs mixed"]["gallery"] == 9 and retrieval["sketches vs standard"]["gallery"] == 6
     assert retrieval["doodles vs standard"]["queries"] == 4 and retrieval["sketches vs standard"]["rn_queries"] == 2
     for entry in retrieval.values():
-        assert list(entry["metrics"]) == ["ret", "rn", "fused", "ann"]
+        assert list(entry["metrics"])[:4] == ["ret", "rn", "fused", "ann"]
         assert all(0 <= v <= 1 for m in entry["metrics"].values() for v in m.values())
     assert set(report["perturbations"]) == {"clean", "faint_grey", "white_on_black"}
     assert report["perturbations"]["faint_grey"]["refused"] == 0

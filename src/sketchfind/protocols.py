@@ -416,6 +416,10 @@ def retrieval_protocol(
             metrics[name] = ranking_metrics(sub[name], query_labels[rows], photo_labels, sub_refused)
         entry["rn_queries"] = len(rows)
         entry["metrics"] = {name: metrics[name] for name in STRATEGIES if name in metrics}
+        if len(rows) < len(query_labels):  # ret and ann on the same subset, so all four compare directly
+            for name in ("ret", "ann"):
+                subset = ranking_metrics(sub[name], query_labels[rows], photo_labels, sub_refused)
+                entry["metrics"][f"{name} (rn queries)"] = subset
     return entry
 
 
