@@ -382,10 +382,10 @@ def test_empty_sketches(source):
         preprocess_sketch(source, CFG)
 
 
-def test_empty_image_message_names_the_threshold(tmp_path):
+def test_empty_image_message_names_the_file(tmp_path):
     path = tmp_path / "blank.png"
     Image.new("L", (20, 20), 255).save(path)
-    with pytest.raises(EmptySketchError, match=r"no pixel darker than .*300.*blank.png"):
+    with pytest.raises(EmptySketchError, match=r"no visible stroke in .*blank.png"):
         preprocess_sketch(path, CFG)
 
 

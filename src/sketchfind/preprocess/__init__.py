@@ -8,13 +8,16 @@ goldens in ``shared/reference/zse-sbir/preprocess.npz``:
   -> pad to a square with the image's maximum -> ToTensor / Normalize.
 * **photo**: Pillow ``resize((S, S))`` with Pillow's default filter, then ``convert('RGB')``.
 
-Deliberate improvements that leave the goldens unchanged: images with transparency are composited
+Deliberate improvements that leave the goldens unchanged: any drawing with visible strokes is first
+brought to dark strokes on white paper (:mod:`.normalize`: inverted, coloured, faint, scanned drawings;
+the identity on clean ones, so "empty" means no stroke at all); images with transparency are composited
 onto white (a transparent PNG with black strokes stays black on white instead of turning all black),
 photos follow their EXIF orientation, and every failure is a :mod:`sketchfind.errors` exception that
 names the input. Sketches may also be QuickDraw stroke lists or SVG drawings, rendered black on white.
 
 By concern: :mod:`.pipeline` (the config-driven pipelines), :mod:`.images` (reading, format sniffing,
-size limits, suffixes), :mod:`.drawings` (QuickDraw strokes and SVG).
+size limits, suffixes), :mod:`.drawings` (QuickDraw strokes and SVG), :mod:`.normalize` (drawings of
+any style -> dark strokes on white).
 """
 
 from .drawings import render_strokes, render_svg
@@ -29,6 +32,7 @@ from .images import (
     read_photo,
     read_sketch_rgb,
 )
+from .normalize import normalize_drawing
 from .pipeline import (
     ink_mask,
     photo_array,
@@ -47,6 +51,7 @@ __all__ = [
     "SKETCH_SUFFIXES",
     "RasterFormat",
     "ink_mask",
+    "normalize_drawing",
     "photo_array",
     "preprocess_photo",
     "preprocess_sketch",

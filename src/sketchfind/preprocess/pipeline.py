@@ -15,6 +15,7 @@ import torch
 from ..config import PreprocessConfig
 from ..errors import ConfigError, EmptySketchError
 from .images import check_rgb, describe_source, read_photo, read_sketch_rgb
+from .normalize import normalize_drawing
 
 
 def preprocess_sketch(source: Any, cfg: PreprocessConfig) -> torch.Tensor:
@@ -28,8 +29,10 @@ def preprocess_photo(source: Any, cfg: PreprocessConfig) -> torch.Tensor:
 
 
 def sketch_array(source: Any, cfg: PreprocessConfig) -> np.ndarray:
-    """Any accepted sketch source -> the cropped, resized and padded uint8 (S, S, 3) RGB image."""
-    return sketch_steps(read_sketch_rgb(source), cfg, name=describe_source(source))["squared"]
+    """Any accepted sketch source -> the cropped, resized and padded uint8 (S, S, 3) RGB image; the drawing is
+    first brought to dark strokes on white (:func:`~.normalize.normalize_drawing`, identity if clean)."""
+    name = describe_source(source)
+    return sketch_steps(normalize_drawing(read_sketch_rgb(source), name), cfg, name=name)["squared"]
 
 
 def photo_array(source: Any, cfg: PreprocessConfig) -> np.ndarray:
