@@ -31,7 +31,7 @@ SKETCHY = HERE.parents[1] / "shared" / "data" / "sketchy-mini"
 def main() -> None:
     from sketchfind.attribution import ret_photo_heat
     from sketchfind.explain import _attention_matrix, _inked_cells, explain_tokens
-    from sketchfind.models.factory import load_model, model_metadata
+    from sketchfind.models.factory import load_model
     from sketchfind.preprocess import preprocess_photo, read_sketch_rgb
     from sketchfind.protocols import (
         encode_drawings,
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model("zse-lite0")
-    settings = RankSettings.from_metadata(model_metadata(model))
+    settings = RankSettings.from_metadata(model.weights_metadata)
     unseen = read_class_file(SKETCHY / "splits" / "unseen25.txt")
     classes = [c for c in scan(SKETCHY).classes if c not in unseen][:20] if args.seen else unseen
     cache = Path(args.cache) if args.cache else None
@@ -75,7 +75,7 @@ def main() -> None:
                 sk = torch.from_numpy(sketch_tokens[i : i + 1])
                 image = preprocess_photo(photo, model.cfg.preprocess)[None]
                 feats = model.tokens.features(image, "photo")
-                ph, _ = model.tokens_from_features(feats, "photo")
+                ph, _ = model.encode_tokens(*model.tokens.to_tokens(feats), "photo")
                 heats["rn_cosine"].append(explain_tokens(model, sk, ph, squared[i]).photo_heat)
                 inked = _inked_cells(squared[i], 7)
                 attention = _attention_matrix(model, sk, ph).numpy()

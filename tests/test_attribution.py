@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sketchfind.attribution import explain_ret, ret_cell_contributions, ret_explanation, ret_photo_heat
+from sketchfind.attribution import explain_ret, ret_cell_contributions, ret_photo_heat
 from sketchfind.errors import ConfigError
+from sketchfind.explain import explain
 from sketchfind.models.factory import load_model
 from sketchfind.preprocess import preprocess_photo, preprocess_sketch
 
@@ -26,7 +27,7 @@ def test_contributions_sum_to_the_ret_cosine(lite0):
     images = torch.stack([preprocess_photo(p, lite0.cfg.preprocess) for p in PHOTOS])
     with torch.inference_mode():
         feats = lite0.tokens.features(images, "photo")
-        photo_ret = lite0.retrieval_embedding(lite0.tokens_from_features(feats, "photo")[0])  # (2, D)
+        photo_ret = lite0.retrieval_embedding(lite0.encode_tokens(*lite0.tokens.to_tokens(feats), "photo")[0])  # (2, D)
         sketch = lite0.encode_sketch(preprocess_sketch(SKETCH, lite0.cfg.preprocess)[None])
     query = lite0.retrieval_embedding(sketch)[0]
     contributions = ret_cell_contributions(lite0, feats, query)
@@ -49,11 +50,11 @@ def test_encoder_ret_models_are_refused(tiny_model):
 
 def test_ret_explanation_renders_the_search_score(lite0):
     photo = PHOTOS[0]
-    explanation, images = ret_explanation(lite0, SKETCH, photo)
+    explanation, images = explain(lite0, SKETCH, photo)  # source='ret' by default
     with torch.inference_mode():
         sketch = lite0.retrieval_embedding(lite0.encode_sketch(preprocess_sketch(SKETCH, lite0.cfg.preprocess)[None]))
         image = lite0.retrieval_embedding(lite0.encode_photo(preprocess_photo(photo, lite0.cfg.preprocess)[None]))
     assert explanation.score == pytest.approx(float(sketch[0] @ image[0]), abs=1e-5)
-    assert explanation.source == "ret-attribution" and explanation.matrix.sum() == pytest.approx(explanation.score)
+    assert explanation.source == "ret" and explanation.matrix.sum() == pytest.approx(explanation.score)
     assert explanation.photo_heat.shape == explanation.sketch_heat.shape == (7, 7)
     assert set(images) == {"sketch", "photo", "combined"} and images["combined"].width > images["photo"].width

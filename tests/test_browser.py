@@ -294,6 +294,7 @@ def test_result_dialog_shows_one_labelled_score(browser, long_names_server, arti
     _search_with_a_sketch(page, "airplane")
 
     # ann ranks by embedding similarity: that is the one number, named; the picture's score is named as another
+    # (zse-tiny's [Ret] cannot be split over cells, so its explanation is the relation network's)
     hit, _ = _open_first_result(page)
     shown = f"{hit['score']:.3f}"
     assert _dialog_numbers(page) == [shown]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .rerank import expand_query
 
 
 def ret_cell_contributions(model, photo_features: torch.Tensor, query: torch.Tensor) -> np.ndarray:
@@ -59,8 +60,6 @@ def explain_ret(model, sketch_tokens: torch.Tensor, photo_image: torch.Tensor, n
     {"score": [Ret] cosine, "photo_heat": (g, g), "contributions": (g, g)}. ``neighbours``: (m, D) [Ret]
     embeddings of the photos query expansion used, with the expansion weight, as ``(embeddings, weight)``,
     so the heat explains the expanded query the ann ranking scored."""
-    from .rerank import expand_query
-
     query = F.normalize(sketch_tokens[:, 0].float(), dim=-1)[0].numpy()
     if neighbours is not None:
         embeddings, weight = neighbours
@@ -81,37 +80,3 @@ def sketch_cell_contributions(model, sketch_features: torch.Tensor, photo_ret: t
         score = ret @ F.normalize(torch.as_tensor(photo_ret).float(), dim=-1)
         (grad,) = torch.autograd.grad(score, cells)
     return (grad * cells).sum(1)[0].detach().double().numpy()
-
-
-def ret_explanation(model, sketch: object, photo: object, neighbours=None):
-    """Any sketch and photo source -> (:class:`~sketchfind.explain.Explanation`, rendered images), explaining
-    the [Ret] cosine the default search ranks by (``neighbours`` as in :func:`explain_ret` for the expanded
-    query). ``photo_heat``: the exact photo-cell contributions (min-max scaled); ``sketch_heat``: the
-    linearised sketch-cell attribution on inked cells; ``matrix``: one row, the raw photo-cell contributions
-    (they sum to ``score``); no cell-to-cell links (the [Ret] has no correspondence between cells)."""
-    from .explain import Explanation, _inked_cells, _unit, render
-    from .preprocess import preprocess_photo, read_photo, sketch_array, to_tensor
-
-    cfg = model.cfg.preprocess
-    squared = sketch_array(sketch, cfg)
-    photo_image = read_photo(photo).convert("RGB")
-    with torch.inference_mode():
-        sketch_feats = model.tokens.features(to_tensor(squared, cfg)[None], "sketch")
-        sketch_tokens, _ = model.tokens_from_features(sketch_feats, "sketch")
-        photo_input = preprocess_photo(photo_image, cfg)[None]
-        photo_tokens, _ = model.tokens_from_features(model.tokens.features(photo_input, "photo"), "photo")
-    result = explain_ret(model, sketch_tokens, photo_input, neighbours)
-    grid = result["photo_heat"].shape[0]
-    inked = _inked_cells(squared, grid)
-    sketch_heat = np.zeros(grid * grid)
-    sketch_cells = sketch_cell_contributions(model, sketch_feats, model.retrieval_embedding(photo_tokens)[0])
-    sketch_heat[inked] = _unit(sketch_cells.ravel()[inked])
-    explanation = Explanation(
-        score=result["score"],
-        source="ret-attribution",
-        grid=grid,
-        matrix=result["contributions"].reshape(1, -1),
-        sketch_heat=sketch_heat.reshape(grid, grid),
-        photo_heat=result["photo_heat"],
-    )
-    return explanation, render(explanation, squared, photo_image)

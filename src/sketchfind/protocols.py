@@ -455,17 +455,16 @@ def run_protocols(
     -> a dict (see :func:`report_markdown`). ``classes``: the query classes (report on unseen ones only);
     ``rn_per_class`` / ``perturb_per_class`` limit the queries of the costly parts; ``cache_dir`` keeps
     encodings between runs (by content)."""
-    from .models.factory import model_metadata
-    from .train.data import scan
+    from .datasets import scan_root
 
     cache = Path(cache_dir) if cache_dir is not None else None
-    settings = settings or RankSettings.from_metadata(model_metadata(model))
-    everything = scan(sketchy_root)
+    settings = settings or RankSettings.from_metadata(model.weights_metadata)
+    everything = scan_root(sketchy_root)
     photo_files, photo_names = everything.flat("photos")
     photo_labels = np.asarray(everything.classes)[photo_names]
     (photo_tokens,) = _cached(cache, "photos", lambda: (encode_photo_files(model, photo_files),))
     in_query = np.isin(photo_labels, classes)
-    split = scan(sketchy_root, classes)
+    split = scan_root(sketchy_root, classes)
     sketch_files, sketch_names = split.flat("sketches")
     sketch_labels = np.asarray(split.classes)[sketch_names]
 

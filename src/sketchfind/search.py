@@ -125,18 +125,24 @@ def exhaustive(state: SearchState, query: torch.Tensor, k: int | None, settings:
     return order, scores[order], {"rerank": time.perf_counter() - t0}
 
 
+def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> np.ndarray:
+    """The (1, D) vector ann searches with: the sketch's [Ret], expanded with its nearest photos' when
+    ``rank.qe_weight > 0``."""
+    ret = state.model.retrieval_embedding(query).numpy()  # (1, D)
+    if rank.qe_weight > 0:  # expand the query with its nearest photos, then search again
+        _, near = state.artefacts.ann.search(ret, min(len(state.snapshot), rank.qe_top))
+        near = near[0][near[0] >= 0]
+        ret = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight).astype(np.float32)
+    return ret
+
+
 def ann(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
     """FAISS on [Ret] (with query expansion), the head re-scored by :func:`~sketchfind.rerank.fuse`."""
     t0 = time.perf_counter()
     rank, n, index = settings.rank, len(state.snapshot), state.artefacts.ann
     head_n = min(rank.rerank_k, n) if rank.uses_relation else 0
     want = n if k is None else min(n, max(k, head_n))
-    ret = state.model.retrieval_embedding(query).numpy()  # (1, D)
-    if rank.qe_weight > 0:  # expand the query with its nearest photos, then search again
-        _, near = index.search(ret, min(n, rank.qe_top))
-        near = near[0][near[0] >= 0]
-        ret = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight).astype(np.float32)
-    cos, found = index.search(ret, want)
+    cos, found = index.search(ann_query(state, query, rank), want)
     keep = found[0] >= 0
     cos, found = cos[0][keep], found[0][keep]
     t1 = time.perf_counter()
@@ -375,22 +381,32 @@ class Searcher:
         ]
         return hits, timings
 
-    def explain(self, sketch, photo_id: int):
-        """Which parts of a sketch match which parts of an indexed photo -> (Explanation, rendered images).
+    def explain(self, sketch, photo_id: int, strategy: str | None = None):
+        """Which parts of a sketch match which parts of an indexed photo -> (Explanation, rendered images),
+        for the score ``strategy`` ranks by: ann's [Ret] similarity (of the expanded query, as searched;
+        when the model's [Ret] can be attributed to cells), otherwise the relation network's.
 
-        The sketch is decoded once; the photo's tokens come from the index, its pixels from its file
-        (PhotoMissingError when the file cannot be read any more)."""
+        The sketch is decoded once; the photo's pixels come from its file (PhotoMissingError when it
+        cannot be read any more)."""
         from .errors import PhotoMissingError, SketchfindError
-        from .explain import explain_tokens, render
+        from .explain import explain_ret, explain_tokens, explains_ret, render
         from .preprocess import read_photo
 
+        strategy = check_strategy(strategy or self.settings.strategy)
         record = self.photo(photo_id)
         squared = sketch_array(sketch, self.model.cfg.preprocess)
-        explanation = explain_tokens(self.model, self._encode_array(squared), self.photo_tokens([photo_id]), squared)
         try:
             photo = read_photo(record.path).convert("RGB")
         except SketchfindError as err:  # the file changed or vanished since indexing
             raise PhotoMissingError(f"the file of photo {photo_id} cannot be read any more: {err}") from err
+        query = self._encode_array(squared)
+        with torch.no_grad():  # not inference mode: the [Ret] explanation takes a gradient on the sketch side
+            if strategy == "ann" and explains_ret(self.model) and len(self):
+                explanation = explain_ret(
+                    self.model, squared, photo, ann_query(self._state, query, self.settings.rank)[0]
+                )
+            else:
+                explanation = explain_tokens(self.model, query, self.photo_tokens([photo_id]), squared)
         return explanation, render(explanation, squared, photo)
 
     # -- changes ------------------------------------------------------------------------------------

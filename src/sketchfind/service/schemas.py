@@ -76,8 +76,13 @@ class ExplainResponse(BaseModel):
     """Token-correspondence heat-maps for one sketch-photo pair."""
 
     photo_id: int | None = Field(None, description="the indexed photo; may be a query parameter instead")
-    score: float = Field(description="relation score of the pair, in (0, 1)")
-    source: str = Field(description="'cosine' (the relation head's cosine map) or 'cross-attention'")
+    score: float = Field(
+        description="the score explained: the [Ret] similarity ann ranks by ('ret') or the relation score in (0, 1)"
+    )
+    source: str = Field(
+        description="'ret' (the [Ret] similarity split over cells), 'cosine' (the relation head's cosine map) "
+        "or 'cross-attention'"
+    )
     grid: int
     sketch_heat: list[list[float]]
     photo_heat: list[list[float]]

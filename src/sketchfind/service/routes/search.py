@@ -98,15 +98,19 @@ async def explain(
     request: Request,
     state: State,
     photo_id: Annotated[int | None, Query(description="the indexed photo (also accepted in the body)")] = None,
+    strategy: Annotated[
+        Strategy | None, Query(description="explain the score this strategy ranks by (default: the server's)")
+    ] = None,
     format: Annotated[Literal["json", "png"], Query(description="'png': only the combined picture")] = "json",
 ):
-    """Which sketch regions match which photo regions: heat-maps rendered on both images."""
+    """Which sketch regions match which photo regions, for the score the strategy ranks by: heat-maps."""
     started = time.perf_counter()
     sketch = await read_sketch(request, ExplainJSON)
     photo_id = sketch.fields.get("photo_id") if sketch.fields.get("photo_id") is not None else photo_id
     if photo_id is None:
         raise ApiError(422, "say which photo to explain: photo_id", "invalid_request")
-    explanation, images = await state.run(state.searcher.explain, sketch.source, photo_id, request=request)
+    strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
+    explanation, images = await state.run(state.searcher.explain, sketch.source, photo_id, strategy, request=request)
     if format == "png":
         return Response(png_bytes(images["combined"]), media_type="image/png")
     urls = {name: "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode() for name, img in images.items()}

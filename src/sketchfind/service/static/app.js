@@ -426,6 +426,7 @@ async function openViewer(hit, strategy) {
   const form = new FormData();
   form.append("sketch", state.uploaded || (await canvasBlob()), state.uploaded ? state.uploaded.name : "sketch.png");
   form.append("photo_id", String(hit.id));
+  form.append("strategy", strategy);  // explain the score this ranking used
   try {
     const response = await fetch("/api/explain", { method: "POST", body: form });
     const body = await response.json().catch(() => ({}));
@@ -435,11 +436,15 @@ async function openViewer(hit, strategy) {
     await image.decode().catch(() => null);
     image.hidden = false;
     $("explain-note").hidden = false;
-    // the picture's caption prints the relation network's score of the pair: say how it relates to ours
-    const caption = meaning.name === "match score" ? "is the same as above"
-      : `is the relation network's own score of this pair (0 to 1), a different measure from the ${meaning.name} above`;
-    status.textContent = `From the ${body.source} map, ${body.grid}×${body.grid} regions. ` +
-      `The “match score” under the picture ${caption}.`;
+    if (body.source === "ret") {  // the similarity above, split over the photo's regions
+      status.textContent = `The ${meaning.name} above, split over ${body.grid}×${body.grid} regions of the photo: ` +
+        "warm regions add most to it (they hold what your sketch matched).";
+    } else {  // the picture's caption prints the relation network's score of the pair: say how it relates to ours
+      const caption = meaning.name === "match score" ? "is the same as above"
+        : `is the relation network's own score of this pair (0 to 1), a different measure from the ${meaning.name} above`;
+      status.textContent = `From the ${body.source} map, ${body.grid}×${body.grid} regions. ` +
+        `The “match score” under the picture ${caption}.`;
+    }
     viewer.dataset.explained = "1";
   } catch (error) {
     status.className = "error";
