@@ -12,7 +12,8 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .deps import ServiceState
-from .errors import BodyLimit, install_error_handlers
+from .errors import install_error_handlers
+from .limits import BodyLimit, ClientLimit
 from .routes import meta, photos, search
 from .settings import Settings
 from .thumbnails import ThumbnailCache
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, searcher_factory: Callable[[Set
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ClientLimit)  # added last = outermost: a refused request costs no body read
 
     @app.middleware("http")
     async def security_headers(request, call_next):
