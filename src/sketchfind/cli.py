@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import SketchfindError
 from .names import shown_name
@@ -64,8 +65,7 @@ _plain_type_names()
 
 def error_line(message) -> None:
     """One line on stderr: ``error: message`` (file names shown safely, never read as markup)."""
-    console.print("[red]error:[/red] ", end="", highlight=False)
-    console.print(shown_name(str(message)), highlight=False, markup=False)
+    console.print(f"[red]error:[/red] {escape(shown_name(str(message)))}", highlight=False, soft_wrap=True)
 
 
 def friendly(fn):
@@ -167,8 +167,9 @@ def index_cmd(
         progress=True,
     )
     for path, reason in result.skipped[:20]:
-        console.print("[yellow]skipped[/yellow] ", end="", highlight=False)
-        console.print(f"{shown_name(path)}: {shown_name(reason)}", highlight=False, markup=False)
+        console.print(
+            f"[yellow]skipped[/yellow] {escape(shown_name(path))}: {escape(shown_name(reason))}", soft_wrap=True
+        )
     if len(result.skipped) > 20:
         console.print(f"... and {len(result.skipped) - 20} more skipped (see --report)")
     if report is not None:

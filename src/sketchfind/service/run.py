@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import CheckpointError
 from ..names import shown_name
@@ -34,7 +35,7 @@ def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
     console.print(report.summary())
     for path, reason in report.skipped[:10]:
         console.print(
-            f"[yellow]skipped[/yellow] {shown_name(path)}: {shown_name(reason)}", highlight=False, markup=False
+            f"[yellow]skipped[/yellow] {escape(shown_name(path))}: {escape(shown_name(reason))}", soft_wrap=True
         )
     return searcher
 
