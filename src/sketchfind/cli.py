@@ -10,13 +10,17 @@ Python user could not reach from the library.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import SketchfindError
+from .names import shown_name
 
 app = typer.Typer(
     help="Find photos in your own collection by drawing a sketch (ZSE-SBIR, zero-shot).",
@@ -63,19 +67,33 @@ def _plain_type_names() -> None:
 _plain_type_names()
 
 
+def error_line(message) -> None:
+    """One line on stderr: ``error: message`` (file names shown safely, never read as markup)."""
+    console.print(f"[red]error:[/red] {escape(shown_name(str(message)))}", highlight=False, soft_wrap=True)
+
+
 def friendly(fn):
-    """Turns SketchfindError (and Ctrl-C) into a clean message and a non-zero exit code."""
+    """Turns SketchfindError (and Ctrl-C) into a clean message and a non-zero exit code; any other error
+    (a bug) into one line too, exit code 2, with the traceback only when SKETCHFIND_DEBUG is set."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SketchfindError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            error_line(exc)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("interrupted")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("SKETCHFIND_DEBUG"):
+                raise
+            logging.getLogger("sketchfind").debug("unexpected error", exc_info=exc)
+            error_line(f"unexpected {type(exc).__name__}: {exc} (set SKETCHFIND_DEBUG=1 for the traceback)")
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -136,7 +154,7 @@ def index_cmd(
 
     from .index import build_index
 
-    missing = [str(path) for path in photos if not path.exists()]
+    missing = [shown_name(path) for path in photos if not path.exists()]
     if missing:  # refused before anything is loaded or written
         raise SketchfindError(f"not found: {', '.join(missing)}")
     result = build_index(
@@ -156,12 +174,17 @@ def index_cmd(
         runtime=runtime,
     )
     for path, reason in result.skipped[:20]:
-        console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+        console.print(
+            f"[yellow]skipped[/yellow] {escape(shown_name(path))}: {escape(shown_name(reason))}", soft_wrap=True
+        )
     if len(result.skipped) > 20:
         console.print(f"... and {len(result.skipped) - 20} more skipped (see --report)")
     if report is not None:
-        report.write_text(json.dumps(result.to_dict(), indent=2))
-    print(f"{index}: {result.summary()} ({result.seconds:.1f} s)")
+        try:
+            report.write_text(json.dumps(result.to_dict(), indent=2))  # ASCII JSON: any file name survives
+        except OSError as err:
+            raise SketchfindError(f"cannot write {report}: {err.strerror or err}") from err
+    print(f"{shown_name(index)}: {result.summary()} ({result.seconds:.1f} s)")
 
 
 @app.command("search")
@@ -201,7 +224,7 @@ def search_cmd(
                 result = searcher.search(source, k=k)
             except SketchfindError as exc:
                 failed += 1
-                console.print(f"[red]error:[/red] {exc}", highlight=False)
+                error_line(exc)
                 continue
             drawn.append((source, result))
             if fmt == "json":
@@ -223,9 +246,9 @@ def _positive_int(text: str, option: str) -> int:
 
 
 def _print_result(result) -> None:
-    print(f"{result.query}  ({result.strategy}, {result.seconds:.3f} s)\n  rank  score   photo")
-    for hit in result.hits:  # plain lines, never truncated: paths are what the user came for
-        print(f"  {hit.rank:>4}  {hit.score:.4f}  {hit.path}")
+    print(f"{shown_name(result.query)}  ({result.strategy}, {result.seconds:.3f} s)\n  rank  score   photo")
+    for hit in result.hits:  # plain lines, never truncated: paths are what the user came for, one per line
+        print(f"  {hit.rank:>4}  {hit.score:.4f}  {shown_name(hit.path)}")
 
 
 @app.command("info")

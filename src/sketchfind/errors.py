@@ -39,3 +39,11 @@ class UnknownPhotoError(IndexStoreError):
 
 class PhotoMissingError(SketchfindError):
     """An indexed photo whose file is gone or no longer readable."""
+
+
+class NotAPhotoError(InputError):
+    """Content that no photo decoder accepts (a drawing, a document...), whatever its name says."""
+
+
+class TooComplexError(InputError):
+    """A drawing over a complexity or time budget (elements, points, path length, seconds): the API answers 422."""

@@ -111,6 +111,16 @@ class SearchState:
         return normalize(self.store.codec.decode_first(self.store.read_codes(self.snapshot, positions)))
 
 
+@dataclass(frozen=True)
+class PreparedSketch:
+    """A sketch already decoded and preprocessed (:meth:`Searcher.prepare`): the model's (S, S, 3) input.
+
+    Decoding and rasterising cost CPU but no model: the service does it before taking the model lock."""
+
+    squared: np.ndarray
+    name: str
+
+
 # (positions best first, their scores, stage -> seconds)
 Ranking = tuple[np.ndarray, np.ndarray, dict[str, float]]
 
@@ -334,9 +344,16 @@ class Searcher:
         return torch.from_numpy(state.tokens(state.snapshot.positions(photo_ids)))
 
     # -- queries ------------------------------------------------------------------------------------
+    def prepare(self, source) -> PreparedSketch:
+        """Decode and preprocess a sketch (any accepted source) without the model; searching it is then cheaper."""
+        if isinstance(source, PreparedSketch):
+            return source
+        name = str(source) if isinstance(source, str | Path) else type(source).__name__
+        return PreparedSketch(sketch_array(source, self.model.cfg.preprocess), name)
+
     def encode_query(self, source) -> torch.Tensor:
-        """A sketch (any accepted source) -> tokens (1, T, D)."""
-        return self._encode_array(sketch_array(source, self.model.cfg.preprocess))
+        """A sketch (any accepted source, or a :class:`PreparedSketch`) -> tokens (1, T, D)."""
+        return self._encode_array(self.prepare(source).squared)
 
     def _encode_array(self, squared: np.ndarray) -> torch.Tensor:
         image = to_tensor(squared, self.model.cfg.preprocess).unsqueeze(0)
@@ -346,12 +363,12 @@ class Searcher:
     def search(self, source, k: int | None = 20, strategy: str | None = None) -> SearchResult:
         """Ranks the gallery for one sketch: the best ``k`` photos (``k=None``: the whole gallery)."""
         start = time.perf_counter()
-        query = self.encode_query(source)
+        sketch = self.prepare(source)
+        query = self.encode_query(sketch)
         encode_s = time.perf_counter() - start
         hits, timings = self.search_tokens(query, k, strategy)
         timings = {"encode": encode_s, **timings}
-        name = str(source) if isinstance(source, str | Path) else type(source).__name__
-        return SearchResult(name, strategy or self.settings.strategy, time.perf_counter() - start, hits, timings)
+        return SearchResult(sketch.name, strategy or self.settings.strategy, time.perf_counter() - start, hits, timings)
 
     def search_many(self, sources, k: int | None = 20, strategy: str | None = None) -> list[SearchResult]:
         """:meth:`search` for several sketches with the model loaded once."""
@@ -389,14 +406,14 @@ class Searcher:
         The sketch is decoded once; the photo's pixels come from its file (PhotoMissingError when it
         cannot be read any more)."""
         from .errors import PhotoMissingError, SketchfindError
-        from .explain import explain_ret, explain_tokens, explains_ret, render
+        from .explain import DISPLAY_SIZE, explain_ret, explain_tokens, explains_ret, render
         from .preprocess import read_photo
 
         strategy = check_strategy(strategy or self.settings.strategy)
         record = self.photo(photo_id)
-        squared = sketch_array(sketch, self.model.cfg.preprocess)
+        squared = self.prepare(sketch).squared
         try:
-            photo = read_photo(record.path).convert("RGB")
+            photo = read_photo(record.path, max_side=DISPLAY_SIZE).convert("RGB")  # reduced decode: shown small
         except SketchfindError as err:  # the file changed or vanished since indexing
             raise PhotoMissingError(f"the file of photo {photo_id} cannot be read any more: {err}") from err
         query = self._encode_array(squared)

@@ -123,17 +123,34 @@ def load_index_model(meta: dict, index_dir) -> ZSEModel:
 
 
 def scan_photos(sources) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files to index from files and folders (recursive, JPEG/PNG/WebP/BMP) + sources that do not exist."""
-    found, missing = set(), []
+    """Files to index from files and folders (recursive, JPEG/PNG/WebP/BMP by suffix; their content is
+    checked when they are read) + (path, reason) for sources that do not exist and folders that cannot
+    be read. File names may be any bytes the file system allows."""
+    found, problems = set(), []
     for source in [sources] if isinstance(sources, str | os.PathLike) else sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            found.update(p.resolve() for p in path.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+            found.update(_walk_photos(path, problems))
         elif path.is_file():
             found.add(path.resolve())
         else:
-            missing.append((str(path), "not found"))
-    return sorted(found), missing
+            problems.append((str(path), "not found"))
+    return sorted(found), problems
+
+
+def _walk_photos(folder: Path, problems: list[tuple[str, str]]) -> set[Path]:
+    """Photo files under ``folder``; a subfolder that cannot be listed is reported, not skipped silently."""
+
+    def unreadable(err: OSError) -> None:
+        problems.append((str(err.filename), f"folder not readable: {err.strerror or err}"))
+
+    found = set()
+    for parent, _, names in os.walk(folder, onerror=unreadable):
+        for name in names:
+            path = Path(parent) / name
+            if path.suffix.lower() in PHOTO_SUFFIXES and path.is_file():
+                found.add(path.resolve())
+    return found
 
 
 def open_or_create(
@@ -209,7 +226,7 @@ def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_f
         sha = hashlib.sha256(data).digest()
         if known is not None and known[3] == sha:
             return "same", known[0], stat.st_mtime_ns, str(path)
-        image = read_photo(data)
+        image = read_photo(data, str(path))
         x = preprocess_photo(image, model_pre)
         y = preprocess_photo(image, clip_pre) if clip_pre is not None else None
         label = path.parent.name if label_from_folder else None

@@ -109,6 +109,26 @@ class Snapshot:
         return pos
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id is unknown, never an OverflowError
+
+
+def _to_db(text: str | None) -> str | bytes | None:
+    """A path or label as SQLite keeps it: text when it is valid UTF-8, else its exact file-system bytes
+    (a BLOB; Python holds such names with surrogate escapes, which SQLite's text cannot store)."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+
+
+def _from_db(value: str | bytes | None) -> str | None:
+    """The inverse of :func:`_to_db`: the path exactly as the file system gave it."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def index_exists(root: str | Path) -> bool:
     """Whether ``root`` holds an index database (complete or not)."""
     return (Path(root) / DB_NAME).is_file()
@@ -275,6 +295,7 @@ class IndexStore:
     def photos(self, ids) -> list[PhotoRecord]:
         """Records of the given ids that exist, in the given order."""
         ids = [int(i) for i in ids]
+        ids = [i for i in ids if 0 <= i <= MAX_ID]
         found: dict[int, PhotoRecord] = {}
         with self._db_lock:
             for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
@@ -282,26 +303,26 @@ class IndexStore:
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT id, path, sha256, size, label, added FROM photos WHERE id IN ({marks})"
                 for r in self.conn.execute(sql, chunk):
-                    found[r[0]] = PhotoRecord(r[0], r[1], r[2].hex(), r[3], r[4], r[5])
+                    found[r[0]] = PhotoRecord(r[0], _from_db(r[1]), r[2].hex(), r[3], _from_db(r[4]), r[5])
         return [found[i] for i in ids if i in found]
 
     def paths(self, snapshot: Snapshot) -> list[str]:
         """Paths in snapshot order."""
         with self._db_lock:
             by_id = dict(self.conn.execute("SELECT id, path FROM photos"))
-        return [by_id.get(int(i), "") for i in snapshot.ids]
+        return [_from_db(by_id.get(int(i), "")) for i in snapshot.ids]
 
     def labels(self, snapshot: Snapshot) -> list[str | None]:
         """Labels in snapshot order."""
         with self._db_lock:
             by_id = dict(self.conn.execute("SELECT id, label FROM photos"))
-        return [by_id.get(int(i)) for i in snapshot.ids]
+        return [_from_db(by_id.get(int(i))) for i in snapshot.ids]
 
     def file_states(self) -> dict[str, tuple[int, int, int, bytes]]:
         """path -> (id, size, mtime_ns, sha256) for incremental indexing."""
         with self._db_lock:
             rows = self.conn.execute("SELECT path, id, size, mtime_ns, sha256 FROM photos").fetchall()
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        return {_from_db(r[0]): (r[1], r[2], r[3], r[4]) for r in rows}
 
     def _shard_map(self, kind: str, shard: int, rows: int) -> np.ndarray:
         """(rows, row_bytes) read-only view of one shard's committed rows."""
@@ -412,12 +433,12 @@ class IndexStore:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(shard_rows.items()))
             for photo, (s, r) in zip(photos, places, strict=True):
-                values = (photo.sha256, photo.size, photo.mtime_ns, photo.label, now, s, r)
+                values = (photo.sha256, photo.size, photo.mtime_ns, _to_db(photo.label), now, s, r)
                 if photo.id is None:
                     cur = self.conn.execute(
                         "INSERT INTO photos (sha256, size, mtime_ns, label, added, shard, row, path) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (*values, photo.path),
+                        (*values, _to_db(photo.path)),
                     )
                     ids.append(cur.lastrowid)
                 else:
@@ -441,7 +462,7 @@ class IndexStore:
     def remove(self, ids) -> int:
         """Removes photos by id (their shard bytes become unreferenced); returns how many existed."""
         self._require_writable()
-        ids = [int(i) for i in ids]
+        ids = [int(i) for i in ids if 0 <= int(i) <= MAX_ID]
         removed = 0
         with self._db_lock, self.conn:
             self.conn.execute("BEGIN IMMEDIATE")

@@ -20,14 +20,16 @@ size limits, suffixes), :mod:`.drawings` (QuickDraw strokes and SVG), :mod:`.nor
 any style -> dark strokes on white).
 """
 
-from .drawings import render_strokes, render_svg
+from .drawings import DRAWING_LIMITS, render_strokes, render_svg
 from .images import (
     MAX_FILE_BYTES,
     MAX_PIXELS,
+    MAX_SKETCH_DECODE_PIXELS,
     PHOTO_SUFFIXES,
     RASTER_FORMATS,
     SKETCH_SUFFIXES,
     RasterFormat,
+    photo_format,
     raster_format,
     read_photo,
     read_sketch_rgb,
@@ -44,14 +46,17 @@ from .pipeline import (
 )
 
 __all__ = [
+    "DRAWING_LIMITS",
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
+    "MAX_SKETCH_DECODE_PIXELS",
     "PHOTO_SUFFIXES",
     "RASTER_FORMATS",
     "SKETCH_SUFFIXES",
     "RasterFormat",
     "ink_mask",
     "normalize_drawing",
+    "photo_format",
     "photo_array",
     "preprocess_photo",
     "preprocess_sketch",

@@ -18,11 +18,14 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError, TooLargeError
+from ..errors import InputError, NotAPhotoError, TooLargeError
 from .drawings import parse_strokes_json, render_strokes, render_svg, strokes_from_object
 
-MAX_PIXELS = 40_000_000  # larger images are refused before their pixels are decoded
+MAX_PIXELS = 40_000_000  # larger images (photos and sketches) are refused before their pixels are decoded
 MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
+# Sketches end at 224 px: larger raster sketches are decoded reduced (JPEG DCT scaling, else a box
+# reduction), so a 40 MP upload costs one decode of its pixels instead of ~20 full-size copies.
+MAX_SKETCH_DECODE_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,11 @@ def raster_format(data: bytes) -> str | None:
     return next((fmt.name for fmt in RASTER_FORMATS.values() if fmt.matches(data)), None)
 
 
-def read_sketch_rgb(source: Any) -> np.ndarray:
-    """Decode any accepted sketch source to uint8 HxWx3 RGB (like cv2.imread; alpha composited on white)."""
-    name = describe_source(source)
+def read_sketch_rgb(source: Any, name: str | None = None) -> np.ndarray:
+    """Decode any accepted sketch source to uint8 HxWx3 RGB (like cv2.imread; alpha composited on white).
+
+    Raster sketches over ``MAX_SKETCH_DECODE_PIXELS`` are decoded reduced by 2, 4 or 8."""
+    name = name or describe_source(source)
     if isinstance(source, np.ndarray):
         return _gray_to_rgb(_flatten_alpha(_array_to_uint8(source, name)))
     if isinstance(source, Image.Image):
@@ -81,21 +86,33 @@ def read_sketch_rgb(source: Any) -> np.ndarray:
     return _decode_raster_rgb(encoded, name)
 
 
-def read_photo(source: Any) -> Image.Image:
-    """Open any accepted photo source as a loaded PIL image (EXIF-oriented, alpha composited on white)."""
-    name = describe_source(source)
+def read_photo(source: Any, name: str | None = None, max_side: int | None = None) -> Image.Image:
+    """Open a photo (PNG, JPEG, WebP or BMP by content: never a drawing) as a loaded PIL image,
+    EXIF-oriented, alpha composited on white. ``max_side``: a JPEG is decoded at the smallest DCT scale
+    that keeps both sides at least that long (thumbnails), so it never costs a full decode."""
+    name = name or describe_source(source)
     if isinstance(source, np.ndarray):
         return Image.fromarray(_flatten_alpha(_array_to_uint8(source, name)))
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height, name)
         _load(source, name)
         return _flatten_pil(_exif_transpose(source))
-    encoded = _bytes_or_drawing(source, name)
-    if isinstance(encoded, Image.Image):
-        return encoded
-    image = _open_image(encoded, name)
+    data, _ = read_bytes(source, name)
+    if raster_format(data) is None:
+        raise NotAPhotoError(f"{name} is not an image in a photo format (PNG, JPEG, WebP, BMP)")
+    image = _open_image(data, name)
+    if max_side is not None and image.format == "JPEG":
+        image.draft("RGB", (max_side, max_side))
     _load(image, name)
     return _flatten_pil(_exif_transpose(image))
+
+
+def photo_format(data: bytes) -> RasterFormat:
+    """The raster format of photo bytes (by content); NotAPhotoError for anything else."""
+    fmt = raster_format(data)
+    if fmt is None:
+        raise NotAPhotoError("not an image in a photo format (PNG, JPEG, WebP, BMP)")
+    return RASTER_FORMATS[fmt]
 
 
 def read_bytes(source: Any, name: str) -> tuple[bytes, str]:
@@ -151,7 +168,7 @@ def _bytes_or_drawing(source: Any, name: str) -> bytes | Image.Image:
     data, suffix = read_bytes(source, name)
     kind = _sniff(data, suffix, name)
     if kind == "svg":
-        return render_svg(data)
+        return render_svg(data, name)
     if kind == "strokes":
         return render_strokes(parse_strokes_json(data, name))
     return data
@@ -222,17 +239,27 @@ def _check_pixels(width: int, height: int, name: str) -> None:
         raise InputError(f"{name} has no pixels ({width}x{height})")
 
 
+_REDUCED_READS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+_REDUCED_READS[8] = cv2.IMREAD_REDUCED_COLOR_8
+
+
+def sketch_reduction(width: int, height: int) -> int:
+    """1, 2, 4 or 8: the smallest factor that brings a sketch under ``MAX_SKETCH_DECODE_PIXELS``."""
+    return next((f for f in (1, 2, 4) if width * height <= MAX_SKETCH_DECODE_PIXELS * f * f), 8)
+
+
 def _decode_raster_rgb(data: bytes, name: str) -> np.ndarray:
     """8-bit RGB exactly as cv2.imread gives it; images with transparency are composited on white."""
     image = _open_image(data, name)
+    factor = sketch_reduction(image.width, image.height)
     if _has_alpha(image):
         _load(image, name)
-        return _pil_to_rgb(image, name)
+        return _pil_to_rgb(image.reduce(factor) if factor > 1 else image, name)
     if image.format == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         # No end-of-image marker after the last scan: some OpenCV builds decode it as gray.
         raise InputError(f"{name} is corrupt or truncated: JPEG data ends early")
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_READS[factor])
     except cv2.error as err:
         raise InputError(f"{name} is corrupt: {err}") from err
     if bgr is None:
@@ -263,6 +290,9 @@ def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
     """Any-mode PIL image -> uint8 HxWx3 RGB (EXIF-oriented like cv2.imread, alpha on white)."""
     _check_pixels(image.width, image.height, name)
     _load(image, name)
+    factor = sketch_reduction(image.width, image.height)
+    if factor > 1 and image.mode not in ("P", "1"):
+        image = image.reduce(factor)
     image = _exif_transpose(image)
     if _has_alpha(image):
         return _flatten_alpha(np.asarray(image.convert("RGBA")))

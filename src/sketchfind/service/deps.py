@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -20,6 +21,9 @@ from .errors import ApiError
 from .settings import Settings
 from .thumbnails import ThumbnailCache
 
+MAX_CONCURRENT_DECODES = 2  # image decodes / drawing rasterisations at once (each up to ~4 bytes x MAX_PIXELS)
+REFRESH_SECONDS = 1.0  # at most this often a request checks whether another process committed to the index
+
 
 @dataclass
 class ServiceState:
@@ -29,8 +33,11 @@ class ServiceState:
     settings: Settings
     thumbnails: ThumbnailCache
     # One model call at a time: torch already uses both cores for one query, and index writes must not
-    # interleave with searches. Photo files and thumbnails are served without it.
+    # interleave with searches. Decoding, rasterising, photo files and thumbnails happen without it.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Decoding is what costs memory (a 40 MP photo is 120 MB of pixels): a fixed number at a time.
+    decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_DECODES))
+    checked_at: float = 0.0  # time.monotonic() of the last freshness check
 
     async def run(self, fn, *args, request: Request | None = None):
         """Run blocking Searcher work in the thread pool, one call at a time.
@@ -38,9 +45,24 @@ class ServiceState:
         A request whose client has gone while it waited (the page aborts a search when a newer stroke
         ends) is dropped before it costs any model time."""
         async with self.lock:
-            if request is not None and await request.is_disconnected():
-                raise ApiError(499, "the client closed the request", "client_closed")
+            await _check_connected(request)
             return await run_in_threadpool(self._call, fn, *args)
+
+    async def decode(self, fn, *args, request: Request | None = None):
+        """Run CPU- and memory-heavy work without the model (decoding, rasterising) in the thread pool,
+        at most ``MAX_CONCURRENT_DECODES`` at a time."""
+        async with self.decodes:
+            await _check_connected(request)
+            return await run_in_threadpool(fn, *args)
+
+    async def refresh(self) -> None:
+        """See photos another process committed to the index (at most every ``REFRESH_SECONDS``); the
+        Searcher swaps in a whole committed generation, never a half-written one."""
+        now = time.monotonic()
+        if now - self.checked_at < REFRESH_SECONDS:
+            return
+        self.checked_at = now
+        await run_in_threadpool(self.searcher.refresh)
 
     def _call(self, fn, *args):
         threads = self.settings.threads
@@ -49,8 +71,16 @@ class ServiceState:
         return fn(*args)
 
 
-def get_state(request: Request) -> ServiceState:
-    return request.app.state.sketchfind
+async def _check_connected(request: Request | None) -> None:
+    if request is not None and await request.is_disconnected():
+        raise ApiError(499, "the client closed the request", "client_closed")
+
+
+async def get_state(request: Request) -> ServiceState:
+    """The service state, with the index brought up to date when another process committed to it."""
+    state = request.app.state.sketchfind
+    await state.refresh()
+    return state
 
 
 State = Annotated[ServiceState, Depends(get_state)]
@@ -89,7 +119,8 @@ async def read_sketch(request: Request, model: type[BaseModel]) -> SketchRequest
     if content_type == "multipart/form-data":
         return await _from_form(request, model)
     if content_type in ("application/json", "text/json"):
-        return _from_json(await request.body(), model)
+        body = await request.body()
+        return await run_in_threadpool(_from_json, body, model)  # 10 MB of JSON is ~0.1 s of CPU
     if content_type.startswith("image/") or content_type in ("application/octet-stream",):
         data = await request.body()
         return SketchRequest(
@@ -121,7 +152,7 @@ def _known(params, model: type[BaseModel]) -> dict[str, str]:
 def _from_json(body: bytes, model: type[BaseModel]) -> SketchRequest:
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, ValueError) as err:  # ValueError: JSONDecodeError, or an int of 4,300+ digits
         raise ApiError(400, f"malformed JSON: {err}", "malformed_json") from None
     except RecursionError:
         raise ApiError(400, "malformed JSON: nested too deeply", "malformed_json") from None

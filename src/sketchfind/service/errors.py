@@ -13,13 +13,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import (
     EmptySketchError,
     IndexStoreError,
     InputError,
+    NotAPhotoError,
     PhotoMissingError,
     SketchfindError,
+    TooComplexError,
     TooLargeError,
     UnknownPhotoError,
 )
@@ -32,9 +35,12 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "too_many_requests",
+    499: "client_closed",
 }
 
 
@@ -62,6 +68,8 @@ def _validation_message(errors: list) -> str:
 # sketchfind errors answered as they are: their message is meant for a person
 _STATUS_BY_TYPE = {
     TooLargeError: (413, "too_large"),
+    TooComplexError: (422, "too_complex"),
+    NotAPhotoError: (422, "not_a_photo"),
     InputError: (422, "bad_input"),
     UnknownPhotoError: (404, "not_found"),
     PhotoMissingError: (404, "photo_file_missing"),
@@ -112,48 +120,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def too_deep(_: Request, exc: RecursionError):  # json.loads on "[[[[..." raises this, not a JSON error
         return error_response(422, "the JSON is nested too deeply to be a sketch", "bad_input")
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):  # nobody reads the answer: one quiet line
+        log.info("%s %s: the client disconnected before the request was read", request.method, request.url.path)
+        return error_response(499, "the client closed the request", "client_closed")
+
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception):
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal error: the server log has the details", "internal")
-
-
-class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` with 413, before reading more than that.
-
-    ``Content-Length`` is checked first; bodies without one (chunked) are counted as they stream in
-    and cut off at the limit. A body under the limit is buffered and replayed to the app."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH", "DELETE"):
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or ()).get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                return await error_response(400, "invalid Content-Length header")(scope, receive, send)
-            if int(length) > self.max_bytes:
-                return await self._too_large(scope, receive, send)
-        messages, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            total += len(message.get("body", b""))
-            if total > self.max_bytes:
-                return await self._too_large(scope, receive, send)
-            messages.append(message)
-            if not message.get("more_body"):
-                break
-
-        async def replay():
-            return messages.pop(0) if messages else await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _too_large(self, scope, receive, send):
-        limit = f"{self.max_bytes / 2**20:g} MB"
-        response = error_response(413, f"the upload is too large: the limit is {limit}", "too_large")
-        return await response(scope, receive, send)

@@ -12,7 +12,8 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .deps import ServiceState
-from .errors import BodyLimit, install_error_handlers
+from .errors import install_error_handlers
+from .limits import BodyLimit, ClientLimit
 from .routes import meta, photos, search
 from .settings import Settings
 from .thumbnails import ThumbnailCache
@@ -22,6 +23,29 @@ _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'"
 )
+
+
+class SecurityHeaders:
+    """Adds the CSP and nosniff headers to every answer (plain ASGI: a request that ends without an answer,
+    like a client gone mid-body, is not turned into a 'No response returned' traceback)."""
+
+    _HEADERS = ((b"content-security-policy", _CSP.encode()), (b"x-content-type-options", b"nosniff"))
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", ())}
+                extra = [(name, value) for name, value in self._HEADERS if name not in names]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
 
 
 def load_settings_model(settings: Settings) -> Any:
@@ -70,13 +94,9 @@ def create_app(settings: Settings | None = None, searcher_factory: Callable[[Set
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ClientLimit)  # added last = outermost: a refused request costs no body read
 
-    @app.middleware("http")
-    async def security_headers(request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", _CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     for router in (meta.router, search.router, photos.router):
         app.include_router(router)

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import CheckpointError
+from ..names import shown_name
 from .settings import Settings
 
 
@@ -35,7 +37,9 @@ def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
     )
     console.print(report.summary())
     for path, reason in report.skipped[:10]:
-        console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False)
+        console.print(
+            f"[yellow]skipped[/yellow] {escape(shown_name(path))}: {escape(shown_name(reason))}", soft_wrap=True
+        )
     return searcher
 
 
@@ -43,6 +47,7 @@ def serve(settings: Settings, photos: Path | None, host: str, port: int, console
     """Index ``photos`` if given, load the Searcher once, serve until Ctrl-C."""
     import uvicorn
 
+    from .limits import uvicorn_options
     from .main import create_app, open_searcher
 
     # open the Searcher before uvicorn starts, so a missing index or model fails with a clean message
@@ -54,4 +59,4 @@ def serve(settings: Settings, photos: Path | None, host: str, port: int, console
         f"sketchfind: {len(searcher)} photos, serving at [bold]{where}[/bold]  (API schema: {where}openapi.json; "
         f"photo upload/delete: {uploads}). Ctrl-C stops it."
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_options())

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Strategy = Literal["exhaustive", "clustered", "ann"]
+MAX_PHOTO_ID = 2**62  # photo ids are SQLite integers: larger ones are refused (422), never an overflow (500)
 
 
 class SketchJSON(BaseModel):
@@ -31,7 +32,9 @@ class SketchJSON(BaseModel):
 class ExplainJSON(SketchJSON):
     """A sketch (as in /api/search) and the indexed photo to explain it against."""
 
-    photo_id: int | None = Field(None, description="the indexed photo; may be a query parameter instead")
+    photo_id: int | None = Field(
+        None, ge=0, le=MAX_PHOTO_ID, description="the indexed photo; may be a query parameter instead"
+    )
 
 
 class Hit(BaseModel):
@@ -129,6 +132,9 @@ class Info(BaseModel):
     max_k: int
     max_upload_bytes: int
     max_pixels: int
+    limits: dict[str, float | int] = Field(
+        description="every resource bound: pixels, drawing budget, decodes and requests at once, timeouts"
+    )
     uploads_enabled: bool
     index: dict[str, Any] = Field(description="index_info.json as written by the index builder")
 

@@ -7,9 +7,11 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from ...preprocess import MAX_PIXELS
-from ..deps import State
+from ...preprocess import DRAWING_LIMITS, MAX_FILE_BYTES, MAX_PIXELS, MAX_SKETCH_DECODE_PIXELS
+from ..deps import MAX_CONCURRENT_DECODES, REFRESH_SECONDS, State
+from ..limits import limits_info
 from ..schemas import Health, Info
+from ..thumbnails import SIZE_BUCKETS
 
 router = APIRouter(tags=["meta"])
 
@@ -34,6 +36,17 @@ async def info(state: State) -> Info:
         max_k=settings.max_k,
         max_upload_bytes=settings.max_upload_bytes,
         max_pixels=MAX_PIXELS,
+        limits={
+            "max_pixels": MAX_PIXELS,
+            "max_file_bytes": MAX_FILE_BYTES,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "sketch_decode_pixels": MAX_SKETCH_DECODE_PIXELS,
+            **{f"drawing_{name}": value for name, value in DRAWING_LIMITS.items()},
+            "concurrent_decodes": MAX_CONCURRENT_DECODES,
+            "thumbnail_sizes_max": max(SIZE_BUCKETS),
+            "index_refresh_seconds": REFRESH_SECONDS,
+            **limits_info(),
+        },
         uploads_enabled=settings.token is not None,
         index=details,
     )

@@ -4,27 +4,27 @@ need the bearer token."""
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ...atomic import atomic_write_bytes
-from ...errors import SketchfindError, UnknownPhotoError
-from ...preprocess import RASTER_FORMATS, raster_format, read_photo
+from ...errors import NotAPhotoError, SketchfindError, UnknownPhotoError
+from ...names import shown_name
+from ...preprocess import photo_format, read_photo
 from ..deps import State, require_token
 from ..errors import ApiError
-from ..schemas import DeleteResponse, ErrorBody, PhotoInfo, UploadResponse
+from ..schemas import MAX_PHOTO_ID, DeleteResponse, ErrorBody, PhotoInfo, UploadResponse
+from ..thumbnails import size_bucket
 from .search import photo_urls
 
 router = APIRouter(prefix="/api/photos", tags=["photos"])
 
-PhotoId = Annotated[int, PathParam(description="the photo's id in the index", ge=0, le=2**62)]
+PhotoId = Annotated[int, PathParam(description="the photo's id in the index", ge=0, le=MAX_PHOTO_ID)]
 _NOT_FOUND = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
 
@@ -42,11 +42,26 @@ def _existing_file(record) -> Path:
     return path
 
 
-@router.get("/{photo_id}", responses={200: {"content": {"image/jpeg": {}}}, **_NOT_FOUND})
+def _media_type(path: Path, photo_id: int) -> str:
+    """The media type of the photo file by its content (never its name): a photo format, or 404."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+        return photo_format(head).media_type
+    except OSError:
+        raise ApiError(404, f"the file of photo {photo_id} cannot be read any more", "photo_file_missing") from None
+    except NotAPhotoError:
+        raise ApiError(404, f"the file of photo {photo_id} is no longer a photo", "photo_file_missing") from None
+
+
+_PHOTO_TYPES = {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}, "image/bmp": {}}}
+
+
+@router.get("/{photo_id}", responses={200: _PHOTO_TYPES, **_NOT_FOUND})
 async def photo(state: State, photo_id: PhotoId) -> FileResponse:
-    """The original photo file."""
+    """The original photo file, with the media type of its content."""
     path = _existing_file(_record(state.searcher, photo_id))
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    media_type = _media_type(path, photo_id)
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
 
@@ -54,16 +69,19 @@ async def photo(state: State, photo_id: PhotoId) -> FileResponse:
 async def thumbnail(
     request: Request, state: State, photo_id: PhotoId, size: Annotated[int | None, Query(ge=32, le=1024)] = None
 ) -> Response:
-    """A JPEG thumbnail (longer side ``size``, default 256), made once and cached in memory."""
+    """A JPEG thumbnail (longer side ``size`` rounded up to 64, 128, 256, 512 or 1024; default 256), made
+    once per size bucket and cached in memory."""
     record = _record(state.searcher, photo_id)
     path = _existing_file(record)
-    size = size or state.settings.thumbnail_size
+    size = size_bucket(size or state.settings.thumbnail_size)
     etag = f'"{(record.sha256 or "")[:16]}-{size}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=300"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     try:
-        data = await run_in_threadpool(state.thumbnails.get, path, record.sha256 or "", size)
+        data = state.thumbnails.peek(path, record.sha256 or "", size)
+        if data is None:  # a decode: one of the bounded decode slots
+            data = await state.decode(state.thumbnails.get, path, record.sha256 or "", size, request=request)
     except SketchfindError as err:
         raise ApiError(404, f"photo {photo_id} cannot be read any more: {err}", "photo_file_missing") from None
     return Response(data, media_type="image/jpeg", headers=headers)
@@ -71,7 +89,11 @@ async def thumbnail(
 
 def photo_info(record) -> PhotoInfo:
     return PhotoInfo(
-        id=record.id, name=Path(record.path).name, label=record.label, size=record.size, **photo_urls(record.id)
+        id=record.id,
+        name=shown_name(Path(record.path).name),
+        label=record.label,
+        size=record.size,
+        **photo_urls(record.id),
     )
 
 
@@ -105,11 +127,12 @@ async def upload(request: Request, state: State) -> UploadResponse:
         raise ApiError(422, "no files: send one or more photos in the multipart field 'files'", "invalid_request")
     saved, skipped = [], []
     for upload_file in uploads:
-        name = Path(upload_file.filename or "photo").name
-        try:
-            saved.append((name, _store_upload(await upload_file.read(), name, state.settings.uploads)))
+        name = shown_name(Path(upload_file.filename or "photo").name)
+        data = await upload_file.read()
+        try:  # decoding checks the photo: off the event loop, in a decode slot
+            saved.append((name, await state.decode(_store_upload, data, name, state.settings.uploads)))
         except SketchfindError as err:
-            skipped.append({"name": name, "reason": str(err)})
+            skipped.append({"name": name, "reason": shown_name(str(err))})
     if not saved:
         return UploadResponse(added=[], unchanged=[], skipped=skipped)
 
@@ -120,17 +143,19 @@ async def upload(request: Request, state: State) -> UploadResponse:
     report, records = await state.run(add)
     names = {str(path): name for name, path in saved}
     added = [photo_info(records[report.ids[path]]) for path in [*report.new, *report.updated]]
-    unchanged = [names.get(path, Path(path).name) for path in report.unchanged]
-    skipped += [{"name": names.get(path, Path(path).name), "reason": reason} for path, reason in report.skipped]
+    unchanged = [names.get(path, shown_name(Path(path).name)) for path in report.unchanged]
+    skipped += [
+        {"name": names.get(path, shown_name(Path(path).name)), "reason": shown_name(reason)}
+        for path, reason in report.skipped
+    ]
     return UploadResponse(added=added, unchanged=unchanged, skipped=skipped)
 
 
 def _store_upload(data: bytes, name: str, folder: Path) -> Path:
-    """Check the bytes are a usable photo, then write them (atomically) under a content-hash file name."""
-    read_photo(data)  # InputError for non-images, >40 MP, corrupt files
-    fmt = raster_format(data)
-    # A drawing (SVG, strokes) keeps the old ".jpg" name: reading sniffs it by content, not by suffix.
-    extension = RASTER_FORMATS[fmt].extension if fmt else ".jpg"
+    """Check the bytes are a usable photo, then write them (atomically) under a content-hash file name with
+    the extension of their format (by content: a drawing or a mislabelled file is refused)."""
+    extension = photo_format(data).extension  # NotAPhotoError for SVG, strokes JSON, anything else
+    read_photo(data, name)  # InputError for >40 MP, corrupt or truncated files
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (hashlib.sha256(data).hexdigest()[:32] + extension)
     if not target.exists():

@@ -10,9 +10,19 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from ...explain import png_bytes
+from ...names import shown_name
 from ..deps import State, clamp_k, read_sketch
 from ..errors import ApiError
-from ..schemas import ErrorBody, ExplainJSON, ExplainResponse, Hit, SearchResponse, SketchJSON, Strategy
+from ..schemas import (
+    MAX_PHOTO_ID,
+    ErrorBody,
+    ExplainJSON,
+    ExplainResponse,
+    Hit,
+    SearchResponse,
+    SketchJSON,
+    Strategy,
+)
 
 router = APIRouter(prefix="/api", tags=["search"])
 
@@ -64,14 +74,15 @@ async def search(
     k = clamp_k(sketch.fields.get("k") or k, state)
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
     searcher = state.searcher
-
-    result = await state.run(searcher.search, sketch.source, k, strategy, request=request)
+    # decoding and rasterising in a decode slot; only the model call takes the model lock
+    prepared = await state.decode(searcher.prepare, sketch.source, request=request)
+    result = await state.run(searcher.search, prepared, k, strategy, request=request)
     hits = [
         Hit(
             rank=h.rank,
             id=h.photo_id,
             score=float(h.score),
-            name=Path(h.path).name,
+            name=shown_name(Path(h.path).name),
             label=h.label,
             **photo_urls(h.photo_id),
         )
@@ -97,7 +108,9 @@ async def search(
 async def explain(
     request: Request,
     state: State,
-    photo_id: Annotated[int | None, Query(description="the indexed photo (also accepted in the body)")] = None,
+    photo_id: Annotated[
+        int | None, Query(ge=0, le=MAX_PHOTO_ID, description="the indexed photo (also accepted in the body)")
+    ] = None,
     strategy: Annotated[
         Strategy | None, Query(description="explain the score this strategy ranks by (default: the server's)")
     ] = None,
@@ -110,10 +123,17 @@ async def explain(
     if photo_id is None:
         raise ApiError(422, "say which photo to explain: photo_id", "invalid_request")
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
-    explanation, images = await state.run(state.searcher.explain, sketch.source, photo_id, strategy, request=request)
+    prepared = await state.decode(state.searcher.prepare, sketch.source, request=request)
+    explanation, images = await state.run(state.searcher.explain, prepared, photo_id, strategy, request=request)
     if format == "png":
-        return Response(png_bytes(images["combined"]), media_type="image/png")
-    urls = {name: "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode() for name, img in images.items()}
+        return Response(await state.decode(png_bytes, images["combined"]), media_type="image/png")
+
+    def data_urls() -> dict[str, str]:
+        return {
+            name: "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode() for name, img in images.items()
+        }
+
+    urls = await state.decode(data_urls)
     summary = explanation.to_dict()
     summary.pop("matrix")
     return ExplainResponse(
