@@ -52,7 +52,7 @@ def resolve_runtime(runtime: str | None = None) -> str:
     if runtime not in RUNTIMES:
         raise SketchfindError(f"unknown runtime {runtime!r}; choose auto, {' or '.join(RUNTIMES)}")
     if runtime not in available_runtimes():
-        raise SketchfindError("the onnx runtime needs onnxruntime: pip install 'sketchfind[onnx]'")
+        raise SketchfindError("the onnx runtime needs onnxruntime (a dependency): pip install onnxruntime onnx")
     return runtime
 
 

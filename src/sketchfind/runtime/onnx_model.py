@@ -34,6 +34,8 @@ class OnnxModel(Encodes):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
+        # idle threads must not spin: they would burn the CPU that torch, FAISS and the other sessions need
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # incl. NCHWc conv layouts
         self.sessions = {
             name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
