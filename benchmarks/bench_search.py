@@ -163,7 +163,7 @@ def scaling(args, model) -> list[dict]:
             log(f"scaling n={n} {strategy} {variant} ({queries} queries)")
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-            rows[-1]["rerank_k"] = rows[-1]["search_settings"]["rerank_k"]
+            rows[-1]["rerank_k"] = rows[-1]["search_settings"]["rank"]["rerank_k"]
             if rerank_k:
                 rows[-1]["strategy"] = f"ann + RN head K'={rerank_k}"
             log(json.dumps(rows[-1]))
