@@ -30,6 +30,8 @@ SKETCHY = HERE.parents[1] / "shared" / "data" / "sketchy-mini"
 
 def main() -> None:
     from sketchfind.attribution import ret_photo_heat
+    from sketchfind.datasets import read_class_file
+    from sketchfind.datasets import scan_root as scan
     from sketchfind.explain import _attention_matrix, _inked_cells, explain_tokens
     from sketchfind.models.factory import load_model
     from sketchfind.preprocess import preprocess_photo, read_sketch_rgb
@@ -43,7 +45,6 @@ def main() -> None:
         sketch_photo_pairs,
     )
     from sketchfind.rerank import RankSettings, expand_query, normalize
-    from sketchfind.train.data import read_class_file, scan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None)

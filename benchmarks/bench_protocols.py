@@ -33,10 +33,11 @@ def log(*args) -> None:
 
 
 def main() -> None:
+    from sketchfind.datasets import read_class_file
+    from sketchfind.datasets import scan_root as scan
     from sketchfind.models.factory import load_model
     from sketchfind.preprocess.normalize import normalize_drawing
     from sketchfind.protocols import report_markdown, run_protocols
-    from sketchfind.train.data import read_class_file, scan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None, help="folder for cached encodings (.npy)")
