@@ -139,3 +139,29 @@ def test_run_protocols_on_a_tiny_real_subset(tmp_path):
         "refused": 2,
         "drop": 1.0,
     }
+
+
+def test_eval_command_runs_the_protocols(tmp_path):
+    """`sketchfind eval --protocols --doodles DIR` writes the mixed-gallery, doodle and perturbation tables."""
+    from typer.testing import CliRunner
+
+    from sketchfind.cli import app
+
+    classes = ["alarm_clock", "bear"]
+    root = link_sketchy_subset(tmp_path / "data", classes + ["cannon"], per_class=2)
+    (tmp_path / "classes.txt").write_text("\n".join(classes))
+    doodles = tmp_path / "doodles"
+    doodles.mkdir()
+    for c in classes:
+        (doodles / f"{c}.ndjson").write_text(
+            "\n".join((QUICKDRAW / "train" / f"{c}.ndjson").read_text().splitlines()[:2])
+        )
+    out = tmp_path / "out"
+    args = ["eval", "--sketches", root / "sketches", "--photos", root / "photos", "--classes", tmp_path / "classes.txt"]
+    args += ["--no-baselines", "--protocols", "--doodles", doodles, "--out", out]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    table = (out / "protocols.md").read_text()
+    assert "sketches vs mixed" in table and "doodles vs standard" in table and "| faint_grey |" in table
+    report = json.loads((out / "protocols.json").read_text())
+    assert report["retrieval"]["sketches vs mixed"]["gallery"] == 6  # every photo of the folder, all 3 classes

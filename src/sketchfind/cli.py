@@ -346,6 +346,16 @@ def eval_cmd(
         float | None, typer.Option(min=0, max=1, help="f in f*ret + (1-f)*rn (default: the model's, as search)")
     ] = None,
     baselines: Annotated[bool, typer.Option(help="also rank randomly and with the untrained backbone")] = True,
+    protocols: Annotated[
+        bool,
+        typer.Option(
+            help="also the protocols of real use: the --classes' sketches vs every photo of the folder (mixed "
+            "gallery), --doodles drawn as the page draws them, and the perturbation suite (protocols.md)"
+        ),
+    ] = False,
+    doodles: Annotated[
+        Path | None, typer.Option(help="QuickDraw <class>.ndjson folder for --protocols", metavar="DIR")
+    ] = None,
 ) -> None:
     """Evaluate retrieval (mAP@all, mAP@200, P@100 ...) of the [Ret], relation-network, fused and ann rankings."""
     from .datasets import read_class_file
@@ -359,6 +369,13 @@ def eval_cmd(
     result = evaluate(net, sketches, photos, class_list, settings=settings, baselines=baselines)
     paths = write_report(result, out)
     Console().print(paths["markdown"].read_text())
+    if protocols:
+        from .protocols import write_protocols
+
+        if sketches.parent != photos.parent:
+            raise SketchfindError("--protocols needs --sketches and --photos side by side (ROOT/sketches, ROOT/photos)")
+        paths |= write_protocols(net, sketches.parent, result.settings["class_names"], doodles, settings, out)
+        Console().print(paths["protocols"].read_text())
     Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

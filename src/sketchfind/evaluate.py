@@ -133,6 +133,7 @@ def evaluate(
         "sketches": str(sketches_dir),
         "photos": str(photos_dir),
         "classes": len(split.classes),
+        "class_names": list(split.classes),
         "queries": len(q_files),
         "gallery": len(g_files),
         "fusion": settings.fusion,

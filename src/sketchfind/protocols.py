@@ -563,3 +563,19 @@ def pointing_markdown(results: dict[str, dict]) -> str:
             f"({p['pairs_off_centre']}) | {p['auc']:.3f} | {p['pairs']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def write_protocols(model, root, classes: list[str], doodle_dir, settings: RankSettings, out_dir) -> dict[str, Path]:
+    """``sketchfind eval --protocols``: :func:`run_protocols` with the robust input the search uses, written as
+    ``protocols.json`` and ``protocols.md`` into ``out_dir``; returns their paths."""
+    import json
+
+    from .preprocess.normalize import normalize_drawing
+
+    report = run_protocols(model, root, classes, doodle_dir, prepare=normalize_drawing, settings=settings)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"protocols_json": out / "protocols.json", "protocols": out / "protocols.md"}
+    paths["protocols_json"].write_text(json.dumps(report, indent=2, default=float))
+    paths["protocols"].write_text(report_markdown(report))
+    return paths
