@@ -435,6 +435,11 @@ async function openViewer(hit, strategy) {
     image.src = body.images.combined;
     await image.decode().catch(() => null);
     image.hidden = false;
+    $("explain-note").textContent = body.source === "ret"
+      ? "Warm colours mark the regions that add most to the similarity: on the photo, where it holds what your " +
+        "sketch matched; on the sketch, the strokes that matched it."
+      : "Warm colours mark the regions that match best; each line links a part of your sketch to the part of " +
+        "the photo it matches most.";
     $("explain-note").hidden = false;
     if (body.source === "ret") {  // the similarity above, split over the photo's regions
       status.textContent = `The ${meaning.name} above, split over ${body.grid}×${body.grid} regions of the photo: ` +
