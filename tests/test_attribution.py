@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from sketchfind.attribution import explain_ret, ret_cell_contributions, ret_photo_heat
+from sketchfind.attribution import ret_cell_contributions, ret_photo_heat
 from sketchfind.errors import ConfigError
-from sketchfind.explain import explain
+from sketchfind.explain import explain, explain_ret
 from sketchfind.models.factory import load_model
-from sketchfind.preprocess import preprocess_photo, preprocess_sketch
+from sketchfind.preprocess import preprocess_photo, preprocess_sketch, read_photo, sketch_array
+from sketchfind.rerank import expand_query
 
 from .conftest import SKETCHY
 
@@ -36,11 +37,13 @@ def test_contributions_sum_to_the_ret_cosine(lite0):
     heat = ret_photo_heat(lite0, feats, query)
     assert heat.min() == 0 and heat.max() == 1
     assert np.array_equal(heat.reshape(2, -1).argmax(1), contributions.reshape(2, -1).argmax(1))
-    one = explain_ret(lite0, sketch, images[:1])
-    assert one["score"] == pytest.approx(float(photo_ret[0] @ query), abs=1e-5)
-    neighbours = (photo_ret.numpy(), 2.0)  # query expansion: the heat explains the expanded query
-    expanded = explain_ret(lite0, sketch, images[:1], neighbours)
-    assert expanded["score"] != pytest.approx(one["score"], abs=1e-4)
+    squared, photo = sketch_array(SKETCH, lite0.cfg.preprocess), read_photo(PHOTOS[0]).convert("RGB")
+    one = explain_ret(lite0, squared, photo)
+    assert one.score == pytest.approx(float(photo_ret[0] @ query), abs=1e-5)
+    expanded_query = expand_query(query.numpy(), photo_ret.numpy(), 2.0)  # the heat explains the expanded query
+    expanded = explain_ret(lite0, squared, photo, expanded_query)
+    assert expanded.score == pytest.approx(float(photo_ret[0] @ torch.from_numpy(expanded_query)), abs=1e-5)
+    assert expanded.score != pytest.approx(one.score, abs=1e-4)
 
 
 def test_encoder_ret_models_are_refused(tiny_model):

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .rerank import expand_query
 
 
 def ret_cell_contributions(model, photo_features: torch.Tensor, query: torch.Tensor) -> np.ndarray:
@@ -52,22 +51,6 @@ def ret_photo_heat(model, photo_features: torch.Tensor, query: torch.Tensor) -> 
     low, high = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
     heat = (flat - low) / np.maximum(high - low, 1e-12)
     return heat.reshape(contributions.shape)
-
-
-@torch.inference_mode()
-def explain_ret(model, sketch_tokens: torch.Tensor, photo_image: torch.Tensor, neighbours=None) -> dict:
-    """One pair for the explain module: (1, T, D) sketch tokens and a (1, 3, S, S) preprocessed photo ->
-    {"score": [Ret] cosine, "photo_heat": (g, g), "contributions": (g, g)}. ``neighbours``: (m, D) [Ret]
-    embeddings of the photos query expansion used, with the expansion weight, as ``(embeddings, weight)``,
-    so the heat explains the expanded query the ann ranking scored."""
-    query = F.normalize(sketch_tokens[:, 0].float(), dim=-1)[0].numpy()
-    if neighbours is not None:
-        embeddings, weight = neighbours
-        query = expand_query(query, np.asarray(embeddings), float(weight))
-    feats = model.tokens.features(photo_image, "photo")
-    contributions = ret_cell_contributions(model, feats, torch.from_numpy(np.asarray(query)))[0]
-    heat = ret_photo_heat(model, feats, torch.from_numpy(np.asarray(query)))[0]
-    return {"score": float(contributions.sum()), "photo_heat": heat, "contributions": contributions}
 
 
 def sketch_cell_contributions(model, sketch_features: torch.Tensor, photo_ret: torch.Tensor) -> np.ndarray:
