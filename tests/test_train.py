@@ -14,7 +14,7 @@ from sketchfind.errors import InputError
 from sketchfind.train.data import sample_quadruplets
 from sketchfind.train.loop import TrainConfig, Trainer
 
-from .conftest import link_sketchy_subset
+from .conftest import SHARED, link_sketchy_subset
 
 CLASSES = ["airplane", "apple", "bicycle", "cup", "fan", "shark"]
 
@@ -142,3 +142,47 @@ def test_hed_drawings_of_train_photos_stand_in_for_sketches(subset, tmp_path):
         for stage in trainer.model.tokens.stages("photo")[: trainer.start]:
             x = stage(x)
     torch.testing.assert_close(edges[0, 0].float(), x[0], atol=2e-2, rtol=1e-2)
+
+
+QUICKDRAW = SHARED / "data" / "quickdraw-mini" / "train"
+
+
+def test_stroke_augmentation_keeps_a_drawing():
+    from sketchfind.protocols import load_doodles, render_doodle
+    from sketchfind.train.data import augment_strokes
+
+    drawings, _ = load_doodles(QUICKDRAW, ["apple", "bicycle"])
+    rng = np.random.default_rng(0)
+    counts = []
+    for strokes in drawings[:20]:
+        for _ in range(5):
+            out = augment_strokes(strokes, rng)
+            assert 1 <= len(out) <= len(strokes)  # strokes dropped or cut to a prefix, never all
+            counts.append(len(out) < len(strokes))
+            image = render_doodle(out)
+            ink = (image < 128).mean()
+            assert 0.002 < ink < 0.5  # still a drawing, fitted to the canvas
+    assert 0.2 < np.mean(counts) < 0.8  # some augmented doodles lose strokes, most keep enough
+
+
+def test_doodles_join_training_and_validation(subset, tmp_path):
+    trainer = Trainer(config(subset, tmp_path / "run", epochs=1, doodles=str(QUICKDRAW), doodle_share=1.0))
+    history = trainer.fit()
+    row = history[0]
+    assert np.isfinite(row["total"]) and np.isfinite(row["rn_rank"])
+    # doodles of the training classes of the subset that QuickDraw has (apple, bicycle, cup, fan, airplane)
+    labels = trainer.data["train_doodles_labels"].numpy()
+    names = {trainer.train_split.classes[i] for i in labels}
+    assert names and names <= set(trainer.train_split.classes)
+    assert trainer.data["train_doodles"].shape[:2] == (len(labels), 2)  # plain + one augmented view each
+    # validation ranks the mixed gallery and selects on the mean of the query sets
+    assert 0 <= row["val_mixed_map_ret"] <= 1
+    assert row["val_score"] == max(v for k, v in row.items() if k.startswith("val_map_ann_"))
+
+
+def test_doodle_folder_without_training_classes(subset, tmp_path):
+    empty = tmp_path / "doodles"
+    empty.mkdir()
+    (empty / "zebra.ndjson").write_text("")
+    with pytest.raises(Exception, match="no <class>.ndjson"):
+        Trainer(config(subset, tmp_path / "run", epochs=1, doodles=str(empty))).fit()

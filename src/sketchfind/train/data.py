@@ -14,9 +14,12 @@ def augment_sketch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     if rng.random() < 0.5:
         img = img[:, ::-1]
-    if rng.random() < 0.3:  # thicker or thinner strokes
-        kernel = np.ones((2, 2), np.uint8)
-        img = cv2.erode(img, kernel) if rng.random() < 0.7 else cv2.dilate(img, kernel)
+    if rng.random() < 0.4:  # thicker strokes (up to a marker's) or thinner ones
+        if rng.random() < 0.75:
+            size_k = int(rng.integers(2, 6))
+            img = cv2.erode(img, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size_k, size_k)))
+        else:
+            img = cv2.dilate(img, np.ones((2, 2), np.uint8))
     angle = rng.uniform(-10, 10)
     scale = rng.uniform(0.8, 1.05)
     shift = rng.uniform(-0.06, 0.06, size=2) * size
@@ -42,6 +45,30 @@ def augment_photo(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gray = out.mean(axis=2, keepdims=True)
     out = gray + (out - gray) * rng.uniform(0.7, 1.3)  # saturation
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def augment_strokes(strokes: list, rng: np.random.Generator) -> list:
+    """A doodle as someone else might have drawn it: a prefix of its strokes (the drawing while it was
+    being drawn) or 0-30% of them dropped, simplified polylines, jittered points and strokes, and a small
+    random linear distortion. Strokes are ``[xs, ys]`` pairs (QuickDraw's layout); at least one is kept."""
+    lines = [np.asarray(s[:2], dtype=np.float64).T for s in strokes if len(s[0])]
+    n = len(lines)
+    pick = rng.random()
+    if n > 1 and pick < 0.3:
+        lines = lines[: int(rng.integers(int(np.ceil(n / 2)), n))]
+    elif n > 1 and pick < 0.6:
+        drop = rng.random(n) < rng.uniform(0.05, 0.3)
+        drop[rng.integers(n)] = False
+        lines = [line for line, d in zip(lines, drop, strict=True) if not d]
+    if rng.random() < 0.5:
+        eps = rng.uniform(0.5, 4.0)  # in QuickDraw units (the drawing spans 0-255)
+        lines = [
+            cv2.approxPolyDP(line.astype(np.float32)[:, None], eps, False)[:, 0].astype(np.float64) for line in lines
+        ]
+    sigma = rng.uniform(0.0, 2.5)
+    lines = [line + rng.normal(0, sigma, line.shape) + rng.normal(0, 2 * sigma, 2) for line in lines]
+    warp = np.eye(2) + rng.normal(0, 0.08, (2, 2))
+    return [[line[:, 0], line[:, 1]] for line in (line @ warp.T for line in lines)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ from ..models.factory import save_weights
 from ..models.zse import ZSEModel
 from ..preprocess import photo_array, sketch_array, to_tensor
 from ..progress import progress
-from ..rerank import FUSION_GRID, fuse, pipeline_scores, settings_key, validation_grid
-from .data import augment_photo, augment_sketch, sample_quadruplets
+from ..protocols import load_doodles, render_doodle
+from ..rerank import FUSION_GRID, RankSettings, fuse, pipeline_scores, settings_key, validation_grid
+from .data import augment_photo, augment_sketch, augment_strokes, sample_quadruplets
 from .losses import zse_losses
 
 
@@ -59,6 +60,15 @@ class TrainConfig:
     cache_dir: str | None = None  # where backbone caches are kept (default: the run folder); shareable across runs
     val_queries_per_class: int = 5  # sketches per validation class ranked by the (slower) relation network
     edges: float = 0.3  # chance that a training sketch is replaced by the HED edge map of a photo of its class
+    doodles: str | None = (
+        None  # folder of QuickDraw doodles, <class>.ndjson, of training classes (quickdraw-mini/train)
+    )
+    doodle_share: float = 0.3  # chance that a training sketch of a class with doodles is replaced by one of them
+    rn_rank_weight: float = 1.0  # listwise relation loss: each sketch against every photo of the step
+
+
+DOODLE_PENS = (2, 3, 5, 5, 8, 12)  # pen widths of augmented doodle views on the page's 512 px canvas (page: 5)
+MIXED_LABEL_OFFSET = 1_000_000  # training photos join the validation gallery as distractors with these labels
 
 
 def set_seed(seed: int) -> None:
@@ -110,11 +120,30 @@ def image_views(source, kind: str, model: ZSEModel, views: int, rng: np.random.G
     return torch.stack([to_tensor(np.ascontiguousarray(a), pre) for a in arrays])
 
 
+def doodle_views(strokes: list, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
+    """(views, 3, S, S): the doodle drawn as the page draws it, then redrawn with stroke-level augmentation
+    (:func:`~sketchfind.train.data.augment_strokes`), another pen width and the image augmentation."""
+    pre = model.cfg.preprocess
+    arrays = [sketch_array(render_doodle(strokes), pre)]
+    for _ in range(views - 1):
+        drawn = render_doodle(augment_strokes(strokes, rng), pen=int(rng.choice(DOODLE_PENS)))
+        arrays.append(augment_sketch(sketch_array(drawn, pre), rng))
+    return torch.stack([to_tensor(np.ascontiguousarray(a), pre) for a in arrays])
+
+
+def doodles_of(folder: str | Path, classes: list[str]) -> tuple[list[list], np.ndarray]:
+    """The doodles of ``classes`` found in ``folder`` (``<class>.ndjson``) and their labels (index in
+    ``classes``); classes without a file have none."""
+    present = [c for c in classes if (Path(folder) / f"{c}.ndjson").is_file()]
+    drawings, names = load_doodles(folder, present)
+    return drawings, np.asarray([classes.index(n) for n in names], dtype=np.int64)
+
+
 @torch.inference_mode()
 def build_cache(model: ZSEModel, files: list, kind: str, views: int, seed: int, start: int, desc: str):
     """(N, views, C, h, w) fp16 outputs of the first ``start`` backbone stages (the same for both modalities:
     stages that training leaves alone are ImageNet's in both branches). ``kind="edges"``: the files are
-    photos, drawn as HED edge maps and treated as sketches."""
+    photos, drawn as HED edge maps and treated as sketches; ``kind="doodles"``: they are stroke lists."""
     rng = np.random.default_rng(seed)
     hed = None
     if kind == "edges":
@@ -137,6 +166,8 @@ def build_cache(model: ZSEModel, files: list, kind: str, views: int, seed: int, 
 
 def _views_of(path, kind: str, hed, model: ZSEModel, views: int, rng: np.random.Generator) -> torch.Tensor:
     """The views of one training file; with ``hed``, of the edge map of the photo at ``path``."""
+    if kind == "doodles":
+        return doodle_views(path, model, views, rng)
     if hed is not None:
         from ..preprocess import read_photo
 
@@ -215,9 +246,25 @@ class Trainer:
             desc = "drawing edge maps of train photos"
             return build_cache(self.model, files, "edges", c.views, c.seed, self.start, desc)
 
+        def doodle_features():
+            out = {}
+            for name, split, views in (("train", self.train_split, c.views), ("val", self.val_split, 1)):
+                drawings, labels = doodles_of(c.doodles, split.classes)
+                if drawings:
+                    desc = f"drawing {name} doodles"
+                    out[f"{name}_doodles"] = build_cache(
+                        self.model, drawings, "doodles", views, c.seed, self.start, desc
+                    )
+                    out[f"{name}_doodles_labels"] = torch.from_numpy(labels)
+            if "train_doodles" not in out:
+                raise ConfigError(f"--doodles {c.doodles}: no <class>.ndjson file of a training class there")
+            return out
+
         data = cached(folder / f"cache-{tag}", features)
         if c.edges > 0:  # HED drawings of the training photos: their own cache, shared by runs with any --edges
             data["train_edges"] = cached(folder / f"edges-{tag}", edge_maps)
+        if c.doodles:  # the doodles' own cache (its name says which folder they came from)
+            data.update(cached(folder / f"doodles-{Path(c.doodles).name}-{tag}", doodle_features))
         self.data = data
 
     @torch.no_grad()
@@ -250,11 +297,25 @@ class Trainer:
             photos = np.array([rng.choice(np.flatnonzero(ph_lab == c)) for c in classes], dtype=np.int64)
             if len(swap):
                 sk[swap] = d["train_edges"][photos, rng.integers(0, cfg.views, len(swap))]
+        if cfg.doodles and cfg.doodle_share > 0:  # some sketches become doodles of the same class
+            doodle_lab = d["train_doodles_labels"].numpy()
+            classes = sk_lab[np.concatenate([quad[:, 0], quad[:, 1]])]
+            swap = np.flatnonzero(np.isin(classes, doodle_lab) & (rng.random(2 * b) < cfg.doodle_share))
+            picks = np.array([rng.choice(np.flatnonzero(doodle_lab == c)) for c in classes[swap]], dtype=np.int64)
+            if len(swap):
+                sk[swap] = d["train_doodles"][picks, rng.integers(0, cfg.views, len(swap))]
         ph = torch.cat([d["train_photos"][quad[:, 2], view[:, 2]], d["train_photos"][quad[:, 3], view[:, 3]]])
         sketch_tokens = tokens_from_cache(self.model, sk, "sketch", self.start)  # [sketch; sketch_neg]
         photo_tokens = tokens_from_cache(self.model, ph, "photo", self.start)  # [photo; photo_neg]
         sketch_ca, photo_ca, scores = self.model.pair_forward(sketch_tokens, photo_tokens)
         losses = zse_losses(torch.cat([sketch_ca[:, 0], photo_ca[:, 0]]), scores, cfg.margin)
+        if cfg.rn_rank_weight > 0:  # the relation network ranks each sketch's photos among all 2b of the step
+            logits = self.model.relation_scores(sketch_tokens[:b], photo_tokens, logits=True)  # (b, 2b)
+            photo_lab = np.concatenate([ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
+            positive = torch.from_numpy(sk_lab[quad[:, 0]][:, None] == photo_lab[None]).float()
+            log_prob = logits.log_softmax(dim=1)
+            losses["rn_rank"] = cfg.rn_rank_weight * -((log_prob * positive).sum(1) / positive.sum(1)).mean()
+            losses["total"] = losses["total"] + losses["rn_rank"]
         if cfg.ret_weight > 0:
             lab = torch.from_numpy(
                 np.concatenate([sk_lab[quad[:, 0]], sk_lab[quad[:, 1]], ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
@@ -275,33 +336,84 @@ class Trainer:
     # -- validation ---------------------------------------------------------------------------
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """mAP@all on the validation classes for the [Ret], relation-network and fused rankings, and for the
-        ann pipeline under each setting of :func:`~sketchfind.rerank.validation_grid` (export picks the best)."""
+        """mAP@all on the validation classes, as people search: validation sketches (and doodles, with
+        ``--doodles``) against the validation photos, and the same queries against a mixed gallery (the
+        validation photos among every training photo). Per query set: the [Ret], relation-network and fused
+        rankings and the ann pipeline under each setting of :func:`~sketchfind.rerank.validation_grid`;
+        each setting's key holds its mean over the query sets (export picks the best), ``val_score`` the best."""
         self.model.eval()
-        d = self.data
+        d, per_class = self.data, self.cfg.val_queries_per_class
 
         def encode(cached: torch.Tensor, modality: str) -> torch.Tensor:
             return torch.cat([tokens_from_cache(self.model, x, modality, self.start) for x in cached.split(64)])
 
-        sk, ph = encode(d["val_sketches"][:, 0], "sketch"), encode(d["val_photos"][:, 0], "photo")
-        ql, gl = d["val_sketches_labels"].numpy(), d["val_photos_labels"].numpy()
-        # the relation network ranks every photo for a few sketches per class (all pairs would dominate the epoch)
-        keep = np.concatenate([np.flatnonzero(ql == c)[: self.cfg.val_queries_per_class] for c in np.unique(ql)])
-        sk, ql = sk[keep], ql[keep]
-        ret = (self.model.retrieval_embedding(sk) @ self.model.retrieval_embedding(ph).T).numpy()
-        rn = self.model.relation_scores(sk, ph).numpy()
-        out = {
-            "val_map_ret": retrieval_metrics(-ret, ql, gl)["map_all"],
-            "val_map_rn": retrieval_metrics(-rn, ql, gl)["map_all"],
-        }
-        for f in FUSION_GRID[:-1]:  # fusion 1 is the [Ret] ranking itself
-            out[f"val_map_fused_{f:g}"] = retrieval_metrics(-fuse(ret, rn, f), ql, gl)["map_all"]
-        sk_emb, ph_emb = self.model.retrieval_embedding(sk).numpy(), self.model.retrieval_embedding(ph).numpy()
-        for settings in validation_grid():
-            scores = pipeline_scores(sk_emb, ph_emb, rn, settings)
-            out[settings_key(settings)] = retrieval_metrics(-scores, ql, gl)["map_all"]
+        def first(labels: np.ndarray, n: int) -> np.ndarray:
+            return np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)])
+
+        ph, gl = encode(d["val_photos"][:, 0], "photo"), d["val_photos_labels"].numpy()
+        queries = {"sketches": (d["val_sketches"], d["val_sketches_labels"].numpy(), per_class)}
+        if "val_doodles" in d:  # doodles are quick to rank: twice as many per class
+            queries["doodles"] = (d["val_doodles"], d["val_doodles_labels"].numpy(), 2 * per_class)
+        # the relation network ranks every photo for a few queries per class (all pairs would dominate the epoch)
+        out: dict[str, float] = {}
+        tokens, labels, grid = [], [], validation_grid()
+        for name, (cached, ql, n) in queries.items():
+            keep = first(ql, n)
+            sk = encode(cached[keep, 0], "sketch")
+            tokens.append(sk)
+            labels.append(ql[keep])
+            prefix = "val_map" if name == "sketches" else f"val_{name}_map"
+            out.update(self._rank_metrics(sk, ql[keep], ph, gl, prefix, f"val_{name}_", grid, full_relation=True))
+        # the mixed gallery: every training photo joins as a distractor
+        distractors = encode(d["train_photos"][:, 0], "photo")
+        mixed = torch.cat([ph, distractors])
+        mixed_labels = np.concatenate([gl, d["train_photos_labels"].numpy() + MIXED_LABEL_OFFSET])
+        sk_all, ql_all = torch.cat(tokens), np.concatenate(labels)
+        out.update(self._rank_metrics(sk_all, ql_all, mixed, mixed_labels, "val_mixed_map", "val_mixed_", grid))
+        sets = ["sketches", *(["doodles"] if "doodles" in queries else []), "mixed"]
+        for settings in grid:
+            key = settings_key(settings)
+            out[key] = float(np.mean([out[f"val_{q}_" + key.removeprefix("val_")] for q in sets]))
+        out["val_score"] = max(out[settings_key(s)] for s in grid)
         self.model.train()
         return out
+
+    def _rank_metrics(
+        self, sk, ql, ph, gl, prefix: str, setting_prefix: str, grid: list[RankSettings], full_relation: bool = False
+    ) -> dict[str, float]:
+        """The rankings of queries ``sk`` vs photos ``ph`` (tokens) by mAP@all: [Ret], the relation network
+        and fused (with ``full_relation``: every pair is scored) and the ann pipeline per setting (the
+        relation network scores only the pairs some setting re-ranks)."""
+        ret_q, ret_p = self.model.retrieval_embedding(sk).numpy(), self.model.retrieval_embedding(ph).numpy()
+        cos = ret_q @ ret_p.T
+        out = {f"{prefix}_ret": retrieval_metrics(-cos, ql, gl)["map_all"]}
+        if full_relation:
+            rn = self.model.relation_scores(sk, ph).numpy()
+            out[f"{prefix}_rn"] = retrieval_metrics(-rn, ql, gl)["map_all"]
+            for f in FUSION_GRID[:-1]:  # fusion 1 is the [Ret] ranking itself
+                out[f"{prefix}_fused_{f:g}"] = retrieval_metrics(-fuse(cos, rn, f), ql, gl)["map_all"]
+        else:
+            rn = self._head_relation(sk, ph, ret_q, ret_p, grid)
+        for settings in grid:
+            scores = pipeline_scores(ret_q, ret_p, rn, settings)
+            out[setting_prefix + settings_key(settings).removeprefix("val_")] = retrieval_metrics(-scores, ql, gl)[
+                "map_all"
+            ]
+        return out
+
+    def _head_relation(self, sk, ph, ret_q, ret_p, grid: list[RankSettings]) -> np.ndarray:
+        """(Q, P) relation scores filled only where a setting of ``grid`` re-ranks (its head), 0 elsewhere."""
+        heads = [set() for _ in range(len(sk))]
+        for settings in {s.updated(fusion=1.0) for s in grid if s.uses_relation}:
+            order = np.argsort(-pipeline_scores(ret_q, ret_p, None, settings), axis=1, kind="stable")
+            for q, row in enumerate(order[:, : settings.rerank_k]):
+                heads[q].update(row.tolist())
+        rn = np.zeros((len(sk), len(ph)), np.float32)
+        for q, head in enumerate(heads):
+            if head:
+                idx = np.array(sorted(head))
+                rn[q, idx] = self.model.relation_scores(sk[q : q + 1], ph[idx]).numpy()[0]
+        return rn
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, metrics: dict[str, float]) -> None:
@@ -318,10 +430,10 @@ class Trainer:
         }
         with atomic_path(self.out / "last.pth") as tmp:
             torch.save(state, tmp)
-        score = max(v for k, v in metrics.items() if k.startswith("val_map"))
+        score = metrics["val_score"]
         if score > self.best:
             self.best = score
-            best_key = max((k for k in metrics if k.startswith("val_map")), key=metrics.get)
+            best_key = max((settings_key(s) for s in validation_grid()), key=metrics.get)
             extra = {"val_metrics": json.dumps(metrics), "epoch": str(self.epoch), "selected_ranking": best_key}
             save_weights(self.model, self.out / "best.safetensors", extra=extra)
 
