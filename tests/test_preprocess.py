@@ -394,3 +394,20 @@ def test_empty_image_message_names_the_file(tmp_path):
 
 def test_errors_are_sketchfind_errors():
     assert issubclass(EmptySketchError, InputError) and issubclass(InputError, SketchfindError)
+
+
+def test_to_tensor_is_totensor_then_normalize_bit_for_bit():
+    """The numpy conversion equals torchvision's ToTensor (/255) + Normalize(mean, std) op for op."""
+    import torch
+
+    from sketchfind.config import get_model_config
+    from sketchfind.preprocess import to_tensor
+
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for name in ("zse-lite0", "zse-vit-b16"):
+        cfg = get_model_config(name).preprocess
+        expected = torch.tensor(rgb).permute(2, 0, 1).float().div(255)
+        expected = expected.sub(torch.tensor(cfg.mean).view(3, 1, 1)).div(torch.tensor(cfg.std).view(3, 1, 1))
+        got = to_tensor(rgb, cfg)
+        assert got.is_contiguous() and got.dtype == torch.float32
+        assert torch.equal(got, expected)
