@@ -124,3 +124,27 @@ def test_lite2_config_gives_the_same_49_tokens_on_its_imagenet_backbone(images):
         torch.testing.assert_close(model.tokens.features(photos, "photo"), imagenet.forward_features(photos))
         tokens = model.encode(sketches, "sketch")
     assert tokens.shape == (len(CLASSES), 50, cfg.width) and cfg.num_tokens == 50
+
+
+def test_sorted_relation_head_ignores_where_on_the_grid_a_match_lies(tmp_path):
+    """relation_head="sorted" reads each anchor's best match, sorted: shuffling the photo anchors (or the
+    sketch anchors) of a cosine map leaves the head's score unchanged, where the official "map" head reads
+    positions; ONNX runs the sorted head as PyTorch does."""
+    from sketchfind.runtime import load_runtime
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_model_config("zse-lite0"), relation_head="sorted")
+    model = ZSEModel(cfg).eval()
+    assert cfg.hash() != get_model_config("zse-lite0").hash()  # indexes know which head they were built with
+    official = ZSEModel(get_model_config("zse-lite0")).eval()
+    anchors = cfg.relation_grid**2
+    cos = torch.rand(4, anchors, anchors) * 2 - 1
+    rows, cols = torch.randperm(anchors), torch.randperm(anchors)
+    shuffled = cos[:, rows][:, :, cols]
+    with torch.no_grad():
+        torch.testing.assert_close(model.relation.mlp(shuffled), model.relation.mlp(cos))
+        assert not torch.allclose(official.relation.mlp(shuffled), official.relation.mlp(cos))
+        sketch, photos = torch.randn(2, cfg.num_tokens, cfg.width), torch.randn(5, cfg.num_tokens, cfg.width)
+        scores = model.relation_scores(sketch, photos)
+    onnx = load_runtime(model, "onnx", cache_dir=tmp_path)
+    torch.testing.assert_close(onnx.relation_scores(sketch, photos), scores, atol=1e-5, rtol=1e-4)

@@ -416,6 +416,10 @@ def train_cmd(
     rn_rank_weight: Annotated[
         float, typer.Option(min=0, help="weight of the relation network's listwise loss (0 = official MSE only)")
     ] = 1.0,
+    relation_head: Annotated[
+        str | None,
+        typer.Option(help="relation head of a lite model: map (official: the whole cosine map) or sorted"),
+    ] = None,
     val_classes: Annotated[int, typer.Option(min=1, help="seen classes held out for model selection")] = 15,
     seed: Annotated[int, typer.Option()] = 2021,
     cache_dir: Annotated[Path | None, typer.Option(help="where backbone caches are kept")] = None,
@@ -441,6 +445,7 @@ def train_cmd(
         doodles=str(doodles) if doodles else None,
         doodle_share=doodle_share,
         rn_rank_weight=rn_rank_weight,
+        relation_head=relation_head,
         val_classes=val_classes,
         seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None,

@@ -29,6 +29,9 @@ class PreprocessConfig:
     photo_mode: str = "squash"  # "squash": official resize to a square ignoring aspect
 
 
+LATER_FIELDS = {"relation_head": "map"}  # ModelConfig fields added after indexes existed, with their defaults
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One ZSE-SBIR family member: token source (ViT or CNN), encoder, cross-attention, relation net."""
@@ -57,6 +60,9 @@ class ModelConfig:
     downsample: str = "conv2x2"  # "conv2x2": official 2x2/2 conv with its reshape quirk; "linear": per token
     down_dim: int = 512  # channels of the tokens the cosine map is computed on
     rn_hidden: tuple[int, ...] = (343, 49)
+    # what the relation MLP reads: "map" = the whole flattened A x A cosine map (official); "sorted" = each
+    # sketch anchor's and each photo anchor's best match, sorted (2A order statistics: position-invariant)
+    relation_head: str = "map"
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     @property
@@ -96,7 +102,11 @@ class ModelConfig:
 
     def hash(self) -> str:
         """Stable short hash of the architecture + preprocessing (index compatibility check)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        data = self.to_dict()
+        for name, default in LATER_FIELDS.items():  # fields added later leave older configs' hashes as they were
+            if data.get(name) == default:
+                data.pop(name)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -363,7 +363,10 @@ class RelationHead(nn.Module):
         else:
             raise ValueError(f"unknown downsample {cfg.downsample!r}")
         anchors = cfg.relation_grid**2
-        sizes = (anchors * anchors, *cfg.rn_hidden)
+        if cfg.relation_head not in ("map", "sorted"):
+            raise ValueError(f"unknown relation_head {cfg.relation_head!r}")
+        self.reads = cfg.relation_head
+        sizes = (anchors * anchors if self.reads == "map" else 2 * anchors, *cfg.rn_hidden)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
         self.out = nn.Linear(sizes[-1], 1)
         self.drop = nn.Dropout(cfg.dropout)
@@ -386,9 +389,19 @@ class RelationHead(nn.Module):
         cos = dots / sketch_feats.norm(dim=-1, keepdim=True) / photo_feats.norm(dim=-1).unsqueeze(1)
         return torch.nan_to_num(cos, nan=0.0)
 
+    def mlp_input(self, cos_map: torch.Tensor) -> torch.Tensor:
+        """(P, A, A) -> (P, F): the flattened map (official), or with ``relation_head="sorted"`` each sketch
+        anchor's best cosine and each photo anchor's best cosine, each sorted (where on the grid a match lies
+        does not matter: drawings rarely overlay their photo)."""
+        if self.reads == "map":
+            return cos_map.flatten(1)
+        rows = cos_map.amax(dim=2).sort(dim=1, descending=True).values  # (P, A)
+        cols = cos_map.amax(dim=1).sort(dim=1, descending=True).values  # (P, A)
+        return torch.cat([rows, cols], dim=1)
+
     def mlp(self, cos_map: torch.Tensor, return_hidden: bool = False):
         """(P, A, A) -> (P,) logits (and the pre-ReLU hidden activations when asked)."""
-        x, hidden = cos_map.flatten(1), []
+        x, hidden = self.mlp_input(cos_map), []
         for layer in self.hidden:
             x = layer(x)
             hidden.append(x)

@@ -12,6 +12,7 @@ improves, ``best.safetensors``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     )
     doodle_share: float = 0.3  # chance that a training sketch of a class with doodles is replaced by one of them
     rn_rank_weight: float = 1.0  # listwise relation loss: each sketch against every photo of the step
+    relation_head: str | None = None  # override the model config's relation head ("map" official, "sorted")
 
 
 DOODLE_PENS = (2, 3, 5, 5, 8, 12)  # pen widths of augmented doodle views on the page's 512 px canvas (page: 5)
@@ -83,6 +85,12 @@ def build_model(cfg: TrainConfig) -> ZSEModel:
     from ..models.efficientnet import load_pretrained
 
     model_cfg = get_model_config(cfg.model)
+    if cfg.relation_head is not None:
+        if cfg.relation_head not in ("map", "sorted"):
+            raise ConfigError(f"--relation-head {cfg.relation_head}: choose map or sorted")
+        if model_cfg.backbone == "vit":
+            raise ConfigError("the full-size model keeps the official relation head")
+        model_cfg = dataclasses.replace(model_cfg, relation_head=cfg.relation_head)
     if not model_cfg.backbone.startswith("efficientnet"):
         raise ConfigError(
             f"training supports the CNN family (e.g. zse-lite0); {model_cfg.name} is {model_cfg.backbone}"
