@@ -50,9 +50,11 @@ def main() -> None:
     parser.add_argument("--cache", default=None)
     parser.add_argument("--seen", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--weights", default=None, help="weights to measure (default: the shipped model)")
+    parser.add_argument("--name", default=None, help="results file stem (default: pointing[-seen])")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = load_model("zse-lite0")
+    model = load_model("zse-lite0", weights=args.weights) if args.weights else load_model("zse-lite0")
     settings = RankSettings.from_metadata(model.weights_metadata)
     unseen = read_class_file(SKETCHY / "splits" / "unseen25.txt")
     classes = [c for c in scan(SKETCHY).classes if c not in unseen][:20] if args.seen else unseen
@@ -107,7 +109,7 @@ def main() -> None:
     report["squared, first 5 per class"] = {name: pointing_game(h, masks) for name, h in heats.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "pointing-seen" if args.seen else "pointing"
+    stem = args.name or ("pointing-seen" if args.seen else "pointing")
     (out / f"{stem}.json").write_text(json.dumps({"classes": classes, "pointing": report}, indent=1))
     text = "".join(f"### {name}\n\n{pointing_markdown(r)}\n" for name, r in report.items())
     (out / f"{stem}.md").write_text(text)

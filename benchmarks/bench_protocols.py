@@ -46,9 +46,14 @@ def main() -> None:
     parser.add_argument("--perturb-per-class", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--weights", default=None, help="weights to measure (default: the shipped model)")
+    parser.add_argument("--name", default=None, help="results file stem (default: protocols[-seen])")
+    parser.add_argument(
+        "--inputs", choices=("both", "product"), default="both", help="product: only the normalised input"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model("zse-lite0")
+    model = load_model("zse-lite0", weights=args.weights) if args.weights else load_model("zse-lite0")
     unseen = read_class_file(SKETCHY / "splits" / "unseen25.txt")
     if args.seen:  # design classes: seen sketchy classes that also have QuickDraw training doodles
         doodles = QUICKDRAW / "train"
@@ -58,7 +63,8 @@ def main() -> None:
         doodles, classes = QUICKDRAW / "unseen", unseen
     cache = Path(args.cache) if args.cache else None  # one folder: photos are encoded once for both runs
     report = {}
-    for name, prepare in (("official input", None), ("normalize_drawing", normalize_drawing)):
+    inputs = (("official input", None), ("normalize_drawing", normalize_drawing))
+    for name, prepare in inputs if args.inputs == "both" else inputs[1:]:
         log(name)
         report[name] = run_protocols(
             model,
@@ -72,8 +78,9 @@ def main() -> None:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "protocols-seen" if args.seen else "protocols"
+    stem = args.name or ("protocols-seen" if args.seen else "protocols")
     meta = {"classes": classes, "threads": args.threads, "rn_per_class": args.rn_per_class}
+    meta["weights"] = args.weights or "shipped zse-lite0"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, **report}, indent=1, default=float))
     text = "".join(f"## {name}\n\n{report_markdown(r)}\n" for name, r in report.items())
     (out / f"{stem}.md").write_text(text)
