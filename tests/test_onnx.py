@@ -117,8 +117,11 @@ def test_search_ranks_alike_with_either_runtime(lite, lite_index, strategy):
         for query in queries:
             want = eager.search(query, k=None, strategy=strategy).hits
             got = ort.search(query, k=None, strategy=strategy).hits
-            assert [h.photo_id for h in got] == [h.photo_id for h in want]
+            assert sorted(h.photo_id for h in got) == sorted(h.photo_id for h in want)
             np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=SCORES)
+            # the same order, except photos whose scores tie within the tolerance (e.g. near-duplicate photos)
+            torch_score = {h.photo_id: h.score for h in want}
+            np.testing.assert_allclose([torch_score[h.photo_id] for h in got], [h.score for h in want], atol=SCORES)
 
 
 def test_an_index_built_through_onnx_searches_like_one_built_through_torch(lite, tmp_path):
