@@ -171,7 +171,8 @@ def open_or_create(
         try:
             store = IndexStore.open(out_dir, writable=True)
         except IncompleteIndexError:
-            (out_dir / DB_NAME).unlink()  # its creation never committed: nothing to lose
+            for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):  # its creation never committed:
+                (out_dir / name).unlink(missing_ok=True)  # nothing to lose (and an old log must not replay)
             store = None
         if store is not None:
             try:
@@ -430,9 +431,10 @@ def remove_photos(index_dir: str | Path, targets) -> int:
             path = str(Path(target).expanduser().resolve())
             ids.update(v[0] for p, v in states.items() if p == path or p.startswith(path.rstrip("/") + "/"))
         removed = store.remove(sorted(ids))
-        if removed:
-            store.compact(min_garbage=COMPACT_AT)
-            load_or_build(store, store.snapshot(), persist=True)
+        # also when nothing matched: a run killed after its removal committed left the compaction and the
+        # artefacts to do, and running it again is how a user resumes (both are no-ops when up to date)
+        store.compact(min_garbage=COMPACT_AT)
+        load_or_build(store, store.snapshot(), persist=True)
         return removed
     finally:
         store.close()
