@@ -16,8 +16,8 @@ Crash points (:func:`sketchfind.atomic.crash_point`; ``tests/test_index_crash.py
 ``shard-written`` (a batch's rows on disk, not committed), ``compact-written`` (compacted copies on disk, not
 committed), ``<step>-pending`` / ``<step>-committed`` (a transaction's statements run / committed, for the steps
 ``create``, ``batch``, ``touch``, ``remove``, ``compact``, ``meta``), ``shard-dropped`` (recovery deleted or
-truncated one orphan file), ``checkpointed``, ``db-opened`` (a new database file without tables); with ``atomic-tmp-written`` / ``atomic-replaced`` of every
-whole-file write and those of :mod:`.artefacts`.
+truncated one orphan file), ``checkpointed``, ``db-opened`` (a new database file without tables); with
+``atomic-tmp-written`` / ``atomic-replaced`` of every whole-file write and those of :mod:`.artefacts`.
 
 Layout of an index directory:
   index.sqlite (+ -wal, -shm)   photos (id, path, hash, label, shard address), shards, meta
@@ -271,10 +271,12 @@ class IndexStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """Ids and shard addresses of every committed photo (one consistent read)."""
+        """Ids and shard addresses of every committed photo (one consistent read); ``meta`` is brought up to
+        the same generation (another process may have changed the settings the artefacts are built with)."""
         with self._db_lock, self.conn:
             self.conn.execute("BEGIN")
-            gen = int(json.loads(self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]))
+            self.meta = _read_meta_raw(self.conn)
+            gen = int(self.meta["generation"])
             rows = np.array(self.conn.execute("SELECT id, shard, row FROM photos ORDER BY id").fetchall(), np.int64)
         rows = rows.reshape(-1, 3)
         return Snapshot(gen, rows[:, 0].copy(), rows[:, 1].astype(np.int32), rows[:, 2].copy())
