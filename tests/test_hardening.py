@@ -23,7 +23,7 @@ from sketchfind.config import PreprocessConfig
 from sketchfind.errors import InputError, NotAPhotoError, TooComplexError, TooLargeError
 from sketchfind.index import build_index
 from sketchfind.models.factory import save_weights
-from sketchfind.preprocess import preprocess_sketch, read_photo, render_svg
+from sketchfind.preprocess import is_light_decode, preprocess_sketch, read_photo, render_svg
 from sketchfind.search import PreparedSketch, Searcher
 from sketchfind.service import Settings, create_app, limits
 from sketchfind.service import deps as service_deps
@@ -113,6 +113,31 @@ def test_decodes_are_bounded(monkeypatch):
 
     asyncio.run(many())
     assert peak[0] == service_deps.MAX_CONCURRENT_DECODES
+
+
+def test_light_decodes_never_wait_behind_heavy_ones():
+    state = service_deps.ServiceState(searcher=None, settings=Settings(), thumbnails=ThumbnailCache())
+    release = threading.Event()
+
+    async def scenario():
+        heavy = [asyncio.create_task(state.decode(release.wait, 10)) for _ in range(3)]  # every heavy slot taken
+        await asyncio.sleep(0.05)
+        light = await asyncio.wait_for(state.decode(lambda: "done", light=True), 5)
+        release.set()
+        await asyncio.gather(*heavy)
+        return light
+
+    assert asyncio.run(scenario()) == "done"
+
+
+def test_light_decode_is_judged_from_the_header():
+    small_png = hostile.png_bytes(Image.new("L", (1600, 1200), 255))
+    for light in (hostile.SKETCH.read_bytes(), hostile.PHOTO, small_png):
+        assert is_light_decode(light)
+    assert is_light_decode([[[0, 10], [0, 10]]]) and is_light_decode(b"[[[0, 10], [0, 10]]]")
+    for heavy in (hostile.big_jpeg(), hostile.png_bomb(), hostile.svg_subpaths(10), hostile.many_points().encode()):
+        assert not is_light_decode(heavy)
+    assert not is_light_decode(json.loads(hostile.many_points())["strokes"]) and not is_light_decode(b"\x89PNG junk")
 
 
 # ----------------------------------------------------------------------------- 2. file names, 7. photos by content

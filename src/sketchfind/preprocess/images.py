@@ -26,6 +26,10 @@ MAX_FILE_BYTES = 256 * 2**20  # larger files are refused before they are read
 # Sketches end at 224 px: larger raster sketches are decoded reduced (JPEG DCT scaling, else a box
 # reduction), so a 40 MP upload costs one decode of its pixels instead of ~20 full-size copies.
 MAX_SKETCH_DECODE_PIXELS = 4_000_000
+# Light decodes: a raster image of at most this many pixels (by its header) or a strokes drawing of at most
+# this many bytes takes milliseconds and a few MB; the service never queues them behind large decodes.
+LIGHT_PIXELS = 2_000_000
+LIGHT_DRAWING_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,35 @@ def read_sketch_rgb(source: Any, name: str | None = None) -> np.ndarray:
     if isinstance(encoded, Image.Image):
         return np.asarray(encoded)
     return _decode_raster_rgb(encoded, name)
+
+
+def is_light_decode(source: Any) -> bool:
+    """Whether decoding ``source`` is cheap (see ``LIGHT_PIXELS``), judged from its header or size only; never
+    raises. SVG is never light (its cost is known only once parsed), nor is anything unreadable."""
+    try:
+        if isinstance(source, list):  # parsed QuickDraw strokes: [[xs, ys], ...]
+            return sum(len(stroke[0]) for stroke in source) <= LIGHT_DRAWING_BYTES // 8
+        if isinstance(source, str | os.PathLike):
+            with open(source, "rb") as file:
+                return _light_raster(file)
+        if isinstance(source, bytes | bytearray | memoryview):
+            if raster_format(bytes(source[:16])) is None:
+                return len(source) <= LIGHT_DRAWING_BYTES and _sniff(bytes(source), "", "") == "strokes"
+            return _light_raster(io.BytesIO(source))
+    except Exception:  # a header Pillow cannot read (or a bomb): decoded in a heavy slot, where it fails
+        return False
+    return False
+
+
+def _light_raster(file) -> bool:
+    """A raster image of at most ``LIGHT_PIXELS``, from its header (Pillow reads no pixels here)."""
+    if raster_format(file.read(16)) is None:
+        return False
+    file.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(file, formats=tuple(RASTER_FORMATS)) as image:
+            return image.width * image.height <= LIGHT_PIXELS
 
 
 def read_photo(source: Any, name: str | None = None, max_side: int | None = None) -> Image.Image:

@@ -21,7 +21,11 @@ from .errors import ApiError
 from .settings import Settings
 from .thumbnails import ThumbnailCache
 
-MAX_CONCURRENT_DECODES = 2  # image decodes / drawing rasterisations at once (each up to ~4 bytes x MAX_PIXELS)
+# Heavy decodes (large images, SVG; each up to ~4 bytes x MAX_PIXELS and seconds of CPU): one at a time, so
+# one core stays free for everything else. Light ones (preprocess.is_light_decode: a few MB, milliseconds) have
+# slots of their own and never queue behind a heavy one: a small sketch is not held up by a 40 MP upload.
+MAX_CONCURRENT_DECODES = 1
+MAX_LIGHT_DECODES = 4
 REFRESH_SECONDS = 1.0  # at most this often a request checks whether another process committed to the index
 
 
@@ -37,6 +41,7 @@ class ServiceState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Decoding is what costs memory (a 40 MP photo is 120 MB of pixels): a fixed number at a time.
     decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_DECODES))
+    light_decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_LIGHT_DECODES))
     checked_at: float = 0.0  # time.monotonic() of the last freshness check
 
     async def run(self, fn, *args, request: Request | None = None):
@@ -48,10 +53,11 @@ class ServiceState:
             await _check_connected(request)
             return await run_in_threadpool(self._call, fn, *args)
 
-    async def decode(self, fn, *args, request: Request | None = None):
+    async def decode(self, fn, *args, request: Request | None = None, light: bool = False):
         """Run CPU- and memory-heavy work without the model (decoding, rasterising) in the thread pool,
-        at most ``MAX_CONCURRENT_DECODES`` at a time."""
-        async with self.decodes:
+        at most ``MAX_CONCURRENT_DECODES`` at a time; ``light`` work (small inputs, see
+        :func:`~sketchfind.preprocess.is_light_decode`) in one of ``MAX_LIGHT_DECODES`` slots of its own."""
+        async with self.light_decodes if light else self.decodes:
             await _check_connected(request)
             return await run_in_threadpool(fn, *args)
 
