@@ -287,6 +287,19 @@ def test_sketch_work_runs_outside_the_model_lock(client, monkeypatch):
     assert response.status_code == 200 and seen == [False]
 
 
+def test_explain_decodes_the_photo_outside_the_model_lock(client, monkeypatch):
+    seen = []
+    real = Searcher.display_photo
+
+    def display_photo(self, photo_id):
+        seen.append(client.app.state.sketchfind.lock.locked())
+        return real(self, photo_id)
+
+    monkeypatch.setattr(Searcher, "display_photo", display_photo)
+    response = client.post("/api/explain?photo_id=1", files={"sketch": hostile.SKETCH.read_bytes()})
+    assert response.status_code == 200 and seen == [False]
+
+
 def test_api_refuses_expensive_drawings_with_422(client):
     svg = client.post("/api/search", files={"sketch": ("x.svg", hostile.svg_subpaths(20_000), "image/svg+xml")})
     assert svg.status_code == 422 and svg.json()["code"] == "too_complex" and "numbers" in svg.json()["detail"]

@@ -398,24 +398,19 @@ class Searcher:
         ]
         return hits, timings
 
-    def explain(self, sketch, photo_id: int, strategy: str | None = None):
+    def explain(self, sketch, photo_id: int, strategy: str | None = None, photo=None):
         """Which parts of a sketch match which parts of an indexed photo -> (Explanation, rendered images),
         for the score ``strategy`` ranks by: ann's [Ret] similarity (of the expanded query, as searched;
         when the model's [Ret] can be attributed to cells), otherwise the relation network's.
 
-        The sketch is decoded once; the photo's pixels come from its file (PhotoMissingError when it
-        cannot be read any more)."""
-        from .errors import PhotoMissingError, SketchfindError
-        from .explain import DISPLAY_SIZE, explain_ret, explain_tokens, explains_ret, render
-        from .preprocess import read_photo
+        The sketch is decoded once; the photo's pixels come from its file (:meth:`display_photo`), or are
+        ``photo`` when the caller decoded it already (the service does, outside its model lock)."""
+        from .explain import explain_ret, explain_tokens, explains_ret, render
 
         strategy = check_strategy(strategy or self.settings.strategy)
-        record = self.photo(photo_id)
+        self.photo(photo_id)  # UnknownPhotoError before any work
         squared = self.prepare(sketch).squared
-        try:
-            photo = read_photo(record.path, max_side=DISPLAY_SIZE).convert("RGB")  # reduced decode: shown small
-        except SketchfindError as err:  # the file changed or vanished since indexing
-            raise PhotoMissingError(f"the file of photo {photo_id} cannot be read any more: {err}") from err
+        photo = self.display_photo(photo_id) if photo is None else photo
         query = self._encode_array(squared)
         with torch.no_grad():  # not inference mode: the [Ret] explanation takes a gradient on the sketch side
             if strategy == "ann" and explains_ret(self.model) and len(self):
@@ -425,6 +420,19 @@ class Searcher:
             else:
                 explanation = explain_tokens(self.model, query, self.photo_tokens([photo_id]), squared)
         return explanation, render(explanation, squared, photo)
+
+    def display_photo(self, photo_id: int):
+        """The pixels of an indexed photo as explanations show them (RGB, a reduced decode where the format
+        allows); PhotoMissingError when its file cannot be read any more."""
+        from .errors import PhotoMissingError, SketchfindError
+        from .explain import DISPLAY_SIZE
+        from .preprocess import read_photo
+
+        record = self.photo(photo_id)
+        try:
+            return read_photo(record.path, max_side=DISPLAY_SIZE).convert("RGB")  # reduced decode: shown small
+        except SketchfindError as err:  # the file changed or vanished since indexing
+            raise PhotoMissingError(f"the file of photo {photo_id} cannot be read any more: {err}") from err
 
     # -- changes ------------------------------------------------------------------------------------
     def add_photos(self, paths, **kwargs) -> BuildReport:

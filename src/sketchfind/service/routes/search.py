@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from ...explain import png_bytes
 from ...names import shown_name
@@ -126,9 +127,13 @@ async def explain(
     if photo_id is None:
         raise ApiError(422, "say which photo to explain: photo_id", "invalid_request")
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
+    searcher = state.searcher
     light = is_light_decode(sketch.source)
-    prepared = await state.decode(state.searcher.prepare, sketch.source, request=request, light=light)
-    explanation, images = await state.run(state.searcher.explain, prepared, photo_id, strategy, request=request)
+    prepared = await state.decode(searcher.prepare, sketch.source, request=request, light=light)
+    # the photo too is decoded in a decode slot, never under the model lock (a 40 MP PNG takes seconds)
+    light = await run_in_threadpool(lambda: is_light_decode(searcher.photo(photo_id).path))  # its header
+    photo = await state.decode(searcher.display_photo, photo_id, request=request, light=light)
+    explanation, images = await state.run(searcher.explain, prepared, photo_id, strategy, photo, request=request)
     if format == "png":  # encoding the small pictures of an explanation is light work
         return Response(await state.decode(png_bytes, images["combined"], light=True), media_type="image/png")
 
