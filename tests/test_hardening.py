@@ -287,6 +287,23 @@ def test_sketch_work_runs_outside_the_model_lock(client, monkeypatch):
     assert response.status_code == 200 and seen == [False]
 
 
+def test_index_changes_build_search_structures_outside_the_model_lock(client, monkeypatch):
+    seen = []
+    real = Searcher.finish_changes
+
+    def finish_changes(self):
+        seen.append(client.app.state.sketchfind.lock.locked())
+        return real(self)
+
+    monkeypatch.setattr(Searcher, "finish_changes", finish_changes)
+    photo = hostile.png_bytes(Image.open(hostile.PHOTO).convert("RGB").resize((120, 90)))
+    added = client.post("/api/photos", files=[("files", ("p.png", photo))], headers=AUTH).json()["added"]
+    assert client.delete(f"/api/photos/{added[0]['id']}", headers=AUTH).json()["removed"] == 1
+    assert seen == [False, False]
+    found = client.post("/api/search?k=200", files={"sketch": hostile.SKETCH.read_bytes()}).json()["results"]
+    assert added[0]["id"] not in {hit["id"] for hit in found}
+
+
 def test_explain_decodes_the_photo_outside_the_model_lock(client, monkeypatch):
     seen = []
     real = Searcher.display_photo

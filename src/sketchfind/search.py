@@ -30,7 +30,7 @@ import torch
 
 from .errors import ConfigError, IndexStoreError
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
-from .index.build import BuildReport, build_index, check_model, load_index_model, remove_photos
+from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .models.zse import ZSEModel
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
@@ -437,7 +437,7 @@ class Searcher:
     # -- changes ------------------------------------------------------------------------------------
     def add_photos(self, paths, **kwargs) -> BuildReport:
         """Indexes new or changed photos (atomic commits) and refreshes; the report's ``ids`` map each
-        file of the run to its photo id."""
+        file of the run to its photo id. ``finish=False``: commit only, then :meth:`finish_changes`."""
         meta = self.store.meta
         kwargs.setdefault("runtime", self.model.runtime)  # index with the runtime this Searcher encodes with
         report = build_index(
@@ -448,14 +448,23 @@ class Searcher:
             embedder=meta["embedder"]["kind"],
             **kwargs,
         )
-        self.refresh()
+        if kwargs.get("finish", True):
+            self.refresh()
         return report
 
-    def remove_photos(self, photo_ids) -> int:
-        """Removes photos by id (atomic) and refreshes; returns how many were removed."""
-        removed = remove_photos(self.root, [int(i) for i in photo_ids])
-        self.refresh()
+    def remove_photos(self, photo_ids, finish: bool = True) -> int:
+        """Removes photos by id (atomic) and refreshes; returns how many were removed. ``finish=False``:
+        commit only, then :meth:`finish_changes`."""
+        removed = remove_photos(self.root, [int(i) for i in photo_ids], finish=finish)
+        if finish:
+            self.refresh()
         return removed
+
+    def finish_changes(self) -> None:
+        """Compaction and search structures after commits made with ``finish=False`` (no model needed:
+        searches can go on meanwhile), then refreshes."""
+        finish_index(self.root)
+        self.refresh()
 
 
 def sketch_files(sources) -> list[Path]:

@@ -36,13 +36,17 @@ class ServiceState:
     searcher: Any
     settings: Settings
     thumbnails: ThumbnailCache
-    # One model call at a time: torch already uses both cores for one query, and index writes must not
-    # interleave with searches. Decoding, rasterising, photo files and thumbnails happen without it.
+    # One model call at a time: torch already uses both cores for one query. An index change holds it while it
+    # encodes and commits, not for its compaction and search structures (see ``writes``). Decoding,
+    # rasterising, photo files and thumbnails happen without it.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Decoding is what costs memory (a 40 MP photo is 120 MB of pixels): a fixed number at a time.
     decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_DECODES))
     light_decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_LIGHT_DECODES))
     checked_at: float = 0.0  # time.monotonic() of the last freshness check
+    # One index change at a time: its encoding and commit take the model lock, its compaction and search
+    # structures (a second of K-means and FAISS per few thousand photos) do not, so searches go on meanwhile.
+    writes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self, fn, *args, request: Request | None = None):
         """Run blocking Searcher work in the thread pool, one call at a time.
@@ -52,6 +56,14 @@ class ServiceState:
         async with self.lock:
             await _check_connected(request)
             return await run_in_threadpool(self._call, fn, *args)
+
+    async def change(self, fn, *args):
+        """An index change: ``fn`` (commits only: ``finish=False``) under the model lock, then the compaction and
+        search structures outside it (:meth:`Searcher.finish_changes`); one change at a time."""
+        async with self.writes:
+            result = await self.run(fn, *args)
+            await run_in_threadpool(self.searcher.finish_changes)
+            return result
 
     async def decode(self, fn, *args, request: Request | None = None, light: bool = False):
         """Run CPU- and memory-heavy work without the model (decoding, rasterising) in the thread pool,
@@ -65,7 +77,7 @@ class ServiceState:
         """See photos another process committed to the index (at most every ``REFRESH_SECONDS``); the
         Searcher swaps in a whole committed generation, never a half-written one."""
         now = time.monotonic()
-        if now - self.checked_at < REFRESH_SECONDS:
+        if now - self.checked_at < REFRESH_SECONDS or self.writes.locked():  # a change refreshes when done
             return
         self.checked_at = now
         await run_in_threadpool(self.searcher.refresh)

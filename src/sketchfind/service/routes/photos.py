@@ -142,10 +142,10 @@ async def upload(request: Request, state: State) -> UploadResponse:
         return UploadResponse(added=[], unchanged=[], skipped=skipped)
 
     def add():
-        report = state.searcher.add_photos([path for _, path in saved])
+        report = state.searcher.add_photos([path for _, path in saved], finish=False)
         return report, {r.id: r for r in state.searcher.photos(report.ids.values())}
 
-    report, records = await state.run(add)
+    report, records = await state.change(add)
     names = {str(path): name for name, path in saved}
     added = [photo_info(records[report.ids[path]]) for path in [*report.new, *report.updated]]
     unchanged = [names.get(path, shown_name(Path(path).name)) for path in report.unchanged]
@@ -179,6 +179,6 @@ async def delete(state: State, photo_id: PhotoId) -> DeleteResponse:
 
     def remove():
         _record(state.searcher, photo_id)
-        return state.searcher.remove_photos([photo_id])
+        return state.searcher.remove_photos([photo_id], finish=False)
 
-    return DeleteResponse(removed=int(await state.run(remove)))
+    return DeleteResponse(removed=int(await state.change(remove)))
