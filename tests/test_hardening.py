@@ -130,6 +130,31 @@ def test_light_decodes_never_wait_behind_heavy_ones():
     assert asyncio.run(scenario()) == "done"
 
 
+def test_model_lock_serves_cheap_calls_first_without_starving_the_others():
+    lock, order = service_deps.ModelLock(), []
+
+    async def call(name: str, cheap: bool):
+        async with lock.hold(cheap):
+            order.append(name)
+            await asyncio.sleep(0.001)
+
+    async def scenario():
+        first = asyncio.create_task(call("first", False))
+        await asyncio.sleep(0)  # holds the lock; the rest queue up
+        waiting = [asyncio.create_task(call(f"explain{i}", False)) for i in range(2)]
+        waiting += [asyncio.create_task(call(f"ann{i}", True)) for i in range(6)]
+        gone = asyncio.create_task(call("gone", True))
+        await asyncio.sleep(0)
+        gone.cancel()  # a client that left while waiting gives up its place
+        await asyncio.gather(first, *waiting, return_exceptions=True)
+        await asyncio.gather(gone, return_exceptions=True)
+        assert not lock.locked()
+
+    asyncio.run(scenario())
+    streak = ["ann0", "ann1", "ann2", "ann3"]
+    assert order == ["first", *streak, "explain0", "ann4", "ann5", "explain1"]
+
+
 def test_light_decode_is_judged_from_the_header():
     small_png = hostile.png_bytes(Image.new("L", (1600, 1200), 255))
     for light in (hostile.SKETCH.read_bytes(), hostile.PHOTO, small_png):

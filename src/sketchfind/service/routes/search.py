@@ -80,7 +80,8 @@ async def search(
     # model lock
     light = is_light_decode(sketch.source)  # header only: microseconds
     prepared = await state.decode(searcher.prepare, sketch.source, request=request, light=light)
-    result = await state.run(searcher.search, prepared, k, strategy, request=request)
+    cheap = (strategy or searcher.settings.strategy) == "ann"  # tens of ms; the others run the RN over many photos
+    result = await state.run(searcher.search, prepared, k, strategy, request=request, cheap=cheap)
     hits = [
         Hit(
             rank=h.rank,
