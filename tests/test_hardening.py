@@ -81,6 +81,13 @@ def test_big_sketch_is_decoded_reduced_with_bounded_memory(big_jpeg):
     assert tensor.shape == (3, 224, 224) and peak < 150 * 2**20, peak
 
 
+def test_a_large_png_photo_is_reduced_before_it_is_copied():
+    image = Image.new("RGBA", (4000, 2500), (255, 255, 255, 255))
+    image.putpixel((0, 0), (0, 0, 0, 0))
+    photo = read_photo(hostile.png_bytes(image), max_side=320)  # (peak RSS: benchmarks/bench_load.py --hostile)
+    assert photo.size == (572, 358) and photo.mode == "RGB"  # reduced by 7 (rounding up): both sides >= 320
+
+
 def test_thumbnails_use_a_reduced_decode_and_size_buckets(big_jpeg):
     assert max(read_photo(big_jpeg, max_side=256).size) <= 1000  # JPEG DCT scaling 1/8, not 8000x5000
     cache = ThumbnailCache()
