@@ -121,9 +121,10 @@ class ServiceState:
         """An index change: ``fn`` (commits only: ``finish=False``) under the model lock, then the compaction and
         search structures outside it (:meth:`Searcher.finish_changes`); one change at a time."""
         async with self.writes:
-            result = await self.run(fn, *args)
-            await run_in_threadpool(self.searcher.finish_changes)
-            return result
+            try:
+                return await self.run(fn, *args)
+            finally:  # also after a failure: whatever it committed before failing gets its structures
+                await run_in_threadpool(self.searcher.finish_changes)
 
     async def decode(self, fn, *args, request: Request | None = None, light: bool = False):
         """Run CPU- and memory-heavy work without the model (decoding, rasterising) in the thread pool,
