@@ -50,3 +50,22 @@ def write_corrupt_files(folder: Path) -> list[Path]:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return [folder / name for name in files]
+
+
+def run_cli(argv: list[str], crash_at: str | None, log: str) -> None:
+    """Runs ``sketchfind ARGV`` as the console script would, in a process of its own (the crash tests start
+    it from a forkserver that has imported sketchfind already), with ``SKETCHFIND_CRASH_AT`` set to
+    ``crash_at``; stdout and stderr go to ``log``. The exit status is the CLI's, or -SIGKILL."""
+    import os
+
+    from sketchfind.cli import app
+
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.pop("SKETCHFIND_CRASH_AT", None)
+    if crash_at:
+        os.environ["SKETCHFIND_CRASH_AT"] = crash_at
+    os.environ["SKETCHFIND_RUNTIME"] = "torch"  # no ONNX export per process
+    torch.set_num_threads(1)  # the same arithmetic in every run, so token codes compare bitwise
+    app(argv, prog_name="sketchfind")

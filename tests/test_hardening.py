@@ -23,7 +23,7 @@ from sketchfind.config import PreprocessConfig
 from sketchfind.errors import InputError, NotAPhotoError, TooComplexError, TooLargeError
 from sketchfind.index import build_index
 from sketchfind.models.factory import save_weights
-from sketchfind.preprocess import preprocess_sketch, read_photo, render_svg
+from sketchfind.preprocess import is_light_decode, preprocess_sketch, read_photo, render_svg
 from sketchfind.search import PreparedSketch, Searcher
 from sketchfind.service import Settings, create_app, limits
 from sketchfind.service import deps as service_deps
@@ -81,6 +81,13 @@ def test_big_sketch_is_decoded_reduced_with_bounded_memory(big_jpeg):
     assert tensor.shape == (3, 224, 224) and peak < 150 * 2**20, peak
 
 
+def test_a_large_png_photo_is_reduced_before_it_is_copied():
+    image = Image.new("RGBA", (4000, 2500), (255, 255, 255, 255))
+    image.putpixel((0, 0), (0, 0, 0, 0))
+    photo = read_photo(hostile.png_bytes(image), max_side=320)  # (peak RSS: benchmarks/bench_load.py --hostile)
+    assert photo.size == (572, 358) and photo.mode == "RGB"  # reduced by 7 (rounding up): both sides >= 320
+
+
 def test_thumbnails_use_a_reduced_decode_and_size_buckets(big_jpeg):
     assert max(read_photo(big_jpeg, max_side=256).size) <= 1000  # JPEG DCT scaling 1/8, not 8000x5000
     cache = ThumbnailCache()
@@ -113,6 +120,56 @@ def test_decodes_are_bounded(monkeypatch):
 
     asyncio.run(many())
     assert peak[0] == service_deps.MAX_CONCURRENT_DECODES
+
+
+def test_light_decodes_never_wait_behind_heavy_ones():
+    state = service_deps.ServiceState(searcher=None, settings=Settings(), thumbnails=ThumbnailCache())
+    release = threading.Event()
+
+    async def scenario():
+        heavy = [asyncio.create_task(state.decode(release.wait, 10)) for _ in range(3)]  # every heavy slot taken
+        await asyncio.sleep(0.05)
+        light = await asyncio.wait_for(state.decode(lambda: "done", light=True), 5)
+        release.set()
+        await asyncio.gather(*heavy)
+        return light
+
+    assert asyncio.run(scenario()) == "done"
+
+
+def test_model_lock_serves_cheap_calls_first_without_starving_the_others():
+    lock, order = service_deps.ModelLock(), []
+
+    async def call(name: str, cheap: bool):
+        async with lock.hold(cheap):
+            order.append(name)
+            await asyncio.sleep(0.001)
+
+    async def scenario():
+        first = asyncio.create_task(call("first", False))
+        await asyncio.sleep(0)  # holds the lock; the rest queue up
+        waiting = [asyncio.create_task(call(f"explain{i}", False)) for i in range(2)]
+        waiting += [asyncio.create_task(call(f"ann{i}", True)) for i in range(6)]
+        gone = asyncio.create_task(call("gone", True))
+        await asyncio.sleep(0)
+        gone.cancel()  # a client that left while waiting gives up its place
+        await asyncio.gather(first, *waiting, return_exceptions=True)
+        await asyncio.gather(gone, return_exceptions=True)
+        assert not lock.locked()
+
+    asyncio.run(scenario())
+    streak = ["ann0", "ann1", "ann2", "ann3"]
+    assert order == ["first", *streak, "explain0", "ann4", "ann5", "explain1"]
+
+
+def test_light_decode_is_judged_from_the_header():
+    small_png = hostile.png_bytes(Image.new("L", (1600, 1200), 255))
+    for light in (hostile.SKETCH.read_bytes(), hostile.PHOTO, small_png):
+        assert is_light_decode(light)
+    assert is_light_decode([[[0, 10], [0, 10]]]) and is_light_decode(b"[[[0, 10], [0, 10]]]")
+    for heavy in (hostile.big_jpeg(), hostile.png_bomb(), hostile.svg_subpaths(10), hostile.many_points().encode()):
+        assert not is_light_decode(heavy)
+    assert not is_light_decode(json.loads(hostile.many_points())["strokes"]) and not is_light_decode(b"\x89PNG junk")
 
 
 # ----------------------------------------------------------------------------- 2. file names, 7. photos by content
@@ -259,6 +316,36 @@ def test_sketch_work_runs_outside_the_model_lock(client, monkeypatch):
 
     monkeypatch.setattr(Searcher, "prepare", prepare)
     response = client.post("/api/search", content=hostile.SKETCH.read_bytes(), headers={"content-type": "image/png"})
+    assert response.status_code == 200 and seen == [False]
+
+
+def test_index_changes_build_search_structures_outside_the_model_lock(client, monkeypatch):
+    seen = []
+    real = Searcher.finish_changes
+
+    def finish_changes(self):
+        seen.append(client.app.state.sketchfind.lock.locked())
+        return real(self)
+
+    monkeypatch.setattr(Searcher, "finish_changes", finish_changes)
+    photo = hostile.png_bytes(Image.open(hostile.PHOTO).convert("RGB").resize((120, 90)))
+    added = client.post("/api/photos", files=[("files", ("p.png", photo))], headers=AUTH).json()["added"]
+    assert client.delete(f"/api/photos/{added[0]['id']}", headers=AUTH).json()["removed"] == 1
+    assert seen == [False, False]
+    found = client.post("/api/search?k=200", files={"sketch": hostile.SKETCH.read_bytes()}).json()["results"]
+    assert added[0]["id"] not in {hit["id"] for hit in found}
+
+
+def test_explain_decodes_the_photo_outside_the_model_lock(client, monkeypatch):
+    seen = []
+    real = Searcher.display_photo
+
+    def display_photo(self, photo_id):
+        seen.append(client.app.state.sketchfind.lock.locked())
+        return real(self, photo_id)
+
+    monkeypatch.setattr(Searcher, "display_photo", display_photo)
+    response = client.post("/api/explain?photo_id=1", files={"sketch": hostile.SKETCH.read_bytes()})
     assert response.status_code == 200 and seen == [False]
 
 

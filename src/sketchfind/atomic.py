@@ -4,11 +4,15 @@ Every file sketchfind writes whole (weights, index artefacts, training checkpoin
 pictures) goes through :func:`atomic_path`: the content is written to a temporary file in the same
 folder, flushed to disk, then renamed over the target (``os.replace`` is atomic on POSIX), and the
 folder entry is flushed too. A crash leaves at most a ``.tmp`` file behind, never a torn target.
+
+:func:`crash_point` marks the steps of every commit protocol (here and in :mod:`sketchfind.index`) where a
+test can have the process killed, deterministically, with ``SKETCHFIND_CRASH_AT=name:n``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +35,12 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
         yield tmp
         if durable:
             fsync_path(tmp)
+        crash_point("atomic-tmp-written")  # the new content complete beside the target, not renamed yet
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    crash_point("atomic-replaced")  # renamed; the folder entry not flushed yet
     if durable:
         fsync_path(path.parent)
 
@@ -52,3 +58,23 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+CRASH_ENV = "SKETCHFIND_CRASH_AT"  # 'name:n': SIGKILL at the n-th time crash point ``name`` is reached
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process (no cleanup, no buffered write flushed) the n-th time ``name`` is
+    reached when ``SKETCHFIND_CRASH_AT=name:n`` is set; a no-op otherwise."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec or spec.rpartition(":")[0] != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(spec.rpartition(":")[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_armed(name: str) -> bool:
+    """Whether ``SKETCHFIND_CRASH_AT`` names crash point ``name`` (for hooks that must prepare a torn state)."""
+    return os.environ.get(CRASH_ENV, "").rpartition(":")[0] == name

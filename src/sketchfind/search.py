@@ -30,7 +30,7 @@ import torch
 
 from .errors import ConfigError, IndexStoreError
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
-from .index.build import BuildReport, build_index, check_model, load_index_model, remove_photos
+from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .models.zse import ZSEModel
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
@@ -398,24 +398,19 @@ class Searcher:
         ]
         return hits, timings
 
-    def explain(self, sketch, photo_id: int, strategy: str | None = None):
+    def explain(self, sketch, photo_id: int, strategy: str | None = None, photo=None):
         """Which parts of a sketch match which parts of an indexed photo -> (Explanation, rendered images),
         for the score ``strategy`` ranks by: ann's [Ret] similarity (of the expanded query, as searched;
         when the model's [Ret] can be attributed to cells), otherwise the relation network's.
 
-        The sketch is decoded once; the photo's pixels come from its file (PhotoMissingError when it
-        cannot be read any more)."""
-        from .errors import PhotoMissingError, SketchfindError
-        from .explain import DISPLAY_SIZE, explain_ret, explain_tokens, explains_ret, render
-        from .preprocess import read_photo
+        The sketch is decoded once; the photo's pixels come from its file (:meth:`display_photo`), or are
+        ``photo`` when the caller decoded it already (the service does, outside its model lock)."""
+        from .explain import explain_ret, explain_tokens, explains_ret, render
 
         strategy = check_strategy(strategy or self.settings.strategy)
-        record = self.photo(photo_id)
+        self.photo(photo_id)  # UnknownPhotoError before any work
         squared = self.prepare(sketch).squared
-        try:
-            photo = read_photo(record.path, max_side=DISPLAY_SIZE).convert("RGB")  # reduced decode: shown small
-        except SketchfindError as err:  # the file changed or vanished since indexing
-            raise PhotoMissingError(f"the file of photo {photo_id} cannot be read any more: {err}") from err
+        photo = self.display_photo(photo_id) if photo is None else photo
         query = self._encode_array(squared)
         with torch.no_grad():  # not inference mode: the [Ret] explanation takes a gradient on the sketch side
             if strategy == "ann" and explains_ret(self.model) and len(self):
@@ -426,10 +421,23 @@ class Searcher:
                 explanation = explain_tokens(self.model, query, self.photo_tokens([photo_id]), squared)
         return explanation, render(explanation, squared, photo)
 
+    def display_photo(self, photo_id: int):
+        """The pixels of an indexed photo as explanations show them (RGB, a reduced decode where the format
+        allows); PhotoMissingError when its file cannot be read any more."""
+        from .errors import PhotoMissingError, SketchfindError
+        from .explain import DISPLAY_SIZE
+        from .preprocess import read_photo
+
+        record = self.photo(photo_id)
+        try:
+            return read_photo(record.path, max_side=DISPLAY_SIZE).convert("RGB")  # reduced decode: shown small
+        except SketchfindError as err:  # the file changed or vanished since indexing
+            raise PhotoMissingError(f"the file of photo {photo_id} cannot be read any more: {err}") from err
+
     # -- changes ------------------------------------------------------------------------------------
     def add_photos(self, paths, **kwargs) -> BuildReport:
         """Indexes new or changed photos (atomic commits) and refreshes; the report's ``ids`` map each
-        file of the run to its photo id."""
+        file of the run to its photo id. ``finish=False``: commit only, then :meth:`finish_changes`."""
         meta = self.store.meta
         kwargs.setdefault("runtime", self.model.runtime)  # index with the runtime this Searcher encodes with
         report = build_index(
@@ -440,14 +448,23 @@ class Searcher:
             embedder=meta["embedder"]["kind"],
             **kwargs,
         )
-        self.refresh()
+        if kwargs.get("finish", True):
+            self.refresh()
         return report
 
-    def remove_photos(self, photo_ids) -> int:
-        """Removes photos by id (atomic) and refreshes; returns how many were removed."""
-        removed = remove_photos(self.root, [int(i) for i in photo_ids])
-        self.refresh()
+    def remove_photos(self, photo_ids, finish: bool = True) -> int:
+        """Removes photos by id (atomic) and refreshes; returns how many were removed. ``finish=False``:
+        commit only, then :meth:`finish_changes`."""
+        removed = remove_photos(self.root, [int(i) for i in photo_ids], finish=finish)
+        if finish:
+            self.refresh()
         return removed
+
+    def finish_changes(self) -> None:
+        """Compaction and search structures after commits made with ``finish=False`` (no model needed:
+        searches can go on meanwhile), then refreshes."""
+        finish_index(self.root)
+        self.refresh()
 
 
 def sketch_files(sources) -> list[Path]:

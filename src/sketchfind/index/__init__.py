@@ -1,6 +1,15 @@
 """The on-disk photo index: committed store, derived search structures, building and updating."""
 
-from .build import BuildReport, build_index, index_info, recluster, remove_photos, scan_photos, write_encoded
+from .build import (
+    BuildReport,
+    build_index,
+    finish_index,
+    index_info,
+    recluster,
+    remove_photos,
+    scan_photos,
+    write_encoded,
+)
 from .store import IndexStore, PhotoRecord, PhotoRow, index_exists
 
 __all__ = [
@@ -9,6 +18,7 @@ __all__ = [
     "PhotoRecord",
     "PhotoRow",
     "build_index",
+    "finish_index",
     "index_exists",
     "index_info",
     "recluster",

@@ -2,8 +2,10 @@
 
 All three are rebuilt from the committed store (:mod:`.store`) whenever they are missing or stale
 (their generation differs from the store's), so a crash while writing them loses nothing. They are
-written atomically (:mod:`sketchfind.atomic`); ``index_info.json`` goes last
-and names the generation-stamped files it belongs to.
+written atomically (:mod:`sketchfind.atomic`); ``index_info.json`` goes after them and names the
+generation-stamped files it belongs to; the files of the previous generation are deleted last.
+Crash points: ``artefacts-written`` (new files complete, index_info.json not yet), ``info-written``,
+``artefact-dropped`` (one stale file deleted), besides ``checkpointed`` and the atomic writes' own.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, crash_point
 from ..cluster import DEFAULT_CLUSTERS, Clusters, build_clusters, cluster_count
-from .store import FORMAT_VERSION, IndexStore, Snapshot, crash_point
+from .store import FORMAT_VERSION, IndexStore, Snapshot
 
 INFO_NAME = "index_info.json"
 DEFAULT_ANN = "SQ8"  # exact inner-product scan over 8-bit [Ret] codes: ~9 MB and a few ms at 70k photos
@@ -73,6 +75,8 @@ def load_or_build(store: IndexStore, snapshot: Snapshot, *, persist: bool, reclu
     if not recluster and info and info.get("generation") == snapshot.generation:
         loaded = _load(store.root, info, len(snapshot))
         if loaded is not None:
+            if persist:  # a writer finishes the clean-up a crash after index_info.json interrupted
+                _drop_stale(store.root, info)
             return loaded
     return _rebuild(store, snapshot, info, persist=persist, recluster=recluster)
 
@@ -184,12 +188,23 @@ def _write(store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clu
                 )
 
         _replace(root / info["clusters"]["file"], save)
-    keep = {info["ann"]["file"], info["clusters"]["file"]}
-    for path in root.iterdir():  # artefacts of older generations (a crash from here on means a rebuild)
-        if path.name.startswith(("ann-", "clusters-")) and path.name not in keep:
-            path.unlink(missing_ok=True)
-    crash_point("artefacts-written")
+    crash_point("artefacts-written")  # this generation's files complete, index_info.json still names the old
     store.checkpoint()
-    total = store.disk_bytes()
+    total = store.disk_bytes() - sum(path.stat().st_size for path in _stale(root, info))  # as once they are gone
     info["bytes"] = {"total": total, "per_photo": total / max(1, info["counts"]["photos"])}
     _replace(root / INFO_NAME, lambda p: p.write_text(json.dumps(info, indent=2)))
+    crash_point("info-written")
+    _drop_stale(root, info)
+
+
+def _drop_stale(root: Path, info: dict) -> None:
+    """Deletes artefact files index_info.json does not name. Only after it names the new ones: until then
+    the old ones are what a crash falls back on (their centroids seed the rebuild, as without a crash)."""
+    for path in _stale(root, info):
+        path.unlink(missing_ok=True)
+        crash_point("artefact-dropped")
+
+
+def _stale(root: Path, info: dict) -> list[Path]:
+    keep = {info["ann"]["file"], info["clusters"]["file"]}
+    return [p for p in root.iterdir() if p.name.startswith(("ann-", "clusters-")) and p.name not in keep]

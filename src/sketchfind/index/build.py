@@ -171,7 +171,8 @@ def open_or_create(
         try:
             store = IndexStore.open(out_dir, writable=True)
         except IncompleteIndexError:
-            (out_dir / DB_NAME).unlink()  # its creation never committed: nothing to lose
+            for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):  # its creation never committed:
+                (out_dir / name).unlink(missing_ok=True)  # nothing to lose (and an old log must not replay)
             store = None
         if store is not None:
             try:
@@ -256,13 +257,15 @@ def build_index(
     label_from_folder: bool = False,
     progress: bool = False,
     runtime: str | None = None,
+    finish: bool = True,
 ) -> BuildReport:
     """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
 
     ``model=None``: the model an existing index was built with, or the default model for a new one.
     ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` (FAISS factory
     string, default 'SQ8') are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'auto'
-    (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`)."""
+    (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``finish=False`` only commits:
+    compaction and the search structures are left to :func:`finish_index` (which needs no model)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if model is None:
@@ -286,12 +289,11 @@ def build_index(
         todo = _plan(files, store.file_states(), report)
         with progress_bar(len(todo), "indexing", enabled=progress) as advance:
             _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
-        store.compact(min_garbage=COMPACT_AT)  # replaced photos leave their old rows behind
-        snapshot = store.snapshot()
-        if progress and (report.new or report.updated):
-            print(f"clustering and writing the search index ({len(snapshot)} photos)...", file=sys.stderr)
-        load_or_build(store, snapshot, persist=True)
-        report.photos = len(snapshot)
+        if finish:
+            if progress and (report.new or report.updated):
+                print("clustering and writing the search index...", file=sys.stderr)
+            _finish(store)
+        report.photos = len(store.snapshot())
     finally:
         store.close()
     report.seconds = time.perf_counter() - start
@@ -417,8 +419,9 @@ def _run(
     store.touch(touched)
 
 
-def remove_photos(index_dir: str | Path, targets) -> int:
-    """Removes photos by id, path, or everything under a folder path; returns how many were removed."""
+def remove_photos(index_dir: str | Path, targets, finish: bool = True) -> int:
+    """Removes photos by id, path, or everything under a folder path; returns how many were removed.
+    ``finish=False`` only commits the removal (see :func:`finish_index`)."""
     store = IndexStore.open(index_dir, writable=True)
     try:
         states = store.file_states()
@@ -430,12 +433,28 @@ def remove_photos(index_dir: str | Path, targets) -> int:
             path = str(Path(target).expanduser().resolve())
             ids.update(v[0] for p, v in states.items() if p == path or p.startswith(path.rstrip("/") + "/"))
         removed = store.remove(sorted(ids))
-        if removed:
-            store.compact(min_garbage=COMPACT_AT)
-            load_or_build(store, store.snapshot(), persist=True)
+        if finish:
+            # also when nothing matched: a run killed after its removal committed left the compaction and the
+            # artefacts to do, and running it again is how a user resumes (both are no-ops when up to date)
+            _finish(store)
         return removed
     finally:
         store.close()
+
+
+def finish_index(index_dir: str | Path) -> None:
+    """Compacts the shards if due and writes the search structures of the committed photos (no-ops when up to
+    date): what ``build_index`` and ``remove_photos`` do after their commits, without a model."""
+    store = IndexStore.open(index_dir, writable=True)
+    try:
+        _finish(store)
+    finally:
+        store.close()
+
+
+def _finish(store: IndexStore) -> None:
+    store.compact(min_garbage=COMPACT_AT)  # removed and replaced photos leave their old rows behind
+    load_or_build(store, store.snapshot(), persist=True)
 
 
 def index_info(index_dir: str | Path) -> dict:

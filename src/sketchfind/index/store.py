@@ -11,6 +11,14 @@ live in :mod:`.artefacts`, carry the generation they were built from and are reb
 Readers open the database read-only and never write (a read-only index directory works); one writer
 at a time holds ``.lock``.
 
+Crash points (:func:`sketchfind.atomic.crash_point`; ``tests/test_index_crash.py`` kills the CLI at each):
+``shard-partial`` (half a batch's token bytes written), ``shard-appended`` (one shard file's rows fsynced),
+``shard-written`` (a batch's rows on disk, not committed), ``compact-written`` (compacted copies on disk, not
+committed), ``<step>-pending`` / ``<step>-committed`` (a transaction's statements run / committed, for the steps
+``create``, ``batch``, ``touch``, ``remove``, ``compact``, ``meta``), ``shard-dropped`` (recovery deleted or
+truncated one orphan file), ``checkpointed``, ``db-opened`` (a new database file without tables); with
+``atomic-tmp-written`` / ``atomic-replaced`` of every whole-file write and those of :mod:`.artefacts`.
+
 Layout of an index directory:
   index.sqlite (+ -wal, -shm)   photos (id, path, hash, label, shard address), shards, meta
   shards/tokens-NNNNN.bin       token codes, one fixed-size row per photo (:mod:`.codec`)
@@ -27,17 +35,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import fsync_path
+from ..atomic import TMP_SUFFIX, crash_armed, crash_point, fsync_path
 from ..cluster import DEFAULT_CLUSTERS
 from ..errors import IncompleteIndexError, IndexStoreError, UnknownPhotoError
 from .codec import DEFAULT_TOKEN_KIND, GlobalCodec, TokenCodec
@@ -134,20 +142,6 @@ def index_exists(root: str | Path) -> bool:
     return (Path(root) / DB_NAME).is_file()
 
 
-def crash_point(name: str) -> None:
-    """Test hook: SIGKILL this process at the n-th time ``name`` is reached when
-    ``SKETCHFIND_CRASH_AT=name:n`` is set (deterministic crash tests of the commit protocol)."""
-    spec = os.environ.get("SKETCHFIND_CRASH_AT")
-    if not spec or not spec.startswith(name + ":"):
-        return
-    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    if _CRASH_COUNTS[name] == int(spec.rsplit(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_CRASH_COUNTS: dict[str, int] = {}
-
-
 class IndexStore:
     """SQLite metadata + memory-mapped token shards of one index directory."""
 
@@ -223,8 +217,7 @@ class IndexStore:
                 "global_dim": global_dim,
                 "n_clusters": DEFAULT_CLUSTERS,
             }
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
+            with _transaction(conn, "create"):
                 conn.executemany(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
                 )
@@ -268,19 +261,22 @@ class IndexStore:
         return int(json.loads(row[0]))
 
     def set_meta(self, key: str, value) -> None:
-        """Commits one meta value (e.g. the requested number of clusters)."""
+        """Commits one meta value (e.g. the requested number of clusters) as a new generation: the derived
+        artefacts depend on such settings, so the ones on disk become stale and are rebuilt with it."""
         self._require_writable()
-        with self._db_lock, self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._write("meta"):
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            self._bump_generation()
         self.meta[key] = value
 
     # -- reading ---------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """Ids and shard addresses of every committed photo (one consistent read)."""
+        """Ids and shard addresses of every committed photo (one consistent read); ``meta`` is brought up to
+        the same generation (another process may have changed the settings the artefacts are built with)."""
         with self._db_lock, self.conn:
             self.conn.execute("BEGIN")
-            gen = int(json.loads(self.conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0]))
+            self.meta = _read_meta_raw(self.conn)
+            gen = int(self.meta["generation"])
             rows = np.array(self.conn.execute("SELECT id, shard, row FROM photos ORDER BY id").fetchall(), np.int64)
         rows = rows.reshape(-1, 3)
         return Snapshot(gen, rows[:, 0].copy(), rows[:, 1].astype(np.int32), rows[:, 2].copy())
@@ -369,16 +365,20 @@ class IndexStore:
             raise IndexStoreError("this index was opened read-only")
 
     def _recover(self) -> None:
-        """Truncates shard bytes beyond the committed rows and deletes uncommitted shard files."""
+        """Truncates shard bytes beyond the committed rows, deletes uncommitted shard files, and deletes the
+        temporary files of whole-file writes a crash interrupted (in the index folder and ``shards/`` only
+        the lock holder writes, and it is us)."""
         with self._db_lock:
             committed = dict(self.conn.execute("SELECT id, rows FROM shards"))
         shard_dir = self.root / "shards"
         shard_dir.mkdir(exist_ok=True)
-        for path in shard_dir.iterdir():
+        for path in [*shard_dir.iterdir(), *self.root.iterdir()]:
+            if path.name.endswith(TMP_SUFFIX) and path.is_file():
+                path.unlink()
+                continue
             kind, _, number = path.stem.partition("-")
-            if path.suffix != ".bin" or kind not in ("tokens", "global") or not number.isdigit():
-                if path.name.endswith(".tmp"):
-                    path.unlink()
+            shard_file = path.parent == shard_dir and path.suffix == ".bin" and kind in ("tokens", "global")
+            if not (shard_file and number.isdigit()):
                 continue
             row_bytes = self.codec.row_bytes if kind == "tokens" else self.gcodec.row_bytes
             keep = committed.get(int(number), 0) * row_bytes
@@ -388,6 +388,9 @@ class IndexStore:
                 with open(path, "r+b") as f:
                     f.truncate(keep)
                     os.fsync(f.fileno())
+            else:
+                continue  # nothing to drop
+            crash_point("shard-dropped")  # one orphan file deleted or truncated, others maybe not yet
 
     def _append(self, kind: str, shard: int, start_row: int, rows: np.ndarray) -> None:
         path = self.root / "shards" / f"{kind}-{shard:05d}.bin"
@@ -395,7 +398,7 @@ class IndexStore:
         with open(path, "w+b" if new else "r+b") as f:
             f.seek(start_row * rows.shape[1])
             data = rows.tobytes()
-            if kind == "tokens" and os.environ.get("SKETCHFIND_CRASH_AT", "").startswith("shard-partial:"):
+            if kind == "tokens" and crash_armed("shard-partial"):
                 f.write(data[: len(data) // 2])  # test hook: die with half a batch on disk
                 f.flush()
                 crash_point("shard-partial")
@@ -404,6 +407,7 @@ class IndexStore:
             f.truncate()
             f.flush()
             os.fsync(f.fileno())
+        crash_point("shard-appended")  # this file's rows are on disk (a new file's folder entry not flushed)
         if new:
             fsync_path(path.parent)
 
@@ -426,11 +430,10 @@ class IndexStore:
             places += [(shard, used + j) for j in range(take)]
             used, i = used + take, i + take
             shard_rows[shard] = used
-        crash_point("shard-written")
+        crash_point("shard-written")  # the batch's rows are on disk, uncommitted: orphans if we die now
         now = time.time()
         ids = []
-        with self._db_lock, self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._write("batch"):
             self.conn.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)", list(shard_rows.items()))
             for photo, (s, r) in zip(photos, places, strict=True):
                 values = (photo.sha256, photo.size, photo.mtime_ns, _to_db(photo.label), now, s, r)
@@ -448,15 +451,13 @@ class IndexStore:
                     )
                     ids.append(photo.id)
             self._bump_generation()
-        crash_point("committed")
         return ids
 
     def touch(self, updates: list[tuple[int, int]]) -> None:
         """Records new modification times ((id, mtime_ns)) of files whose content did not change."""
         self._require_writable()
         if updates:
-            with self._db_lock, self.conn:
-                self.conn.execute("BEGIN IMMEDIATE")
+            with self._write("touch"):
                 self.conn.executemany("UPDATE photos SET mtime_ns=? WHERE id=?", [(m, i) for i, m in updates])
 
     def remove(self, ids) -> int:
@@ -464,8 +465,7 @@ class IndexStore:
         self._require_writable()
         ids = [int(i) for i in ids if 0 <= int(i) <= MAX_ID]
         removed = 0
-        with self._db_lock, self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with self._write("remove"):
             for start in range(0, len(ids), 900):
                 chunk = ids[start : start + 900]
                 removed += self.conn.execute(
@@ -503,9 +503,8 @@ class IndexStore:
             self._append("global", shard, 0, self.read_codes(snap, positions, "global"))
             places += [(shard, i) for i in range(len(positions))]
             shard_rows[shard] = len(positions)
-        crash_point("compact-written")
-        with self._db_lock, self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
+        crash_point("compact-written")  # new shard files complete, uncommitted: orphans if we die now
+        with self._write("compact"):
             self.conn.executemany(
                 "UPDATE photos SET shard=?, row=? WHERE id=?",
                 [(s, r, int(i)) for (s, r), i in zip(places, snap.ids, strict=True)],
@@ -520,14 +519,32 @@ class IndexStore:
     def _bump_generation(self) -> None:
         self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
 
+    @contextmanager
+    def _write(self, point: str) -> Iterator[None]:
+        """One write transaction of this store (under the connection lock); see :func:`_transaction`."""
+        with self._db_lock, _transaction(self.conn, point):
+            yield
+
     def checkpoint(self) -> None:
         """Folds the SQLite write-ahead log into the database file (keeps the directory compact)."""
         with self._db_lock:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        crash_point("checkpointed")
 
     def disk_bytes(self) -> int:
         """Bytes used by the whole index directory."""
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, point: str) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on an exception), with the crash points
+    ``<point>-pending`` (every statement run, COMMIT not reached) and ``<point>-committed``."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        crash_point(f"{point}-pending")
+    crash_point(f"{point}-committed")
 
 
 def _connect(path: Path, writable: bool) -> sqlite3.Connection:
@@ -538,6 +555,7 @@ def _connect(path: Path, writable: bool) -> sqlite3.Connection:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            crash_point("db-opened")  # a new database file without its tables yet
             conn.executescript(_SCHEMA)
             return conn
         uri = path.resolve().as_uri()
@@ -556,6 +574,8 @@ def _connect(path: Path, writable: bool) -> sqlite3.Connection:
 
 def _read_meta_raw(conn: sqlite3.Connection) -> dict:
     try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+            return {}  # a database file whose creation was interrupted before its schema
         return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
     except sqlite3.DatabaseError as exc:
         raise IndexStoreError(f"the index database is damaged: {exc}") from exc

@@ -22,6 +22,7 @@ any style -> dark strokes on white).
 
 from .drawings import DRAWING_LIMITS, render_strokes, render_svg
 from .images import (
+    LIGHT_PIXELS,
     MAX_FILE_BYTES,
     MAX_PIXELS,
     MAX_SKETCH_DECODE_PIXELS,
@@ -29,6 +30,7 @@ from .images import (
     RASTER_FORMATS,
     SKETCH_SUFFIXES,
     RasterFormat,
+    is_light_decode,
     photo_format,
     raster_format,
     read_photo,
@@ -47,6 +49,7 @@ from .pipeline import (
 
 __all__ = [
     "DRAWING_LIMITS",
+    "LIGHT_PIXELS",
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "MAX_SKETCH_DECODE_PIXELS",
@@ -55,6 +58,7 @@ __all__ = [
     "SKETCH_SUFFIXES",
     "RasterFormat",
     "ink_mask",
+    "is_light_decode",
     "normalize_drawing",
     "photo_format",
     "photo_array",

@@ -8,6 +8,8 @@ import binascii
 import json
 import secrets
 import time
+from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -21,8 +23,69 @@ from .errors import ApiError
 from .settings import Settings
 from .thumbnails import ThumbnailCache
 
-MAX_CONCURRENT_DECODES = 2  # image decodes / drawing rasterisations at once (each up to ~4 bytes x MAX_PIXELS)
+# Heavy decodes (large images, SVG; each up to ~4 bytes x MAX_PIXELS and seconds of CPU): one at a time, so
+# one core stays free for everything else. Light ones (preprocess.is_light_decode: a few MB, milliseconds) have
+# slots of their own and never queue behind a heavy one: a small sketch is not held up by a 40 MP upload.
+MAX_CONCURRENT_DECODES = 1
+MAX_LIGHT_DECODES = 4
 REFRESH_SECONDS = 1.0  # at most this often a request checks whether another process committed to the index
+CHEAP_STREAK = 4  # cheap model calls that may go ahead of a waiting expensive one, in a row
+
+
+class ModelLock:
+    """One model call at a time; cheap calls (``ann`` searches: tens of ms) go ahead of expensive ones
+    (explanations, the other strategies, index changes: up to seconds), first come first served within each
+    kind. After ``CHEAP_STREAK`` cheap calls in a row a waiting expensive one goes next: neither kind starves."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting: dict[bool, deque] = {True: deque(), False: deque()}  # cheap? -> futures in arrival order
+        self._streak = 0  # cheap calls granted in a row
+
+    def locked(self) -> bool:
+        """Whether a model call is running."""
+        return self._held
+
+    @asynccontextmanager
+    async def hold(self, cheap: bool):
+        """Holds the lock for one model call."""
+        await self._acquire(cheap)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, cheap: bool) -> None:
+        if not self._held and not (self._waiting[True] or self._waiting[False]):
+            self._held = True
+            self._granted(cheap)
+            return
+        queue = self._waiting[cheap]
+        future = asyncio.get_running_loop().create_future()
+        queue.append(future)
+        try:
+            await future  # resolved by _release: the lock is handed over, still held
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # handed over just as this request was cancelled
+                self._release()
+            elif future in queue:
+                queue.remove(future)
+            raise
+
+    def _release(self) -> None:
+        order = (True, False) if self._streak < CHEAP_STREAK or not self._waiting[False] else (False, True)
+        for cheap in order:
+            queue = self._waiting[cheap]
+            while queue:
+                future = queue.popleft()
+                if not future.done():
+                    future.set_result(None)
+                    self._granted(cheap)
+                    return
+        self._held = False
+
+    def _granted(self, cheap: bool) -> None:
+        self._streak = self._streak + 1 if cheap else 0
 
 
 @dataclass
@@ -32,26 +95,42 @@ class ServiceState:
     searcher: Any
     settings: Settings
     thumbnails: ThumbnailCache
-    # One model call at a time: torch already uses both cores for one query, and index writes must not
-    # interleave with searches. Decoding, rasterising, photo files and thumbnails happen without it.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # One model call at a time: torch already uses both cores for one query. An index change holds it while it
+    # encodes and commits, not for its compaction and search structures (see ``writes``). Decoding,
+    # rasterising, photo files and thumbnails happen without it.
+    lock: ModelLock = field(default_factory=ModelLock)
     # Decoding is what costs memory (a 40 MP photo is 120 MB of pixels): a fixed number at a time.
     decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_DECODES))
+    light_decodes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_LIGHT_DECODES))
     checked_at: float = 0.0  # time.monotonic() of the last freshness check
+    # One index change at a time: its encoding and commit take the model lock, its compaction and search
+    # structures (a second of K-means and FAISS per few thousand photos) do not, so searches go on meanwhile.
+    writes: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def run(self, fn, *args, request: Request | None = None):
-        """Run blocking Searcher work in the thread pool, one call at a time.
+    async def run(self, fn, *args, request: Request | None = None, cheap: bool = False):
+        """Run blocking Searcher work in the thread pool, one call at a time (``cheap`` ones first, see
+        :class:`ModelLock`).
 
         A request whose client has gone while it waited (the page aborts a search when a newer stroke
         ends) is dropped before it costs any model time."""
-        async with self.lock:
+        async with self.lock.hold(cheap):
             await _check_connected(request)
             return await run_in_threadpool(self._call, fn, *args)
 
-    async def decode(self, fn, *args, request: Request | None = None):
+    async def change(self, fn, *args):
+        """An index change: ``fn`` (commits only: ``finish=False``) under the model lock, then the compaction and
+        search structures outside it (:meth:`Searcher.finish_changes`); one change at a time."""
+        async with self.writes:
+            try:
+                return await self.run(fn, *args)
+            finally:  # also after a failure: whatever it committed before failing gets its structures
+                await run_in_threadpool(self.searcher.finish_changes)
+
+    async def decode(self, fn, *args, request: Request | None = None, light: bool = False):
         """Run CPU- and memory-heavy work without the model (decoding, rasterising) in the thread pool,
-        at most ``MAX_CONCURRENT_DECODES`` at a time."""
-        async with self.decodes:
+        at most ``MAX_CONCURRENT_DECODES`` at a time; ``light`` work (small inputs, see
+        :func:`~sketchfind.preprocess.is_light_decode`) in one of ``MAX_LIGHT_DECODES`` slots of its own."""
+        async with self.light_decodes if light else self.decodes:
             await _check_connected(request)
             return await run_in_threadpool(fn, *args)
 
@@ -59,7 +138,7 @@ class ServiceState:
         """See photos another process committed to the index (at most every ``REFRESH_SECONDS``); the
         Searcher swaps in a whole committed generation, never a half-written one."""
         now = time.monotonic()
-        if now - self.checked_at < REFRESH_SECONDS:
+        if now - self.checked_at < REFRESH_SECONDS or self.writes.locked():  # a change refreshes when done
             return
         self.checked_at = now
         await run_in_threadpool(self.searcher.refresh)

@@ -7,8 +7,8 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from ...preprocess import DRAWING_LIMITS, MAX_FILE_BYTES, MAX_PIXELS, MAX_SKETCH_DECODE_PIXELS
-from ..deps import MAX_CONCURRENT_DECODES, REFRESH_SECONDS, State
+from ...preprocess import DRAWING_LIMITS, LIGHT_PIXELS, MAX_FILE_BYTES, MAX_PIXELS, MAX_SKETCH_DECODE_PIXELS
+from ..deps import MAX_CONCURRENT_DECODES, MAX_LIGHT_DECODES, REFRESH_SECONDS, State
 from ..limits import limits_info
 from ..schemas import Health, Info
 from ..thumbnails import SIZE_BUCKETS
@@ -43,6 +43,8 @@ async def info(state: State) -> Info:
             "sketch_decode_pixels": MAX_SKETCH_DECODE_PIXELS,
             **{f"drawing_{name}": value for name, value in DRAWING_LIMITS.items()},
             "concurrent_decodes": MAX_CONCURRENT_DECODES,
+            "concurrent_light_decodes": MAX_LIGHT_DECODES,
+            "light_decode_pixels": LIGHT_PIXELS,
             "thumbnail_sizes_max": max(SIZE_BUCKETS),
             "index_refresh_seconds": REFRESH_SECONDS,
             **limits_info(),

@@ -10,12 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ...atomic import atomic_write_bytes
 from ...errors import NotAPhotoError, SketchfindError, UnknownPhotoError
 from ...names import shown_name
-from ...preprocess import photo_format, read_photo
+from ...preprocess import is_light_decode, photo_format, read_photo
 from ..deps import State, require_token
 from ..errors import ApiError
 from ..schemas import MAX_PHOTO_ID, DeleteResponse, ErrorBody, PhotoInfo, UploadResponse
@@ -80,8 +81,11 @@ async def thumbnail(
         return Response(status_code=304, headers=headers)
     try:
         data = state.thumbnails.peek(path, record.sha256 or "", size)
-        if data is None:  # a decode: one of the bounded decode slots
-            data = await state.decode(state.thumbnails.get, path, record.sha256 or "", size, request=request)
+        if data is None:  # a decode: one of the bounded decode slots (a light one for a photo of few pixels)
+            light = await run_in_threadpool(is_light_decode, path)  # reads the file's header
+            data = await state.decode(
+                state.thumbnails.get, path, record.sha256 or "", size, request=request, light=light
+            )
     except SketchfindError as err:
         raise ApiError(404, f"photo {photo_id} cannot be read any more: {err}", "photo_file_missing") from None
     return Response(data, media_type="image/jpeg", headers=headers)
@@ -130,17 +134,18 @@ async def upload(request: Request, state: State) -> UploadResponse:
         name = shown_name(Path(upload_file.filename or "photo").name)
         data = await upload_file.read()
         try:  # decoding checks the photo: off the event loop, in a decode slot
-            saved.append((name, await state.decode(_store_upload, data, name, state.settings.uploads)))
+            light = is_light_decode(data)
+            saved.append((name, await state.decode(_store_upload, data, name, state.settings.uploads, light=light)))
         except SketchfindError as err:
             skipped.append({"name": name, "reason": shown_name(str(err))})
     if not saved:
         return UploadResponse(added=[], unchanged=[], skipped=skipped)
 
     def add():
-        report = state.searcher.add_photos([path for _, path in saved])
+        report = state.searcher.add_photos([path for _, path in saved], finish=False)
         return report, {r.id: r for r in state.searcher.photos(report.ids.values())}
 
-    report, records = await state.run(add)
+    report, records = await state.change(add)
     names = {str(path): name for name, path in saved}
     added = [photo_info(records[report.ids[path]]) for path in [*report.new, *report.updated]]
     unchanged = [names.get(path, shown_name(Path(path).name)) for path in report.unchanged]
@@ -174,6 +179,6 @@ async def delete(state: State, photo_id: PhotoId) -> DeleteResponse:
 
     def remove():
         _record(state.searcher, photo_id)
-        return state.searcher.remove_photos([photo_id])
+        return state.searcher.remove_photos([photo_id], finish=False)
 
-    return DeleteResponse(removed=int(await state.run(remove)))
+    return DeleteResponse(removed=int(await state.change(remove)))

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from ...explain import png_bytes
 from ...names import shown_name
+from ...preprocess import is_light_decode
 from ..deps import State, clamp_k, read_sketch
 from ..errors import ApiError
 from ..schemas import (
@@ -74,9 +76,12 @@ async def search(
     k = clamp_k(sketch.fields.get("k") or k, state)
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
     searcher = state.searcher
-    # decoding and rasterising in a decode slot; only the model call takes the model lock
-    prepared = await state.decode(searcher.prepare, sketch.source, request=request)
-    result = await state.run(searcher.search, prepared, k, strategy, request=request)
+    # decoding and rasterising in a decode slot (a light one for a small sketch); only the model call takes the
+    # model lock
+    light = is_light_decode(sketch.source)  # header only: microseconds
+    prepared = await state.decode(searcher.prepare, sketch.source, request=request, light=light)
+    cheap = (strategy or searcher.settings.strategy) == "ann"  # tens of ms; the others run the RN over many photos
+    result = await state.run(searcher.search, prepared, k, strategy, request=request, cheap=cheap)
     hits = [
         Hit(
             rank=h.rank,
@@ -123,17 +128,22 @@ async def explain(
     if photo_id is None:
         raise ApiError(422, "say which photo to explain: photo_id", "invalid_request")
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
-    prepared = await state.decode(state.searcher.prepare, sketch.source, request=request)
-    explanation, images = await state.run(state.searcher.explain, prepared, photo_id, strategy, request=request)
-    if format == "png":
-        return Response(await state.decode(png_bytes, images["combined"]), media_type="image/png")
+    searcher = state.searcher
+    light = is_light_decode(sketch.source)
+    prepared = await state.decode(searcher.prepare, sketch.source, request=request, light=light)
+    # the photo too is decoded in a decode slot, never under the model lock (a 40 MP PNG takes seconds)
+    light = await run_in_threadpool(lambda: is_light_decode(searcher.photo(photo_id).path))  # its header
+    photo = await state.decode(searcher.display_photo, photo_id, request=request, light=light)
+    explanation, images = await state.run(searcher.explain, prepared, photo_id, strategy, photo, request=request)
+    if format == "png":  # encoding the small pictures of an explanation is light work
+        return Response(await state.decode(png_bytes, images["combined"], light=True), media_type="image/png")
 
     def data_urls() -> dict[str, str]:
         return {
             name: "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode() for name, img in images.items()
         }
 
-    urls = await state.decode(data_urls)
+    urls = await state.decode(data_urls, light=True)
     summary = explanation.to_dict()
     summary.pop("matrix")
     return ExplainResponse(
