@@ -60,7 +60,9 @@ def metrics(rankings: list[list[str]], query_labels: list[str], gallery_labels: 
     out = []
     for q, row in enumerate(labels):  # per query: gallery "in rank order" with its own labels
         out.append(
-            retrieval_metrics(dist[q : q + 1], np.array([vocab[query_labels[q]]]), row, map_ks=(100,), precision_ks=(100,))
+            retrieval_metrics(
+                dist[q : q + 1], np.array([vocab[query_labels[q]]]), row, map_ks=(100,), precision_ks=(100,)
+            )
         )
     return {k: float(np.nanmean([o[k] for o in out])) for k in out[0]}
 
@@ -117,7 +119,8 @@ def main() -> None:
         "",
         f"{results['weights']}, runtime {results['runtime']}, {results['machine']['cpus']} CPUs, load average "
         f"{results['machine']['load_avg_start']:.1f} -> {results['machine']['load_avg_end']:.1f}; "
-        f"{args.per_class} queries per unseen class; every strategy ranks the whole gallery; {results['rank_settings']}.",
+        f"{args.per_class} queries per unseen class; every strategy ranks the whole gallery; "
+        f"{results['rank_settings']}.",
         "",
         "| queries | strategy | mAP@all | mAP@100 | P@100 | s/query |",
         "|---|---|---|---|---|---|",
