@@ -32,9 +32,11 @@ from .conftest import SKETCHY  # noqa: E402
 from .index_helpers import copy_photos, tiny  # noqa: E402
 
 CLASSES = ("cup", "airplane", "swan", "apple", "cat", "tree")
-# measured on these images (zse-lite0, shipped calibration): [Ret] cosine to fp32 >= 0.98 (mean 0.995), global
-# embedding cosine >= 0.98; token max |diff| ~1.2 (tokens are LayerNorm outputs of norm ~sqrt(128) = 11.3)
-RET_COSINE, GLOBAL_COSINE, TOKENS = 0.97, 0.97, 2.5
+# measured on these 18 sketches / 18 photos (zse-lite0, shipped calibration, onnxruntime 1.32): [Ret] cosine to fp32
+# min 0.981 (sketches) / 0.986 (photos), global embedding cosine min 0.976 / 0.985, token max |diff| 1.37 / 0.89
+# (tokens are LayerNorm outputs of norm ~sqrt(128) = 11.3); the ranking test measured top-10 overlap 0.95, mAP
+# diff -0.006; the mixed-precision searches 0.93-1.0 overlap with fp32
+RET_COSINE, GLOBAL_COSINE, TOKENS = 0.97, 0.96, 2.0
 
 
 @pytest.fixture(scope="module")

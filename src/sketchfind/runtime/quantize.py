@@ -16,10 +16,12 @@ the fp32 export, the recipe, the calibration and the onnxruntime version.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -201,21 +203,25 @@ def quantize_encoder(
     import onnx
 
     quantization = _require_quantizer()
-    graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    nodes = recipe.nodes(graph)
-    chosen = set(nodes)
-    needed = {t for n in graph.node if n.name in chosen for t in (n.input[0], n.output[0])}
-    missing = sorted(needed - set(ranges.get("data", {})))
-    if missing:
-        raise SketchfindError(
-            f"the int8 calibration of {model_name!r} does not match its ONNX export (e.g. no range for "
-            f"{missing[0]!r}; another torch version?): run sketchfind.runtime.calibrate again"
-        )
-    with tempfile.TemporaryDirectory(prefix="sketchfind-int8-") as tmp:
-        cache = Path(tmp) / "ranges.json"
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="sketchfind-int8-") as tmp, _quiet():
+        # constant folding turns the exporter's Constant-node weights into initializers the quantiser can read
+        prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "ranges.json"
+        quant_pre_process(str(fp32_path), str(prepared))
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        nodes = recipe.nodes(graph)
+        chosen = set(nodes)
+        needed = {t for n in graph.node if n.name in chosen for t in (n.input[0], n.output[0])}
+        missing = sorted(needed - set(ranges.get("data", {})))
+        if missing:
+            raise SketchfindError(
+                f"the int8 calibration of {model_name!r} does not match its ONNX export (e.g. no range for "
+                f"{missing[0]!r}; another torch version?): run sketchfind.runtime.calibrate again"
+            )
         cache.write_text(json.dumps(ranges))
         quantization.quantize_static(
-            str(fp32_path),
+            str(prepared),
             str(out_path),
             calibration_data_reader=None,
             calibration_cache_path=cache,
@@ -228,6 +234,16 @@ def quantize_encoder(
             calibrate_method=getattr(quantization.CalibrationMethod, recipe.calibration),
         )
     return out_path
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime.quantization logs advice to the root logger (pre-processing, bias layouts): not for our users."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def int8_cache_key(model: nn.Module, calib: dict, recipe: Int8Recipe = RECIPE) -> str:
