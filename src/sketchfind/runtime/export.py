@@ -10,7 +10,7 @@ The cache folder is ``<cache root>/onnx/<model name>-<key>/``: the key hashes th
 config hash, the torch version and :data:`EXPORT_VERSION`, so new weights or a new exporter never reuse a
 stale graph. Each export is written into a temporary folder and renamed into place (atomic), with a
 ``manifest.json`` written last that lists the sha256 of every graph; a folder whose manifest does not
-match is exported again.
+match is exported again (:func:`cached_folder`, which the int8 encoders of :mod:`.quantize` reuse).
 """
 
 from __future__ import annotations
