@@ -1,10 +1,14 @@
-"""Runtime benchmark: PyTorch eager vs ONNX Runtime in the same run, plus the bf16 relation head.
+"""Runtime benchmark: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8 encoders in the same run, plus the
+bf16 relation head.
 
     python benchmarks/bench_runtime.py --threads 2            # everything (a few minutes on 2 cores)
     python benchmarks/bench_runtime.py --quick --skip full    # lite0 only, fewer repetitions
 
 Sections:
   query    sketch query end to end (read + preprocess + encode) p50/p90 per runtime, zse-lite0
+  int8     int8 vs fp32 encoders: ms/photo (batch 32), ms/sketch (batch 1), token and [Ret] error, and the
+           agreement of the ann ranking (top-10 overlap, mAP@all) on the validation classes (where the
+           recipe was chosen) and on unseen-25 (625 sketches vs their 625 photos; for this report only)
   search   per-query latency per strategy (encode included) on a real sketchy-mini index, per runtime
   build    build_index photos/s on real photos (read, hash, decode, encode, quantise, commit, cluster)
   full     zse-vit-b16 (random weights: timing does not depend on them): encode batch 1, and the
@@ -31,8 +35,23 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SKETCHY = HERE.parents[1] / "shared" / "data" / "sketchy-mini"
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")
 STRATEGIES = ("exhaustive", "clustered", "ann")
+
+
+def cpu_info() -> dict:
+    """CPU model and the instruction sets int8 speed depends on (VNNI: 8-bit dot products without saturation)."""
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    info["cpu"] = fields.get("model name", info["cpu"])
+    info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return info
 
 
 def log(*args) -> None:
@@ -80,6 +99,94 @@ def bench_query(models: dict, reps: int) -> dict:
 
     times = alternate({name: (lambda n=name: query(n)) for name in models}, reps)
     return {name: {"p50_ms": p(t, 50), "p90_ms": p(t, 90)} for name, t in times.items()}
+
+
+def split_files(split: str) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+    """(sketches, labels, photos, labels) of every image of a split: 'val' (the 15 validation classes that
+    sketchfind train draws) or 'unseen' (unseen-25)."""
+    from sketchfind.datasets import split_classes
+
+    _, val, test = split_classes(SKETCHY, SKETCHY / "splits" / "unseen25.txt", 15, 2021)
+    chosen = val if split == "val" else test
+    return (*chosen.flat("sketches"), *chosen.flat("photos"))
+
+
+def ranking_agreement(fp32: dict, int8: dict, qlabels, glabels, settings) -> dict:
+    """fp32 vs int8 tokens -> error of [Ret] and tokens, and the ann ranking's top-10 overlap and mAP@all."""
+    from sketchfind.metrics import retrieval_metrics
+    from sketchfind.rerank import pipeline_scores
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def ann(sk, ph):
+        return pipeline_scores(sk[:, 0], ph[:, 0], None, settings)
+
+    def top(x):
+        return np.argsort(-x, axis=1, kind="stable")[:, :10]
+
+    out = {}
+    for enc in ("sketch", "photo"):
+        a, b = fp32[enc], int8[enc]
+        cos = np.sum(unit(a[:, 0]) * unit(b[:, 0]), axis=-1)
+        out[enc] = {
+            "max_abs_token_diff": float(np.abs(a - b).max()),
+            "mean_abs_token_diff": float(np.abs(a - b).mean()),
+            "max_abs_ret_diff": float(np.abs(a[:, 0] - b[:, 0]).max()),
+            "ret_cosine_min": float(cos.min()),
+            "ret_cosine_mean": float(cos.mean()),
+        }
+    reference = ann(fp32["sketch"], fp32["photo"])
+    map32 = retrieval_metrics(-reference, qlabels, glabels)["map_all"]
+    combos = {"both int8": ("sketch", "photo"), "photos int8": ("photo",), "sketches int8": ("sketch",)}
+    for combo, which in combos.items():
+        sk = (int8 if "sketch" in which else fp32)["sketch"]
+        ph = (int8 if "photo" in which else fp32)["photo"]
+        scores = ann(sk, ph)
+        overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(top(reference), top(scores), strict=True)])
+        map8 = retrieval_metrics(-scores, qlabels, glabels)["map_all"]
+        out[combo] = {"top10_overlap": float(overlap), "map_all_fp32": map32, "map_all": map8, "map_diff": map8 - map32}
+    return out
+
+
+def bench_int8(models: dict, reps: int) -> dict:
+    """int8 vs fp32 encoders: speed (interleaved), accuracy and ranking agreement per split."""
+    from sketchfind.evaluate import encode_files
+    from sketchfind.preprocess import preprocess_photo, preprocess_sketch
+    from sketchfind.rerank import RankSettings
+
+    fp32, int8 = models["onnx"], models["onnx-int8"]
+    pre = fp32.cfg.preprocess
+    settings = RankSettings.from_metadata(fp32.weights_metadata)
+    if settings.uses_relation:
+        raise SystemExit(
+            "bench_int8 ranks by [Ret] + expansion only: these weights' ann ranking uses the relation head"
+        )
+    photos = torch.stack([preprocess_photo(f, pre) for f in files("photos", unseen(), 2)[:32]])
+    photos = photos.contiguous(memory_format=torch.channels_last)
+    sketch = preprocess_sketch(files("sketches", unseen(), 1)[0], pre).unsqueeze(0)
+    res = {"settings": {k: getattr(settings, k) for k in ("rerank_k", "fusion", "qe_top", "qe_weight")}}
+    with torch.inference_mode():
+        t = alternate({n: (lambda m=m: m.encode_photo(photos)) for n, m in (("onnx", fp32), ("onnx-int8", int8))}, reps)
+        res["photo_ms_per_image_batch32"] = {n: p(v, 50) / len(photos) for n, v in t.items()}
+        t = alternate(
+            {n: (lambda m=m: m.encode_sketch(sketch)) for n, m in (("onnx", fp32), ("onnx-int8", int8))}, reps
+        )
+        res["sketch_ms_batch1"] = {n: p(v, 50) for n, v in t.items()}
+        log("int8 speed", res["photo_ms_per_image_batch32"], res["sketch_ms_batch1"])
+        for split in ("val", "unseen"):
+            sk_files, qlabels, ph_files, glabels = split_files(split)
+            tokens = {
+                name: {
+                    "sketch": encode_files(net, sk_files, "sketch", desc=f"{split} sketches, {name}")[0].numpy(),
+                    "photo": encode_files(net, ph_files, "photo", desc=f"{split} photos, {name}")[0].numpy(),
+                }
+                for name, net in (("onnx", fp32), ("onnx-int8", int8))
+            }
+            res[split] = {"sketches": len(sk_files), "photos": len(ph_files)}
+            res[split].update(ranking_agreement(tokens["onnx"], tokens["onnx-int8"], qlabels, glabels, settings))
+            log("int8", split, res[split]["both int8"])
+    return res
 
 
 def bench_build(models: dict, classes, per_class: int, tmp: Path) -> tuple[dict, Path]:
@@ -200,10 +307,11 @@ def bench_bf16(model, index_dir: Path) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [
-        "# Runtime benchmark: PyTorch eager vs ONNX Runtime",
+        "# Runtime benchmark: PyTorch eager vs ONNX Runtime (fp32, int8 encoders)",
         "",
-        f"{res['machine']['cpu']}, {res['threads']} threads, load average at start {res['machine']['load_start']}, "
-        f"at end {res['machine']['load_end']}; torch {res['versions']['torch']}, onnxruntime "
+        f"{res['machine']['cpu']} ({res['machine'].get('cores')} cores; {', '.join(res['machine'].get('isa', []))}), "
+        f"{res['threads']} threads, load average at start {res['machine']['load_start']:.2f}, "
+        f"at end {res['machine']['load_end']:.2f}; torch {res['versions']['torch']}, onnxruntime "
         f"{res['versions']['onnxruntime']}. The machine is shared: absolute times are noisy, the ratios "
         "come from interleaved runs.",
         "",
@@ -218,6 +326,8 @@ def markdown(res: dict) -> str:
             f"| {n} | {v['p50_ms']:.1f} | {v['p90_ms']:.1f} |" for n, v in res["query"].items()
         ]
         lines.append("")
+    if "int8" in res:
+        lines += int8_markdown(res["int8"])
     if "build" in res:
         lines += ["## Index build, zse-lite0", "", "| runtime | photos | photos/s | in the model, photos/s |"]
         lines += ["|---|---|---|---|"] + [
@@ -232,7 +342,7 @@ def markdown(res: dict) -> str:
         for strategy, v in res["search"].items():
             cells = " | ".join(f"{v[r]['p50_ms']:.1f} | {v[r]['p90_ms']:.1f}" for r in RUNTIMES if r in v)
             lines.append(f"| {strategy} | {cells} |")
-        lines.append(f"\n(gallery: {res.get('search_gallery')} photos)\n")
+        lines.append(f"\n(gallery: {res.get('search_gallery')} photos; index built by the torch runtime)\n")
     if "full" in res:
         f = res["full"]
         lines += [
@@ -263,6 +373,48 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def int8_markdown(r: dict) -> list[str]:
+    """The int8 section: speed, error and ranking agreement per split."""
+    photo, sketch = r["photo_ms_per_image_batch32"], r["sketch_ms_batch1"]
+    lines = [
+        "## int8 encoders vs fp32 (ONNX Runtime), zse-lite0",
+        "",
+        "| encoder | fp32 ms | int8 ms | speed-up |",
+        "|---|---|---|---|",
+        f"| photo, per image at batch 32 | {photo['onnx']:.2f} | {photo['onnx-int8']:.2f} "
+        f"| {photo['onnx'] / photo['onnx-int8']:.2f}x |",
+        f"| sketch, batch 1 | {sketch['onnx']:.2f} | {sketch['onnx-int8']:.2f} "
+        f"| {sketch['onnx'] / sketch['onnx-int8']:.2f}x |",
+        "",
+        f"Ranking agreement of the `ann` ranking ([Ret] + query expansion, settings {r['settings']}) with fp32; "
+        "the recipe was chosen on the validation classes, unseen-25 is reported only:",
+        "",
+        "| classes | queries x photos | int8 side | top-10 overlap | mAP@all fp32 | mAP@all int8 | diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"val": "validation (15 seen)", "unseen": "unseen-25"}
+    for split in ("val", "unseen"):
+        if split not in r:
+            continue
+        v = r[split]
+        for combo in ("both int8", "photos int8", "sketches int8"):
+            c = v[combo]
+            lines.append(
+                f"| {names[split]} | {v['sketches']} x {v['photos']} | {combo} | {c['top10_overlap']:.3f} "
+                f"| {c['map_all_fp32']:.4f} | {c['map_all']:.4f} | {c['map_diff']:+.4f} |"
+            )
+    lines += ["", "| classes | encoder | [Ret] cosine min / mean | max abs [Ret] diff | max / mean abs token diff |"]
+    lines.append("|---|---|---|---|---|")
+    for split in ("val", "unseen"):
+        for enc in ("sketch", "photo") if split in r else ():
+            e = r[split][enc]
+            lines.append(
+                f"| {names[split]} | {enc} | {e['ret_cosine_min']:.4f} / {e['ret_cosine_mean']:.4f} "
+                f"| {e['max_abs_ret_diff']:.3f} | {e['max_abs_token_diff']:.3f} / {e['mean_abs_token_diff']:.4f} |"
+            )
+    return [*lines, ""]
+
+
 def write(res: dict, out: Path) -> None:
     """Writes what has been measured so far (every section adds to the same files)."""
     res["machine"]["load_end"] = os.getloadavg()[0]
@@ -275,7 +427,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and photos")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: query,build,search,full,bf16")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: query,int8,build,search,full,bf16")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -289,22 +441,25 @@ def main() -> None:
     res = {
         "threads": args.threads,
         "quick": args.quick,
-        "machine": {"cpu": platform.processor() or platform.machine(), "load_start": os.getloadavg()[0]},
+        "machine": {**cpu_info(), "load_start": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lite = sketchfind.load_model()
-        models = {"torch": lite, "onnx": load_runtime(lite, "onnx", cache_dir=tmp / "cache")}
+        models = {name: load_runtime(lite, name, cache_dir=tmp / "cache") for name in RUNTIMES}
         if "query" not in skip:
             res["query"] = bench_query(models, reps)
             write(res, args.out)
             log("query", res["query"])
+        if "int8" not in skip:
+            res["int8"] = bench_int8(models, reps)
+            write(res, args.out)
         index_dir = None
         if not {"build", "search", "bf16"} <= skip:
             classes = unseen()
-            res["build"], index_dir = bench_build(models, classes, 4 if args.quick else 10, tmp)
+            res["build"], index_dir = bench_build(models, classes, 4 if args.quick else 12, tmp)
             res["search_gallery"] = res["build"]["torch"]["photos"]
         if "search" not in skip:
             res["search"] = bench_search(models, index_dir, reps)

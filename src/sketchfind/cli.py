@@ -43,7 +43,11 @@ WeightsFile = Annotated[
 ]
 Runtime = Annotated[
     str | None,
-    typer.Option("--runtime", help="torch | onnx | auto (default: the fastest installed)", envvar="SKETCHFIND_RUNTIME"),
+    typer.Option(
+        "--runtime",
+        help="torch | onnx | onnx-int8 | auto (default: the fastest installed that serves the weights)",
+        envvar="SKETCHFIND_RUNTIME",
+    ),
 ]
 
 

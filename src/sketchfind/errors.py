@@ -47,3 +47,7 @@ class NotAPhotoError(InputError):
 
 class TooComplexError(InputError):
     """A drawing over a complexity or time budget (elements, points, path length, seconds): the API answers 422."""
+
+
+class UncalibratedError(SketchfindError):
+    """Weights without an int8 calibration: the onnx-int8 runtime cannot quantise them (auto runs fp32)."""

@@ -235,7 +235,7 @@ class Searcher:
     ) -> Searcher:
         """Opens an index for searching (read-only); ``model=None`` loads the model the index was built with.
         ann settings left as None take the values validated with the model's weights
-        (:class:`~sketchfind.rerank.RankSettings`). ``runtime``: 'torch', 'onnx' or 'auto' (None:
+        (:class:`~sketchfind.rerank.RankSettings`). ``runtime``: 'torch', 'onnx', 'onnx-int8' or 'auto' (None:
         ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`)."""
         root = Path(index_dir)
         store = IndexStore.open(root)

@@ -263,9 +263,9 @@ def build_index(
 
     ``model=None``: the model an existing index was built with, or the default model for a new one.
     ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` (FAISS factory
-    string, default 'SQ8') are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'auto'
-    (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``finish=False`` only commits:
-    compaction and the search structures are left to :func:`finish_index` (which needs no model)."""
+    string, default 'SQ8') are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'onnx-int8' |
+    'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``finish=False`` only
+    commits: compaction and the search structures are left to :func:`finish_index` (which needs no model)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if model is None:

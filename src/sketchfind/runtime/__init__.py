@@ -2,9 +2,16 @@
 
 ``load_runtime(model, runtime)`` returns an object with the ZSEModel methods that search and indexing use
 (``cfg``, ``encode_sketch``, ``encode_with_global``, ``retrieval_embedding``, ``relation_scores``):
-the model itself for ``"torch"``, an :class:`OnnxModel` for ``"onnx"``. ``"auto"`` (or None, which first
-reads ``SKETCHFIND_RUNTIME``) takes the fastest installed one: ONNX Runtime when it imports (about 2x
-faster per encode and per pair on 2 CPU cores, see benchmarks/results/runtime.md), else PyTorch.
+
+* ``"torch"``: the model itself;
+* ``"onnx"``: an :class:`OnnxModel` on the fp32 graphs (about 2x faster than PyTorch on 2 CPU cores);
+* ``"onnx-int8"``: an :class:`OnnxModel` whose sketch and photo encoders run a statically quantised
+  backbone (:mod:`sketchfind.runtime.quantize`; the relation head stays fp32). It needs an int8
+  calibration for the weights: the shipped weights carry one.
+
+``"auto"`` (or None, which first reads ``SKETCHFIND_RUNTIME``) takes the first of :data:`PREFERENCE` that is
+installed and serves the weights, as measured by benchmarks/bench_runtime.py: a failed export falls back to
+the next one with a warning, weights without an int8 calibration quietly run fp32.
 """
 
 from __future__ import annotations
@@ -16,20 +23,26 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SketchfindError
+from ..errors import SketchfindError, UncalibratedError
 from .export import cache_root, cached_export, export_onnx
 from .onnx_model import OnnxModel
+from .quantize import RECIPE, Int8Recipe, cached_int8_export, calibrate, find_calibration
 
-RUNTIMES = ("torch", "onnx")
-PREFERENCE = ("onnx", "torch")  # fastest first, as measured by benchmarks/bench_runtime.py
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+PREFERENCE = ("onnx", "torch")  # what auto tries, fastest first (bench_runtime.py)
 
 __all__ = [
+    "RECIPE",
     "RUNTIMES",
+    "Int8Recipe",
     "OnnxModel",
     "available_runtimes",
     "cache_root",
     "cached_export",
+    "cached_int8_export",
+    "calibrate",
     "export_onnx",
+    "find_calibration",
     "load_runtime",
     "resolve_runtime",
     "set_threads",
@@ -39,20 +52,28 @@ _threads_set: int | None = None
 
 
 def available_runtimes() -> list[str]:
-    """The runtimes installed here, fastest first."""
-    installed = {"torch": True, "onnx": importlib.util.find_spec("onnxruntime") is not None}
-    return [r for r in PREFERENCE if installed[r]]
+    """The runtimes installed here, in the order auto tries them (those it never tries last)."""
+    ort = importlib.util.find_spec("onnxruntime") is not None
+    installed = {"torch": True, "onnx": ort, "onnx-int8": ort and importlib.util.find_spec("onnx") is not None}
+    order = [*PREFERENCE, *(r for r in RUNTIMES if r not in PREFERENCE)]
+    return [r for r in order if installed[r]]
+
+
+def _requested(runtime: str | None) -> str:
+    return (runtime or os.environ.get("SKETCHFIND_RUNTIME") or "auto").lower()
 
 
 def resolve_runtime(runtime: str | None = None) -> str:
-    """'torch' or 'onnx' for a requested runtime ('auto', None = ``$SKETCHFIND_RUNTIME`` or 'auto')."""
-    runtime = (runtime or os.environ.get("SKETCHFIND_RUNTIME") or "auto").lower()
+    """The runtime a request names ('auto', None = ``$SKETCHFIND_RUNTIME`` or 'auto': the first auto tries)."""
+    runtime = _requested(runtime)
     if runtime == "auto":
         return available_runtimes()[0]
     if runtime not in RUNTIMES:
-        raise SketchfindError(f"unknown runtime {runtime!r}; choose auto, {' or '.join(RUNTIMES)}")
+        raise SketchfindError(f"unknown runtime {runtime!r}; choose auto, {', '.join(RUNTIMES)}")
     if runtime not in available_runtimes():
-        raise SketchfindError("the onnx runtime needs onnxruntime (a dependency): pip install onnxruntime onnx")
+        raise SketchfindError(
+            f"the {runtime} runtime needs onnxruntime and onnx (dependencies): pip install onnxruntime onnx"
+        )
     return runtime
 
 
@@ -65,21 +86,30 @@ def set_threads(threads: int | None) -> None:
 
 
 def load_runtime(model, runtime: str | None = None, *, cache_dir: str | Path | None = None, threads=None):
-    """``model`` run by the requested runtime (see the module doc); an OnnxModel stays as it is for 'onnx' and 'auto';
-    with 'auto', a failed export falls back to PyTorch with a warning."""
-    requested = (runtime or os.environ.get("SKETCHFIND_RUNTIME") or "auto").lower()
+    """``model`` run by the requested runtime (see the module doc). An OnnxModel stays as it is for its own
+    runtime and for 'auto'."""
+    requested = _requested(runtime)
     chosen = resolve_runtime(runtime)
     set_threads(threads)
     if isinstance(model, OnnxModel):
-        if chosen == "onnx":
+        if requested == "auto" or model.runtime == chosen:
             return model
         model = model.torch_model
-    if chosen == "torch":
-        return model.eval()
-    try:
-        return OnnxModel(model.eval(), cached_export(model, cache_dir), threads=threads)
-    except SketchfindError as exc:
-        if requested != "auto":
-            raise
-        warnings.warn(f"{exc}; using PyTorch", RuntimeWarning, stacklevel=2)
-        return model.eval()
+    model = model.eval()
+    if requested != "auto":
+        return _load(model, chosen, cache_dir, threads)
+    for name in [r for r in available_runtimes() if r in PREFERENCE]:
+        try:
+            return _load(model, name, cache_dir, threads)
+        except UncalibratedError:
+            continue  # weights nobody calibrated for int8: fp32 is the right runtime for them
+        except SketchfindError as exc:
+            warnings.warn(f"{exc}; trying the next runtime", RuntimeWarning, stacklevel=2)
+    return model  # PyTorch always works
+
+
+def _load(model, runtime: str, cache_dir, threads):
+    if runtime == "torch":
+        return model
+    paths = cached_int8_export(model, cache_dir) if runtime == "onnx-int8" else cached_export(model, cache_dir)
+    return OnnxModel(model, paths, threads=threads, runtime=runtime)

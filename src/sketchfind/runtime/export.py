@@ -10,7 +10,7 @@ The cache folder is ``<cache root>/onnx/<model name>-<key>/``: the key hashes th
 config hash, the torch version and :data:`EXPORT_VERSION`, so new weights or a new exporter never reuse a
 stale graph. Each export is written into a temporary folder and renamed into place (atomic), with a
 ``manifest.json`` written last that lists the sha256 of every graph; a folder whose manifest does not
-match is exported again.
+match is exported again (:func:`cached_folder`, which the int8 encoders of :mod:`.quantize` reuse).
 """
 
 from __future__ import annotations
@@ -121,12 +121,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _valid(folder: Path, key: str) -> bool:
+def _valid(folder: Path, key: str, graphs=GRAPHS) -> bool:
     """True when ``folder`` holds a complete export for ``key`` (manifest matches every graph file)."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         return manifest.get("key") == key and all(
-            _sha256(folder / f"{g}.onnx") == manifest["sha256"][g] for g in GRAPHS
+            _sha256(folder / f"{g}.onnx") == manifest["sha256"][g] for g in graphs
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -135,37 +135,49 @@ def _valid(folder: Path, key: str) -> bool:
 def cached_export(model: nn.Module, cache_dir: str | Path | None = None) -> dict[str, Path]:
     """The ONNX graphs of ``model`` from the cache, exported (atomically) when missing or stale."""
     key = cache_key(model)
-    root = Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
-    final = root / f"{model.cfg.name}-{key}"
-    if not _valid(final, key):
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
-        try:
-            paths = export_onnx(model, tmp)
-            manifest = {
-                "key": key,
-                "model": model.cfg.name,
-                "config_hash": model.cfg.hash(),
-                "fingerprint": fingerprint(model),
-                "torch": torch.__version__,
-                "opset": OPSET,
-                "export_version": EXPORT_VERSION,
-                "sha256": {g: _sha256(p) for g, p in paths.items()},
-            }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            _replace_dir(tmp, final, key)
-        except Exception as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, SketchfindError):
-                raise
-            raise SketchfindError(f"exporting {model.cfg.name!r} to ONNX failed: {exc}") from exc
-    return {g: final / f"{g}.onnx" for g in GRAPHS}
+    manifest = {
+        "model": model.cfg.name,
+        "config_hash": model.cfg.hash(),
+        "fingerprint": fingerprint(model),
+        "torch": torch.__version__,
+        "opset": OPSET,
+        "export_version": EXPORT_VERSION,
+    }
+    folder = cached_folder(
+        _root(cache_dir), f"{model.cfg.name}-{key}", key, GRAPHS, lambda tmp: export_onnx(model, tmp), manifest
+    )
+    return {g: folder / f"{g}.onnx" for g in GRAPHS}
 
 
-def _replace_dir(tmp: Path, final: Path, key: str) -> None:
+def _root(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
+
+
+def cached_folder(root: Path, name: str, key: str, graphs, build, manifest: dict) -> Path:
+    """``root/name`` holding ``graphs`` for ``key``; when missing or damaged, ``build(tmp folder)`` writes them
+    into a temporary folder that is renamed into place with a manifest (graph sha256s) written last."""
+    final = root / name
+    if _valid(final, key, graphs):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    try:
+        paths = build(tmp)
+        digests = {g: _sha256(paths[g]) for g in graphs}
+        (tmp / "manifest.json").write_text(json.dumps({"key": key, **manifest, "sha256": digests}, indent=2))
+        _replace_dir(tmp, final, key, graphs)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, SketchfindError):
+            raise
+        raise SketchfindError(f"exporting {manifest.get('model', name)!r} to ONNX failed: {exc}") from exc
+    return final
+
+
+def _replace_dir(tmp: Path, final: Path, key: str, graphs=GRAPHS) -> None:
     """Moves a finished export into place; another process may have won the race with a valid one."""
     if final.exists():
-        if _valid(final, key):
+        if _valid(final, key, graphs):
             shutil.rmtree(tmp, ignore_errors=True)
             return
         stale = final.with_name(f".{final.name}.stale-{os.getpid()}")
@@ -174,6 +186,6 @@ def _replace_dir(tmp: Path, final: Path, key: str) -> None:
     try:
         tmp.rename(final)
     except OSError:  # lost a race between the check and the rename
-        if not _valid(final, key):
+        if not _valid(final, key, graphs):
             raise
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""``OnnxModel``: the exported graphs run by ONNX Runtime behind the ZSEModel methods search and indexing use.
+"""``OnnxModel``: the exported graphs (fp32, or int8 encoders) run by ONNX Runtime behind the ZSEModel methods search
+and indexing use.
 
 Inputs and outputs are torch tensors, as with :class:`~sketchfind.models.zse.ZSEModel`; every other
 attribute (``state_dict`` for the fingerprint check, ``encoder``, ``tokens``, ...) is the PyTorch model's,
@@ -25,10 +26,11 @@ class OnnxModel(Encodes):
 
     runtime = "onnx"
 
-    def __init__(self, model: ZSEModel, paths: dict[str, Path], threads: int | None = None):
+    def __init__(self, model: ZSEModel, paths: dict[str, Path], threads: int | None = None, runtime: str = "onnx"):
         import onnxruntime as ort
 
         self.torch_model = model
+        self.runtime = runtime  # "onnx", or "onnx-int8" when the encoder graphs are the quantised ones
         self.cfg = model.cfg
         self.weights_metadata = getattr(model, "weights_metadata", {})
         opts = ort.SessionOptions()
