@@ -74,9 +74,12 @@ async def search(
     k = clamp_k(sketch.fields.get("k") or k, state)
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
     searcher = state.searcher
+    read = time.perf_counter()
     # decoding and rasterising in a decode slot; only the model call takes the model lock
     prepared = await state.decode(searcher.prepare, sketch.source, request=request)
+    ready = time.perf_counter()
     result = await state.run(searcher.search, prepared, k, strategy, request=request)
+    searched = time.perf_counter()
     hits = [
         Hit(
             rank=h.rank,
@@ -88,7 +91,11 @@ async def search(
         )
         for h in result.hits
     ]
-    timings = {stage: round(seconds * 1000, 2) for stage, seconds in (result.timings or {}).items()}
+    # the Searcher's stages, and the route's own: reading the body, decoding the sketch (with the wait for a
+    # decode slot), waiting for the model (lock and thread pool, outside the Searcher's clock)
+    stages = {"read": read - started, "prepare": ready - read, **(result.timings or {})}
+    stages["model_wait"] = max(0.0, searched - ready - result.seconds)
+    timings = {stage: round(seconds * 1000, 2) for stage, seconds in stages.items()}
     timings.setdefault("total", round(result.seconds * 1000, 2))
     return SearchResponse(
         strategy=result.strategy,
