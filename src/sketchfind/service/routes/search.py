@@ -23,6 +23,7 @@ from ..schemas import (
     SketchJSON,
     Strategy,
 )
+from ..thumbnails import content_version
 
 router = APIRouter(prefix="/api", tags=["search"])
 
@@ -57,8 +58,11 @@ def _sketch_body(model) -> dict:
     }
 
 
-def photo_urls(photo_id: int) -> dict[str, str]:
-    return {"url": f"/api/photos/{photo_id}", "thumbnail_url": f"/api/photos/{photo_id}/thumbnail"}
+def photo_urls(photo_id: int, version: str | None = None) -> dict[str, str]:
+    """The photo's URL and its thumbnail's; with the photo's content ``version`` the thumbnail URL is one
+    browsers may keep for good (a changed photo gets a new URL)."""
+    photo = f"/api/photos/{photo_id}"
+    return {"url": photo, "thumbnail_url": f"{photo}/thumbnail/{version}" if version else f"{photo}/thumbnail"}
 
 
 @router.post("/search", response_model=SearchResponse, responses=_ERRORS, openapi_extra=_sketch_body(SketchJSON))
@@ -78,7 +82,7 @@ async def search(
     # decoding and rasterising in a decode slot; only the model call takes the model lock
     prepared = await state.decode(searcher.prepare, sketch.source, request=request)
     ready = time.perf_counter()
-    result = await state.run(searcher.search, prepared, k, strategy, request=request)
+    result, versions = await state.run(_search, searcher, prepared, k, strategy, request=request)
     searched = time.perf_counter()
     hits = [
         Hit(
@@ -87,7 +91,7 @@ async def search(
             score=float(h.score),
             name=shown_name(Path(h.path).name),
             label=h.label,
-            **photo_urls(h.photo_id),
+            **photo_urls(h.photo_id, versions.get(h.photo_id)),
         )
         for h in result.hits
     ]
@@ -104,6 +108,12 @@ async def search(
         timings_ms=timings,
         server_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+
+
+def _search(searcher, prepared, k: int, strategy: str):
+    """The ranking, and photo id -> content version for its photos (they version the thumbnail URLs)."""
+    result = searcher.search(prepared, k, strategy)
+    return result, {r.id: content_version(r) for r in searcher.photos([h.photo_id for h in result.hits])}
 
 
 @router.post(
