@@ -2,7 +2,9 @@
 // Plain JS, no dependencies, nothing loaded from other hosts.
 "use strict";
 
-const DEBOUNCE_MS = 30;      // a new stroke started within this time replaces the pending search
+// Edits within one frame (60 Hz) make one search, and a stroke started within it cancels the search. The
+// canvas PNG is encoded while the debounce runs, so the wait hides the encoding instead of adding to it.
+const DEBOUNCE_MS = 16;
 const INK = "#000", PAPER = "#fff";
 
 const $ = (id) => document.getElementById(id);
@@ -261,7 +263,9 @@ function scheduleSearch() {
   state.seq += 1;  // the sketch changed: an answer still in flight is for an older sketch
   if (state.controller) state.controller.abort();
   clearTimeout(state.timer);
-  state.timer = setTimeout(search, DEBOUNCE_MS);
+  // toBlob copies the canvas when called: this PNG is the sketch as it is now, whatever is drawn next
+  const png = state.uploaded || !hasInk() ? null : canvasBlob();
+  state.timer = setTimeout(() => search(png), DEBOUNCE_MS);
 }
 
 function canvasBlob() {
@@ -274,7 +278,7 @@ function trace(marks, name) {
   marks[name] = performance.now() - state.strokeEnd;
 }
 
-async function search() {
+async function search(png = null) {  // png: the canvas already being encoded (scheduleSearch)
   const seq = ++state.seq;
   const marks = {};
   trace(marks, "fired");
@@ -288,7 +292,8 @@ async function search() {
   const controller = (state.controller = new AbortController());
   setStatus("Searching…", "busy");
   const form = new FormData();
-  form.append("sketch", state.uploaded || (await canvasBlob()), state.uploaded ? state.uploaded.name : "sketch.png");
+  const sketch = state.uploaded || (await (png || canvasBlob()));
+  form.append("sketch", sketch, state.uploaded ? state.uploaded.name : "sketch.png");
   form.append("k", String(resultCount()));
   form.append("strategy", $("strategy").value);
   trace(marks, "encoded");
@@ -407,6 +412,7 @@ function resultCard(hit, strategy) {
   card.dataset.label = hit.label || "";
   card.title = `${hit.label || hit.name} — ${scoreMeaning(strategy, hit.rank).name} ${fixed(hit.score, 3)}`;
   const image = document.createElement("img");
+  image.decoding = "async";  // decoded off the main thread: the grid appears while thumbnails arrive
   image.src = hit.thumbnail_url;
   image.alt = hit.label ? `${hit.label} (${hit.name})` : hit.name;
   const caption = document.createElement("span");  // the name may be cut short, never the score
