@@ -135,10 +135,11 @@ _SAMPLE_JS = """() => {
 
 
 def measure(url: str, sketches: list[Path]) -> tuple[list[dict], str]:
-    """Per-stroke timings (ms) from the page's own clock; the first sketch is a warm-up."""
+    """Per-stroke timings (ms) from the page's own clock; the first sketch is a warm-up. Each sample also
+    says when it was taken (``at_s``: seconds after the server, just started, answered its first request)."""
     from playwright.sync_api import sync_playwright
 
-    samples = []
+    samples, started = [], time.monotonic()
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         version = browser.version
@@ -157,7 +158,8 @@ def measure(url: str, sketches: list[Path]) -> tuple[list[dict], str]:
                 )
                 if number == 0:
                     continue
-                samples.append({"sketch": sketch.name, **page.evaluate(_SAMPLE_JS)})
+                sample = page.evaluate(_SAMPLE_JS)
+                samples.append({"sketch": sketch.name, "at_s": round(time.monotonic() - started, 1), **sample})
         browser.close()
     return samples, version
 
@@ -167,6 +169,7 @@ def breakdown(samples: list[dict]) -> dict[str, dict]:
     stages: dict[str, list[float]] = {name: [] for name in _STAGES}
     for s in samples:
         on_wire = s["response_start"] - s["request_start"]
+        fetched = max(s["grid"], s["thumbs_done"] or 0.0)  # no entry: all from the memory cache
         values = {
             "debounce": s["fired"],
             "canvas PNG + form": s["encoded"] - s["fired"],
@@ -180,6 +183,8 @@ def breakdown(samples: list[dict]) -> dict[str, dict]:
             "response body + JSON": s["parsed"] - s["response_start"],
             "grid in the DOM": s["grid"] - s["parsed"],
             "thumbnails fetched + decoded": s["shown"] - s["grid"],
+            "thumbnails: last byte in (of the above)": fetched - s["grid"],
+            "thumbnails: decoded after it (of the above)": s["shown"] - fetched,
         }
         for name, value in values.items():
             stages[name].append(value)
@@ -199,6 +204,8 @@ _STAGES = (
     "response body + JSON",
     "grid in the DOM",
     "thumbnails fetched + decoded",
+    "thumbnails: last byte in (of the above)",
+    "thumbnails: decoded after it (of the above)",
 )
 
 
@@ -243,6 +250,7 @@ def variant_result(rounds: list[dict], src: Path | None) -> dict:
         "thumbnails_from_network_per_search": summary(network),
         "thumbnail_kb_per_search": summary([s["thumb_bytes"] / 1024 for s in samples]),
         "response_kb": summary([(s["response_bytes"] or 0) / 1024 for s in samples]),
+        "first_measured_stroke_s": [r["samples"][0]["at_s"] for r in rounds if r["samples"]],
         "samples": samples,
     }
 
