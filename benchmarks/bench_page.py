@@ -265,6 +265,7 @@ def main() -> None:
     parser.add_argument("--index-dir", type=Path, default=None, help="index to build or reuse")
     parser.add_argument("--baseline-src", type=Path, default=None, help="a sketchfind checkout to compare with")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per variant (alternating with the baseline)")
+    parser.add_argument("--note", default="", help="what else ran on the machine (goes into the results)")
     parser.add_argument("--out", type=Path, default=RESULTS / "page_latency")
     args = parser.parse_args()
 
@@ -303,6 +304,7 @@ def main() -> None:
             "load_average_end": load_end,
             "machine": platform.machine(),
             "server": "sketchfind serve (own process, uvicorn), 127.0.0.1",
+            "note": args.note,
         },
         "index_build_seconds": round(build_seconds, 1),
         "target": f"p50 <= {TARGET_P50_MS:g} ms",
@@ -335,6 +337,7 @@ def markdown(result: dict) -> str:
         f"at the end); {s['strokes_measured']} strokes of {len(s['sketches'])} traced sketchy-mini sketches per "
         f"variant ({s['rounds']} round(s), alternating, each with a fresh server and browser). "
         f"Target: {result['target']} ({met}: p50 {after} ms).",
+        *([f"\n{s['note']}"] if s.get("note") else []),
         "",
         "| ms | " + " | ".join(f"{n} p50 | {n} p90 | {n} mean" for n in names) + " |",
         "| --- |" + " ---: |" * (3 * len(names)),
