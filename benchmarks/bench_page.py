@@ -238,7 +238,7 @@ def run_variant(name: str, src: Path | None, index_dir: Path, sketches: list[Pat
 
 def variant_result(rounds: list[dict], src: Path | None) -> dict:
     """Summaries of one variant over its rounds."""
-    samples = [s for r in rounds for s in r["samples"]]
+    samples = [{**s, "round": number} for number, r in enumerate(rounds, 1) for s in r["samples"]]
     network = [s["thumbs_network"] for s in samples]
     return {
         "src": str(src or REPO / "src"),
@@ -251,6 +251,7 @@ def variant_result(rounds: list[dict], src: Path | None) -> dict:
         "thumbnail_kb_per_search": summary([s["thumb_bytes"] / 1024 for s in samples]),
         "response_kb": summary([(s["response_bytes"] or 0) / 1024 for s in samples]),
         "first_measured_stroke_s": [r["samples"][0]["at_s"] for r in rounds if r["samples"]],
+        "shown_p50_per_round_ms": [summary([s["shown"] for s in r["samples"]])["p50"] for r in rounds],
         "samples": samples,
     }
 
@@ -345,6 +346,8 @@ def markdown(result: dict) -> str:
     for label, key in rows:
         cells = [f"{variants[n][key]['p50']} | {variants[n][key]['p90']} | {variants[n][key]['mean']}" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    per_round = "; ".join(f"{n} {', '.join(map(str, variants[n]['shown_p50_per_round_ms']))}" for n in names)
+    lines += ["", f"Results shown, p50 per round (ms, in the order run): {per_round}."]
     lines += [
         "",
         "## Where the time goes (ms, per stroke)",
