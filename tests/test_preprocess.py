@@ -193,6 +193,22 @@ def test_suffix_lists():
 # ----------------------------------------------------------------------------- transparency, orientation
 
 
+def test_alpha_compositing_is_exact_for_every_value_and_alpha():
+    values = np.arange(256, dtype=np.uint32)
+    level, alpha = np.meshgrid(values, values, indexing="ij")
+    expected = ((level * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)  # on white, rounded
+    rgba = np.stack([level, level, level, alpha], axis=2).astype(np.uint8)
+    for source in (rgba, png_bytes(Image.fromarray(rgba, "RGBA"))):
+        np.testing.assert_array_equal(read_sketch_rgb(source), np.repeat(expected[:, :, None], 3, axis=2))
+
+
+def test_an_opaque_canvas_reads_as_its_colours():  # the page's canvas: RGBA with alpha 255 everywhere
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((64, 48), 255, np.uint8)])
+    for source in (rgba, png_bytes(Image.fromarray(rgba, "RGBA")), Image.fromarray(rgba, "RGBA")):
+        np.testing.assert_array_equal(read_sketch_rgb(source), rgb)
+
+
 def test_transparent_sketch_equals_same_strokes_on_white():
     on_white = preprocess_sketch(png_bytes(draw_strokes("RGB", (255, 255, 255))), CFG)
     transparent = draw_strokes("RGBA", (0, 0, 0, 0))  # black ink, transparent *black* background

@@ -247,6 +247,42 @@ def test_photos_and_thumbnails_come_from_the_index(client, searcher):
     assert again.status_code == 304
 
 
+def test_result_thumbnails_have_versioned_urls_browsers_keep(client, searcher):
+    hit = client.post("/api/search", files={"sketch": ("s.png", SKETCH, "image/png")}).json()["results"][0]
+    version = searcher.photo(hit["id"]).sha256[:16]
+    assert hit["thumbnail_url"] == f"/api/photos/{hit['id']}/thumbnail/{version}"
+    thumb = client.get(hit["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["cache-control"] == "private, max-age=31536000, immutable"
+    assert Image.open(io.BytesIO(thumb.content)).format == "JPEG"
+    # the same picture without a version, or under an outdated one (the photo changed): cached briefly
+    for url in (f"/api/photos/{hit['id']}/thumbnail", f"/api/photos/{hit['id']}/thumbnail/0123456789abcdef"):
+        other = client.get(url)
+        assert other.status_code == 200 and other.content == thumb.content
+        assert other.headers["cache-control"] == "private, max-age=300"
+
+
+def test_thumbnails_are_made_in_the_background_when_the_gallery_fits(searcher):
+    import threading
+
+    from sketchfind.service.thumbnails import ThumbnailCache, warm
+
+    def warmed(cache, stop=None):
+        made = []  # in its own thread: warm() lowers its thread's CPU priority
+        worker = threading.Thread(target=lambda: made.append(warm(cache, searcher, 256, stop or threading.Event())))
+        worker.start()
+        worker.join()
+        return made[0]
+
+    cache = ThumbnailCache()
+    assert warmed(cache) == len(searcher) > 0
+    assert all(cache.peek(r.path, r.sha256, 256) for r in searcher.photos(searcher.photo_ids()))
+    assert warmed(cache) == 0  # all there already
+    assert warmed(ThumbnailCache(capacity=len(searcher) - 1)) == 0  # the gallery does not fit: on demand
+    stopped = threading.Event()
+    stopped.set()
+    assert warmed(ThumbnailCache(), stopped) == 0
+
+
 @pytest.mark.parametrize(
     "url,status",
     [
@@ -263,6 +299,8 @@ def test_photos_and_thumbnails_come_from_the_index(client, searcher):
         ("/static/../../../../etc/passwd", 404),
         ("/static/%2e%2e/%2e%2e/errors.py", 404),
         ("/api/photos/1/thumbnail?size=100000", 422),
+        ("/api/photos/1/thumbnail/" + "0" * 65, 422),
+        ("/api/photos/999999/thumbnail/0123456789abcdef", 404),
     ],
 )
 def test_unknown_ids_and_path_tricks(client, url, status):

@@ -334,6 +334,10 @@ class Searcher:
         """The record of one indexed photo (UnknownPhotoError for an unknown id)."""
         return self.store.photo(photo_id)
 
+    def photo_ids(self) -> list[int]:
+        """Ids of the indexed photos (the snapshot in use), in index order."""
+        return [int(i) for i in self._state.snapshot.ids]
+
     def photos(self, photo_ids) -> list[PhotoRecord]:
         """Records of the given ids that exist, in the given order (one query for all of them)."""
         return self.store.photos(photo_ids)

@@ -68,7 +68,11 @@ def to_tensor(arr: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
 
 def ink_mask(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """uint8 HxWx3 RGB -> bool (H, W): which pixels are ink (R+G+B <= cfg.ink_threshold, official rule)."""
-    return rgb.astype(np.int32).sum(axis=2) <= cfg.ink_threshold
+    # R + G + B <= 765 fits uint16: summed channel by channel, without a (H, W, 3) int32 copy
+    level = rgb[:, :, 0].astype(np.uint16)
+    level += rgb[:, :, 1]
+    level += rgb[:, :, 2]
+    return level <= cfg.ink_threshold
 
 
 # ----------------------------------------------------------------------------- sketch steps

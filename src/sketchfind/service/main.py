@@ -16,7 +16,7 @@ from .errors import install_error_handlers
 from .limits import BodyLimit, ClientLimit
 from .routes import meta, photos, search
 from .settings import Settings
-from .thumbnails import ThumbnailCache
+from .thumbnails import ThumbnailCache, start_warming
 
 # The page loads nothing from other hosts; the browser is told so too.
 _CSP = (
@@ -79,8 +79,12 @@ def create_app(settings: Settings | None = None, searcher_factory: Callable[[Set
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         searcher = factory(settings)
-        app.state.sketchfind = ServiceState(searcher, settings, ThumbnailCache(settings.thumbnail_cache))
+        thumbnails = ThumbnailCache(settings.thumbnail_cache)
+        app.state.sketchfind = ServiceState(searcher, settings, thumbnails)
+        warming = start_warming(thumbnails, searcher, settings.thumbnail_size) if settings.warm_thumbnails else None
         yield
+        if warming is not None:
+            warming.set()
         app.state.sketchfind = None
 
     app = FastAPI(

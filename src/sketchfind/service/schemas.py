@@ -46,7 +46,7 @@ class Hit(BaseModel):
     name: str = Field(description="the photo's file name")
     label: str | None = Field(None, description="the photo's class (its folder name) when the index knows it")
     url: str
-    thumbnail_url: str
+    thumbnail_url: str = Field(description="versioned by the photo's content: it never changes, browsers keep it")
 
 
 class SearchResponse(BaseModel):

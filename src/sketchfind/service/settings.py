@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1)  # torch threads for one query; None = torch's default (all cores)
     thumbnail_size: int = Field(256, ge=32, le=1024)
     thumbnail_cache: int = Field(4096, ge=0)  # thumbnails kept in memory (LRU)
+    warm_thumbnails: bool = True  # make the gallery's thumbnails at start when they all fit in the cache
 
     @property
     def uploads(self) -> Path:

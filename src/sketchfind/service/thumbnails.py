@@ -1,22 +1,40 @@
-"""Thumbnails made on demand with Pillow and kept in memory (LRU): nothing is written to the index.
+"""Thumbnails made with Pillow and kept in memory (LRU): nothing is written to the index.
 
 A thumbnail comes from a reduced decode (JPEG DCT scaling to the size asked for; other formats are
 decoded once and reduced) and sizes are rounded up to a few buckets, so a client cannot make the server
-decode one photo again and again by asking for every size between 32 and 1024."""
+decode one photo again and again by asking for every size between 32 and 1024.
+
+When the whole gallery fits in the cache, its thumbnails (default size) are made in the background when the
+server starts (:func:`warm`, one photo at a time, at the lowest CPU priority), so the page's results never
+wait for one to be made; search results link them under versioned URLs (:func:`content_version`) that
+browsers keep for good."""
 
 from __future__ import annotations
 
 import bisect
 import io
+import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image
 
+from ..errors import SketchfindError
 from ..preprocess import read_photo
 
 SIZE_BUCKETS = (64, 128, 256, 512, 1024)  # a requested size is rounded up to one of these
+THUMBNAIL_CACHE = "private, max-age=300"  # an unversioned thumbnail URL: the photo may change under it
+THUMBNAIL_IMMUTABLE = "private, max-age=31536000, immutable"  # a current versioned URL: never changes
+WARM_NICE = 19  # the CPU priority (nice) of the start-up warm-up thread: searches always come first
+
+log = logging.getLogger("sketchfind.service")
+
+
+def content_version(record) -> str | None:
+    """The version of an indexed photo's content in its thumbnail URL (a prefix of its SHA-256)."""
+    return (record.sha256 or "")[:16] or None
 
 
 def size_bucket(size: int) -> int:
@@ -62,3 +80,49 @@ def make_thumbnail(path: str | Path, size: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def warm(cache: ThumbnailCache, searcher, size: int, stop: threading.Event) -> int:
+    """Make the thumbnails (``size``) of every indexed photo the cache can hold, one at a time, until done or
+    ``stop`` is set; a photo that cannot be read is skipped (its request answers 404 as before). -> made."""
+    _lower_priority()
+    ids = searcher.photo_ids()
+    if len(ids) > cache.capacity:  # they would push each other out: made on demand instead
+        return 0
+    made = 0
+    for start in range(0, len(ids), 256):
+        for record in searcher.photos(ids[start : start + 256]):
+            if stop.is_set():
+                return made
+            if cache.peek(record.path, record.sha256 or "", size) is None:
+                try:
+                    cache.get(record.path, record.sha256 or "", size)
+                    made += 1
+                except (SketchfindError, OSError):
+                    continue
+    return made
+
+
+def start_warming(cache: ThumbnailCache, searcher, size: int) -> threading.Event | None:
+    """:func:`warm` in a daemon thread; set the returned event to stop it (None: nothing to warm)."""
+    if searcher is None or cache.capacity == 0:
+        return None
+    stop = threading.Event()
+
+    def run():
+        try:
+            made = warm(cache, searcher, size, stop)
+            log.info("thumbnails: %d made in the background", made)
+        except Exception:  # never fatal: thumbnails are then made on demand
+            log.exception("thumbnails: warming the cache failed")
+
+    threading.Thread(target=run, name="sketchfind-thumbnails", daemon=True).start()
+    return stop
+
+
+def _lower_priority() -> None:
+    """This thread at nice ``WARM_NICE`` (Linux: a thread's own priority; elsewhere left as it is)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_NICE)
+    except (AttributeError, OSError):
+        pass

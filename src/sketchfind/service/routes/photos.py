@@ -20,7 +20,7 @@ from ...preprocess import is_light_decode, photo_format, read_photo
 from ..deps import State, require_token
 from ..errors import ApiError
 from ..schemas import MAX_PHOTO_ID, DeleteResponse, ErrorBody, PhotoInfo, UploadResponse
-from ..thumbnails import size_bucket
+from ..thumbnails import THUMBNAIL_CACHE, THUMBNAIL_IMMUTABLE, content_version, size_bucket
 from .search import photo_urls
 
 router = APIRouter(prefix="/api/photos", tags=["photos"])
@@ -66,17 +66,35 @@ async def photo(state: State, photo_id: PhotoId) -> FileResponse:
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
 
-@router.get("/{photo_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, **_NOT_FOUND})
-async def thumbnail(
-    request: Request, state: State, photo_id: PhotoId, size: Annotated[int | None, Query(ge=32, le=1024)] = None
-) -> Response:
+_THUMBNAIL = {200: {"content": {"image/jpeg": {}}}, **_NOT_FOUND}
+ThumbnailSize = Annotated[int | None, Query(ge=32, le=1024)]
+Version = Annotated[str, PathParam(description="the photo's content version (search results give it)", max_length=64)]
+
+
+@router.get("/{photo_id}/thumbnail", responses=_THUMBNAIL)
+async def thumbnail(request: Request, state: State, photo_id: PhotoId, size: ThumbnailSize = None) -> Response:
     """A JPEG thumbnail (longer side ``size`` rounded up to 64, 128, 256, 512 or 1024; default 256), made
     once per size bucket and cached in memory."""
+    return await _thumbnail(request, state, photo_id, size, None)
+
+
+@router.get("/{photo_id}/thumbnail/{version}", responses=_THUMBNAIL)
+async def versioned_thumbnail(
+    request: Request, state: State, photo_id: PhotoId, version: Version, size: ThumbnailSize = None
+) -> Response:
+    """The thumbnail at the URL search results give (``version``: the photo's content version): while the
+    version is current the answer never changes, so browsers keep it (``immutable``) and never ask again."""
+    return await _thumbnail(request, state, photo_id, size, version)
+
+
+async def _thumbnail(request: Request, state: State, photo_id: int, size: int | None, version: str | None):
     record = _record(state.searcher, photo_id)
     path = _existing_file(record)
     size = size_bucket(size or state.settings.thumbnail_size)
     etag = f'"{(record.sha256 or "")[:16]}-{size}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=300"}
+    # an outdated version (the photo changed since the results were sent) gets today's photo, cached briefly
+    immutable = version is not None and version == content_version(record)
+    headers = {"ETag": etag, "Cache-Control": THUMBNAIL_IMMUTABLE if immutable else THUMBNAIL_CACHE}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     try:
@@ -97,7 +115,7 @@ def photo_info(record) -> PhotoInfo:
         name=shown_name(Path(record.path).name),
         label=record.label,
         size=record.size,
-        **photo_urls(record.id),
+        **photo_urls(record.id, content_version(record)),
     )
 
 

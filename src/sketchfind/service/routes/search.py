@@ -25,6 +25,7 @@ from ..schemas import (
     SketchJSON,
     Strategy,
 )
+from ..thumbnails import content_version
 
 router = APIRouter(prefix="/api", tags=["search"])
 
@@ -59,8 +60,11 @@ def _sketch_body(model) -> dict:
     }
 
 
-def photo_urls(photo_id: int) -> dict[str, str]:
-    return {"url": f"/api/photos/{photo_id}", "thumbnail_url": f"/api/photos/{photo_id}/thumbnail"}
+def photo_urls(photo_id: int, version: str | None = None) -> dict[str, str]:
+    """The photo's URL and its thumbnail's; with the photo's content ``version`` the thumbnail URL is one
+    browsers may keep for good (a changed photo gets a new URL)."""
+    photo = f"/api/photos/{photo_id}"
+    return {"url": photo, "thumbnail_url": f"{photo}/thumbnail/{version}" if version else f"{photo}/thumbnail"}
 
 
 @router.post("/search", response_model=SearchResponse, responses=_ERRORS, openapi_extra=_sketch_body(SketchJSON))
@@ -76,12 +80,15 @@ async def search(
     k = clamp_k(sketch.fields.get("k") or k, state)
     strategy = sketch.fields.get("strategy") or strategy or state.settings.strategy
     searcher = state.searcher
+    read = time.perf_counter()
     # decoding and rasterising in a decode slot (a light one for a small sketch); only the model call takes the
     # model lock
     light = is_light_decode(sketch.source)  # header only: microseconds
     prepared = await state.decode(searcher.prepare, sketch.source, request=request, light=light)
+    ready = time.perf_counter()
     cheap = (strategy or searcher.settings.strategy) == "ann"  # tens of ms; the others run the RN over many photos
-    result = await state.run(searcher.search, prepared, k, strategy, request=request, cheap=cheap)
+    result, versions = await state.run(_search, searcher, prepared, k, strategy, request=request, cheap=cheap)
+    searched = time.perf_counter()
     hits = [
         Hit(
             rank=h.rank,
@@ -89,11 +96,15 @@ async def search(
             score=float(h.score),
             name=shown_name(Path(h.path).name),
             label=h.label,
-            **photo_urls(h.photo_id),
+            **photo_urls(h.photo_id, versions.get(h.photo_id)),
         )
         for h in result.hits
     ]
-    timings = {stage: round(seconds * 1000, 2) for stage, seconds in (result.timings or {}).items()}
+    # the Searcher's stages, and the route's own: reading the body, decoding the sketch (with the wait for a
+    # decode slot), waiting for the model (lock and thread pool, outside the Searcher's clock)
+    stages = {"read": read - started, "prepare": ready - read, **(result.timings or {})}
+    stages["model_wait"] = max(0.0, searched - ready - result.seconds)
+    timings = {stage: round(seconds * 1000, 2) for stage, seconds in stages.items()}
     timings.setdefault("total", round(result.seconds * 1000, 2))
     return SearchResponse(
         strategy=result.strategy,
@@ -102,6 +113,12 @@ async def search(
         timings_ms=timings,
         server_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+
+
+def _search(searcher, prepared, k: int, strategy: str):
+    """The ranking, and photo id -> content version for its photos (they version the thumbnail URLs)."""
+    result = searcher.search(prepared, k, strategy)
+    return result, {r.id: content_version(r) for r in searcher.photos([h.photo_id for h in result.hits])}
 
 
 @router.post(

@@ -2,7 +2,9 @@
 // Plain JS, no dependencies, nothing loaded from other hosts.
 "use strict";
 
-const DEBOUNCE_MS = 30;      // a new stroke started within this time replaces the pending search
+// Edits within one frame (60 Hz) make one search, and a stroke started within it cancels the search. The
+// canvas PNG is encoded while the debounce runs, so the wait hides the encoding instead of adding to it.
+const DEBOUNCE_MS = 16;
 const INK = "#000", PAPER = "#fff";
 
 const $ = (id) => document.getElementById(id);
@@ -27,7 +29,10 @@ const state = {
 // read by the tests and the benchmark: latency of the last search, from stroke end to results shown
 // idle: no search pending or in flight (set false when a stroke ends, true once its results are shown)
 // answers: searches that ended (results, an error or the empty state), for tests waiting on one
-window.sketchfind = { searches: 0, answers: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [], idle: true };
+// lastTrace: where the last search's time went, ms after the stroke ended (see trace())
+window.sketchfind = {
+  searches: 0, answers: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [], lastTrace: null, idle: true,
+};
 
 function answered(seq) {
   if (seq !== state.seq) return;
@@ -258,15 +263,25 @@ function scheduleSearch() {
   state.seq += 1;  // the sketch changed: an answer still in flight is for an older sketch
   if (state.controller) state.controller.abort();
   clearTimeout(state.timer);
-  state.timer = setTimeout(search, DEBOUNCE_MS);
+  // toBlob copies the canvas when called: this PNG is the sketch as it is now, whatever is drawn next
+  const png = state.uploaded || !hasInk() ? null : canvasBlob();
+  state.timer = setTimeout(() => search(png), DEBOUNCE_MS);
 }
 
 function canvasBlob() {
   return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
 }
 
-async function search() {
+// milestones of one search, ms after the stroke ended: fired (debounce over), encoded (canvas PNG made),
+// response (headers in), parsed (JSON read), grid (cards in the DOM), shown (thumbnails decoded)
+function trace(marks, name) {
+  marks[name] = performance.now() - state.strokeEnd;
+}
+
+async function search(png = null) {  // png: the canvas already being encoded (scheduleSearch)
   const seq = ++state.seq;
+  const marks = {};
+  trace(marks, "fired");
   if (state.controller) state.controller.abort();  // a newer sketch makes the older request moot
   window.sketchfind.idle = false;
   if (!state.uploaded && !hasInk()) {
@@ -277,15 +292,19 @@ async function search() {
   const controller = (state.controller = new AbortController());
   setStatus("Searching…", "busy");
   const form = new FormData();
-  form.append("sketch", state.uploaded || (await canvasBlob()), state.uploaded ? state.uploaded.name : "sketch.png");
+  const sketch = state.uploaded || (await (png || canvasBlob()));
+  form.append("sketch", sketch, state.uploaded ? state.uploaded.name : "sketch.png");
   form.append("k", String(resultCount()));
   form.append("strategy", $("strategy").value);
+  trace(marks, "encoded");
   let body;
   try {
     const response = await fetch("/api/search", { method: "POST", body: form, signal: controller.signal });
+    trace(marks, "response");
     body = await response.json().catch(() => ({}));
     if (!response.ok) throw new ApiError(response.status, body);
-    window.sketchfind.lastResponseMs = performance.now() - state.strokeEnd;
+    trace(marks, "parsed");
+    window.sketchfind.lastResponseMs = marks.parsed;
   } catch (error) {
     if (error.name === "AbortError" || seq !== state.seq) return;
     showError(error);
@@ -293,7 +312,7 @@ async function search() {
     return;
   }
   if (seq !== state.seq) return;
-  await showResults(body, seq);
+  await showResults(body, seq, marks);
   answered(seq);
 }
 
@@ -340,7 +359,7 @@ function emptyBox(text) {
   return box;
 }
 
-async function showResults(body, seq) {
+async function showResults(body, seq, marks) {
   const grid = $("grid");
   if (!body.results.length) {
     setStatus("No photos in the index yet.", "error");
@@ -350,16 +369,19 @@ async function showResults(body, seq) {
   }
   const cards = body.results.map((hit) => resultCard(hit, body.strategy));
   grid.replaceChildren(...cards);
-  window.sketchfind.lastGridMs = performance.now() - state.strokeEnd;
+  trace(marks, "grid");
+  window.sketchfind.lastGridMs = marks.grid;
   // "shown" = the thumbnails are decoded and on screen, not merely requested
   await Promise.all(cards.map((card) => card.querySelector("img").decode().catch(() => null)));
   if (seq !== state.seq) return;
-  const latency = performance.now() - state.strokeEnd;
+  trace(marks, "shown");
+  const latency = marks.shown;
   Object.assign(window.sketchfind, {
     searches: window.sketchfind.searches + 1,
     lastLatencyMs: latency,
     lastServerMs: body.server_ms,
     lastResults: body.results,
+    lastTrace: { ...marks, at: state.strokeEnd, server: body.server_ms, timings: body.timings_ms },
   });
   setStatus(`${body.results.length} best matches · ${Math.round(latency)} ms ` +
     `(server ${Math.round(body.server_ms)} ms, ${body.strategy})`);
@@ -390,6 +412,7 @@ function resultCard(hit, strategy) {
   card.dataset.label = hit.label || "";
   card.title = `${hit.label || hit.name} — ${scoreMeaning(strategy, hit.rank).name} ${fixed(hit.score, 3)}`;
   const image = document.createElement("img");
+  image.decoding = "async";  // decoded off the main thread: the grid appears while thumbnails arrive
   image.src = hit.thumbnail_url;
   image.alt = hit.label ? `${hit.label} (${hit.name})` : hit.name;
   const caption = document.createElement("span");  // the name may be cut short, never the score
