@@ -47,3 +47,7 @@ class NotAPhotoError(InputError):
 
 class TooComplexError(InputError):
     """A drawing over a complexity or time budget (elements, points, path length, seconds): the API answers 422."""
+
+
+class VectorBackendError(SketchfindError):
+    """Milvus is not installed, unreachable, or lacks the index's collection: the API answers 503."""

@@ -37,7 +37,8 @@ from ..runtime import load_runtime
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
-from .store import DB_NAME, IndexStore, PhotoRow, index_exists
+from .store import DB_NAME, IndexStore, PhotoRow, Snapshot, index_exists
+from .vectors import META_KEY, MilvusSpec, backend_spec, describe, describe_meta
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
 
@@ -256,13 +257,18 @@ def build_index(
     label_from_folder: bool = False,
     progress: bool = False,
     runtime: str | None = None,
+    backend: str | None = None,
+    milvus_uri: str | None = None,
+    collection: str | None = None,
 ) -> BuildReport:
     """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
 
     ``model=None``: the model an existing index was built with, or the default model for a new one.
     ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` (FAISS factory
     string, default 'SQ8') are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'auto'
-    (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`)."""
+    (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``backend`` ('faiss' |
+    'milvus'), ``milvus_uri`` and ``collection`` choose where ann's first stage searches (recorded in the
+    index; default: what it records, else FAISS); a Milvus collection is brought in step at the end."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if model is None:
@@ -283,6 +289,8 @@ def build_index(
         clip_config=clip_config,
     )
     try:
+        spec = vector_backend(store, backend, milvus_uri, collection)
+        since = store.generation
         todo = _plan(files, store.file_states(), report)
         with progress_bar(len(todo), "indexing", enabled=progress) as advance:
             _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
@@ -291,6 +299,7 @@ def build_index(
         if progress and (report.new or report.updated):
             print(f"clustering and writing the search index ({len(snapshot)} photos)...", file=sys.stderr)
         load_or_build(store, snapshot, persist=True)
+        sync_vectors(store, snapshot, spec, since, report.added_ids)
         report.photos = len(snapshot)
     finally:
         store.close()
@@ -307,6 +316,9 @@ def write_encoded(
     token_storage: str | None = None,
     n_clusters: int | None = None,
     ann_type: str | None = None,
+    backend: str | None = None,
+    milvus_uri: str | None = None,
+    collection: str | None = None,
 ) -> int:
     """Commits photos whose tokens were computed elsewhere and builds the search structures, as
     :func:`build_index` would; returns the number of photos in the index.
@@ -317,11 +329,14 @@ def write_encoded(
         Path(out_dir), model, weights=weights, token_storage=token_storage, n_clusters=n_clusters, ann_type=ann_type
     )
     try:
+        spec = vector_backend(store, backend, milvus_uri, collection)
+        since, changed = store.generation, []
         for rows, tokens, global_emb in batches:
             tokens, global_emb = np.asarray(tokens, np.float32), np.asarray(global_emb, np.float32)
-            store.commit_batch(list(rows), store.codec.encode(tokens), store.gcodec.encode(global_emb))
+            changed += store.commit_batch(list(rows), store.codec.encode(tokens), store.gcodec.encode(global_emb))
         snapshot = store.snapshot()
         load_or_build(store, snapshot, persist=True)
+        sync_vectors(store, snapshot, spec, since, changed)
         return len(snapshot)
     finally:
         store.close()
@@ -417,10 +432,13 @@ def _run(
     store.touch(touched)
 
 
-def remove_photos(index_dir: str | Path, targets) -> int:
-    """Removes photos by id, path, or everything under a folder path; returns how many were removed."""
+def remove_photos(index_dir: str | Path, targets, **backend) -> int:
+    """Removes photos by id, path, or everything under a folder path; returns how many were removed.
+    ``backend``: ``backend``, ``milvus_uri``, ``collection`` as for :func:`build_index`."""
     store = IndexStore.open(index_dir, writable=True)
     try:
+        spec = vector_backend(store, **backend)
+        since = store.generation
         states = store.file_states()
         ids = set()
         for target in targets:
@@ -432,17 +450,42 @@ def remove_photos(index_dir: str | Path, targets) -> int:
         removed = store.remove(sorted(ids))
         if removed:
             store.compact(min_garbage=COMPACT_AT)
-            load_or_build(store, store.snapshot(), persist=True)
+            snapshot = store.snapshot()
+            load_or_build(store, snapshot, persist=True)
+            sync_vectors(store, snapshot, spec, since, ids)
         return removed
     finally:
         store.close()
+
+
+def vector_backend(
+    store: IndexStore, backend: str | None = None, milvus_uri: str | None = None, collection: str | None = None
+) -> MilvusSpec | None:
+    """The writer's vector backend (:func:`~.vectors.backend_spec`): checked to be reachable before any
+    photo is encoded, then recorded in the index meta. None means FAISS."""
+    spec = backend_spec(store.meta, backend, milvus_uri, collection)
+    if spec is not None:
+        from .milvus import open_collection
+
+        open_collection(spec, store, create=True).close()
+    if describe(spec) != store.meta.get(META_KEY, describe(None)):
+        store.set_meta(META_KEY, describe(spec))
+    return spec
+
+
+def sync_vectors(store: IndexStore, snapshot: Snapshot, spec: MilvusSpec | None, since: int, changed) -> None:
+    """After the store has committed: brings a Milvus collection in step (:func:`~.milvus.sync`)."""
+    if spec is not None:
+        from .milvus import sync
+
+        sync(store, snapshot, spec, since=since, changed=changed)
 
 
 def index_info(index_dir: str | Path) -> dict:
     """index_info.json of an index, brought up to date in memory if it is stale (nothing is written)."""
     with IndexStore.open(index_dir) as store:
         snapshot = store.snapshot()
-        info = load_or_build(store, snapshot, persist=False).info
+        info = {**load_or_build(store, snapshot, persist=False).info, "vectors": describe_meta(store.meta)}
         if "bytes" not in info:
             total = store.disk_bytes()
             info["bytes"] = {"total": total, "per_photo": total / max(1, len(snapshot))}
