@@ -271,6 +271,9 @@ def build_index(
     index; default: what it records, else FAISS); a Milvus collection is brought in step at the end."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    if milvus_uri or ((backend or collection) and not index_exists(out_dir)):
+        # wrong vector-backend settings are refused before anything is loaded, created or encoded
+        check_vectors(backend_spec({}, backend, milvus_uri, collection))
     if model is None:
         model = _default_model(out_dir)
     model = load_runtime(model, runtime)
@@ -471,6 +474,14 @@ def vector_backend(
     if describe(spec) != store.meta.get(META_KEY, describe(None)):
         store.set_meta(META_KEY, describe(spec))
     return spec
+
+
+def check_vectors(spec: MilvusSpec | None) -> None:
+    """ConfigError / VectorBackendError unless the Milvus of ``spec`` answers (None: FAISS, nothing to check)."""
+    if spec is not None:
+        from .milvus import check_reachable
+
+        check_reachable(spec)
 
 
 def sync_vectors(store: IndexStore, snapshot: Snapshot, spec: MilvusSpec | None, since: int, changed) -> None:

@@ -60,7 +60,7 @@ def photo_versions(store: IndexStore, snapshot: Snapshot) -> np.ndarray:
 class MilvusVectors:
     """One index's collection: search by vector, list, upsert, delete, and the generation it mirrors."""
 
-    def __init__(self, client, spec: MilvusSpec, errors: tuple[type[BaseException], ...]):
+    def __init__(self, client, errors: tuple[type[BaseException], ...], spec: MilvusSpec):
         self.client, self.spec, self._errors = client, spec, errors
         self.search_params = {"metric_type": "IP", "params": dict(INDEX_PARAMS[spec.index_type][1])}
 
@@ -69,23 +69,7 @@ class MilvusVectors:
     def connect(cls, spec: MilvusSpec, *, dim: int, owner: str, create: bool = False) -> MilvusVectors:
         """Opens (or, when ``create``, creates) the collection of the index ``owner``; VectorBackendError when
         pymilvus is missing, the server cannot be reached, or the collection is missing or another index's."""
-        if not _NAME.match(spec.collection):
-            raise ConfigError(f"invalid Milvus collection name {spec.collection!r}: letters, digits and _ only")
-        if spec.index_type not in INDEX_PARAMS:
-            raise ConfigError(f"unknown Milvus index type {spec.index_type!r}; choose one of {', '.join(INDEX_PARAMS)}")
-        try:
-            import grpc
-            from pymilvus import MilvusClient
-            from pymilvus.exceptions import MilvusException
-        except ImportError:
-            raise VectorBackendError(
-                "the Milvus backend needs pymilvus and milvus-lite: pip install -e '.[milvus]'"
-            ) from None
-        errors = (MilvusException, grpc.RpcError)
-        _quiet_lite_iterator()
-        with _reported(spec, "connecting", errors):
-            client = MilvusClient(uri=spec.uri, timeout=CONNECT_TIMEOUT)
-        vectors = cls(client, spec, errors)
+        vectors = cls(*_client(spec))
         try:
             vectors._open(dim, owner, create)
         except BaseException:
@@ -232,16 +216,49 @@ def _reported(spec: MilvusSpec, action: str, errors: tuple[type[BaseException], 
         raise VectorBackendError(f"Milvus at {spec.uri}: {action} failed: {reason}{hint}") from None
 
 
+def _client(spec: MilvusSpec) -> tuple:
+    """(MilvusClient connected to ``spec.uri``, the exception types its calls raise, spec)."""
+    if not _NAME.match(spec.collection):
+        raise ConfigError(f"invalid Milvus collection name {spec.collection!r}: letters, digits and _ only")
+    if spec.index_type not in INDEX_PARAMS:
+        raise ConfigError(f"unknown Milvus index type {spec.index_type!r}; choose one of {', '.join(INDEX_PARAMS)}")
+    try:
+        import grpc
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+    except ImportError:
+        raise VectorBackendError(
+            "the Milvus backend needs pymilvus and milvus-lite: pip install -e '.[milvus]'"
+        ) from None
+    errors = (MilvusException, grpc.RpcError)
+    _quiet_lite_iterator()
+    with _reported(spec, "connecting", errors):
+        return MilvusClient(uri=spec.uri, timeout=CONNECT_TIMEOUT), errors, spec
+
+
+def check_reachable(spec: MilvusSpec) -> None:
+    """VectorBackendError (or ConfigError) unless Milvus at ``spec.uri`` answers: checked before any work."""
+    client, errors, _ = _client(spec)
+    try:
+        with _reported(spec, "connecting", errors):
+            client.list_collections()
+    finally:
+        client.close()
+
+
 def _quiet_lite_iterator() -> None:
-    """Milvus Lite keeps no MVCC timestamps; pymilvus warns about it on every listing, which a user cannot act on."""
-    log = logging.getLogger("pymilvus.client.iterator.query_iterator")
-    if not any(isinstance(f, _NoMvccWarning) for f in log.filters):
-        log.addFilter(_NoMvccWarning())
+    """Listing a collection on Milvus Lite logs two harmless complaints (no MVCC timestamps; its gRPC server
+    lacks AllocTimestamp, with a traceback) that a user can do nothing about: they are filtered out."""
+    for name in ("pymilvus.client.iterator.query_iterator", "grpc._server"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _LiteNoise) for f in log.filters):
+            log.addFilter(_LiteNoise())
 
 
-class _NoMvccWarning(logging.Filter):
+class _LiteNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "mvccTs" not in record.getMessage()
+        unimplemented = record.exc_info is not None and record.exc_info[0] is NotImplementedError
+        return not unimplemented and "mvccTs" not in record.getMessage()
 
 
 def open_collection(spec: MilvusSpec, store: IndexStore, *, create: bool = False) -> MilvusVectors:
@@ -297,18 +314,33 @@ class MilvusFirstStage:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's signature: (scores (n, k), snapshot positions (n, k)), -1 where fewer were found."""
         n = len(self.snapshot)
-        scores, ids = self.vectors.search(queries, k)
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_pos = np.full((len(queries), k), -1, np.int64)
         for row in range(len(queries)):
-            pos = np.minimum(np.searchsorted(self.snapshot.ids, ids[row]), max(n - 1, 0))
-            keep = (ids[row] >= 0) & (self.snapshot.ids[pos] == ids[row]) if n else np.zeros(len(pos), bool)
-            row_pos, row_scores = pos[keep], scores[row][keep]
+            row_pos, row_scores = self._search_one(queries[row], k)
             if k >= n and len(row_pos) < n:
                 row_pos, row_scores = self._complete(queries[row], row_pos, row_scores)
             take = min(k, len(row_pos))
             out_pos[row, :take], out_scores[row, :take] = row_pos[:take], row_scores[:take]
         return out_scores, out_pos
+
+    def _search_one(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Snapshot positions and scores of one query's hits; asks for more while removed photos fill the page."""
+        limit = k
+        while True:
+            scores, ids = self.vectors.search(query[None], limit)
+            pos, keep = self._positions(ids[0])
+            if keep.sum() >= k or (ids[0] >= 0).sum() < limit or limit >= MAX_TOPK:
+                return pos[keep], scores[0][keep]
+            limit = min(2 * limit, MAX_TOPK)
+
+    def _positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(snapshot positions, whether each id is in the snapshot)."""
+        n = len(self.snapshot)
+        if n == 0:
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        pos = np.minimum(np.searchsorted(self.snapshot.ids, ids), n - 1)
+        return pos, (ids >= 0) & (self.snapshot.ids[pos] == ids)
 
     def _complete(self, query: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rest = np.setdiff1d(np.arange(len(self.snapshot)), pos)
