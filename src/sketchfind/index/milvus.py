@@ -24,6 +24,7 @@ import logging
 import re
 from collections.abc import Iterable
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -208,7 +209,7 @@ def _reported(spec: MilvusSpec, action: str, errors: tuple[type[BaseException], 
     except errors as exc:
         reason = getattr(exc, "message", None) or str(exc)
         hint = ""
-        if spec.is_lite and action == "connecting":
+        if spec.is_lite and action == "connecting" and Path(spec.uri).parent.is_dir():
             hint = (
                 " (a Milvus Lite file is served by one process at a time: to share it, run "
                 "'milvus-lite server --data-dir FILE' and pass its http:// address)"
@@ -231,7 +232,7 @@ def _client(spec: MilvusSpec) -> tuple:
             "the Milvus backend needs pymilvus and milvus-lite: pip install -e '.[milvus]'"
         ) from None
     errors = (MilvusException, grpc.RpcError)
-    _quiet_lite_iterator()
+    _quiet_lite()
     with _reported(spec, "connecting", errors):
         return MilvusClient(uri=spec.uri, timeout=CONNECT_TIMEOUT), errors, spec
 
@@ -246,10 +247,11 @@ def check_reachable(spec: MilvusSpec) -> None:
         client.close()
 
 
-def _quiet_lite_iterator() -> None:
-    """Listing a collection on Milvus Lite logs two harmless complaints (no MVCC timestamps; its gRPC server
-    lacks AllocTimestamp, with a traceback) that a user can do nothing about: they are filtered out."""
-    for name in ("pymilvus.client.iterator.query_iterator", "grpc._server"):
+def _quiet_lite() -> None:
+    """Milvus Lite logs complaints a user can do nothing about, with tracebacks: listing a collection (no MVCC
+    timestamps; its gRPC server lacks AllocTimestamp) and a file served by another process (which
+    :func:`_reported` turns into a VectorBackendError with what to do). They are filtered out."""
+    for name in ("pymilvus.client.iterator.query_iterator", "grpc._server", "milvus_lite.server_manager"):
         log = logging.getLogger(name)
         if not any(isinstance(f, _LiteNoise) for f in log.filters):
             log.addFilter(_LiteNoise())
@@ -257,6 +259,8 @@ def _quiet_lite_iterator() -> None:
 
 class _LiteNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "milvus_lite.server_manager":
+            return record.exc_info is None  # a failed start: reported as a VectorBackendError
         unimplemented = record.exc_info is not None and record.exc_info[0] is NotImplementedError
         return not unimplemented and "mvccTs" not in record.getMessage()
 
