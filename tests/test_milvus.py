@@ -266,6 +266,9 @@ def test_serve_processes_share_one_collection(photos, tmp_path, lite_server):
         assert out.returncode == 0, out.stderr
         assert len(json.loads(out.stdout)["results"]) == 12
 
+        with pytest.raises(VectorBackendError, match="served by one process at a time"):
+            Searcher.open(idx, model, milvus_uri=str(tmp_path / "shared.db"))  # the server process holds the file
+
         second.remove_photos(report.added_ids[:3])
         first.refresh()
         assert len({i for i, _ in _ranking(first, query)}) == 9

@@ -7,7 +7,8 @@ relation network and how the rest is ordered):
               photos of the best clusters, taken in score order until there are at least k photos;
   ann         FAISS on the [Ret] embedding: the sketch's nearest photos expand the query (``qe_*``), a
               second FAISS search ranks the gallery, and its top K' are re-scored with
-              :func:`~sketchfind.rerank.fuse` (see :mod:`sketchfind.rerank`).
+              :func:`~sketchfind.rerank.fuse` (see :mod:`sketchfind.rerank`). Both searches are the state's
+              ``first_stage``: the FAISS file, or a Milvus collection (:mod:`sketchfind.index.vectors`).
 Beyond the re-ranked head (``k=None`` ranks the whole gallery), photos follow by first-stage score:
 the [Ret] cosine for ann, the cluster's score for clustered. The ann settings default to the validated
 values stored with the model's weights.
@@ -232,7 +233,12 @@ class Searcher:
             self._milvus = open_collection(vectors, store)
         self._lock = threading.RLock()
         self._state: SearchState | None = None
-        self.refresh(force=True)
+        try:
+            self.refresh(force=True)
+        except BaseException:
+            if self._milvus is not None:
+                self._milvus.close()
+            raise
 
     @classmethod
     def open(

@@ -42,7 +42,11 @@ INDEX_PARAMS = {
 MAX_TOPK = 16384  # a Milvus server's largest search limit; longer rankings are completed from the store
 WRITE_BATCH = 1024  # rows per upsert call (a gRPC message stays well under Milvus's 64 MB limit)
 READ_BATCH = 4096  # rows per page when listing the collection
-CONNECT_TIMEOUT = 10.0  # seconds before an unreachable server is reported
+CONNECT_TIMEOUT = 20.0  # seconds before an unreachable server is reported
+# No keepalive pings on an idle connection: a serve process idles for minutes, and servers that enforce gRPC's
+# default ping policy (Milvus Lite's) answer a ping every 10 s with GOAWAY "too_many_pings", failing the next
+# call. A dead connection is still found on the next call, and pymilvus reconnects.
+GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
 PROP_OWNER, PROP_GENERATION = "sketchfind.index", "sketchfind.generation"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -234,7 +238,7 @@ def _client(spec: MilvusSpec) -> tuple:
     errors = (MilvusException, grpc.RpcError)
     _quiet_lite()
     with _reported(spec, "connecting", errors):
-        return MilvusClient(uri=spec.uri, timeout=CONNECT_TIMEOUT), errors, spec
+        return MilvusClient(uri=spec.uri, timeout=CONNECT_TIMEOUT, grpc_options=GRPC_OPTIONS), errors, spec
 
 
 def check_reachable(spec: MilvusSpec) -> None:
