@@ -33,8 +33,6 @@ from sketchfind.search import Searcher
 
 from .index_helpers import SKETCHY, copy_photos, sketches, tiny
 
-pytest.importorskip("pymilvus")  # the [milvus] extra; the test command installs it, so CI runs these
-
 CLASSES = ("cup", "airplane", "swan")
 SRC = Path(__file__).resolve().parents[1] / "src"
 runner = CliRunner()
