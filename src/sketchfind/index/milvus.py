@@ -100,6 +100,9 @@ class MilvusVectors:
                     "choose another --collection"
                 )
             self.client.load_collection(name)  # a server (or a restarted Milvus Lite) serves loaded collections only
+            built = self.client.describe_index(name, "ret").get("index_type", self.spec.index_type)
+        # search with the parameters of the index the collection has (it may predate a change of default)
+        self.search_params = {"metric_type": "IP", "params": dict(INDEX_PARAMS.get(built, ({}, {}))[1])}
 
     def _create(self, dim: int, owner: str) -> None:
         from pymilvus import DataType
