@@ -312,6 +312,8 @@ def test_wrong_uris_are_clean_errors(photos, tmp_path, model):
         assert not idx.exists()  # refused before anything was created
     result = _run("index", photos / "cup", "--index", idx, "--backend", "milvus")
     assert result.exit_code == 1 and "needs --milvus-uri" in result.output
+    result = _run("index", photos / "cup", "--index", idx, "--milvus-uri", "http://alice:secret@127.0.0.1:1")
+    assert result.exit_code == 1 and "http://127.0.0.1:1" in result.output and "secret" not in result.output
 
     _build(photos / "cup", idx, model)  # FAISS
     with pytest.raises(VectorBackendError, match="has no collection 'nothing_here'"):

@@ -33,7 +33,7 @@ from .errors import ConfigError, IndexStoreError
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
 from .index.build import BuildReport, build_index, check_model, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
-from .index.vectors import FirstStage, MilvusSpec, backend_spec, describe
+from .index.vectors import FirstStage, MilvusSpec, backend_spec, shown
 from .models.zse import ZSEModel
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
 from .rerank import RankSettings, expand_query, fuse, normalize
@@ -361,7 +361,7 @@ class Searcher:
         return {
             **state.artefacts.info,
             "counts": {"photos": len(state.snapshot)},
-            "vectors": describe(self.vectors_spec),
+            "vectors": shown(self.vectors_spec),
             "search_settings": asdict(self.settings),
         }
 

@@ -38,7 +38,7 @@ from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
 from .store import DB_NAME, IndexStore, PhotoRow, Snapshot, index_exists
-from .vectors import META_KEY, MilvusSpec, backend_spec, describe, describe_meta
+from .vectors import META_KEY, MilvusSpec, backend_spec, describe, shown_meta
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
 
@@ -496,7 +496,7 @@ def index_info(index_dir: str | Path) -> dict:
     """index_info.json of an index, brought up to date in memory if it is stale (nothing is written)."""
     with IndexStore.open(index_dir) as store:
         snapshot = store.snapshot()
-        info = {**load_or_build(store, snapshot, persist=False).info, "vectors": describe_meta(store.meta)}
+        info = {**load_or_build(store, snapshot, persist=False).info, "vectors": shown_meta(store.meta)}
         if "bytes" not in info:
             total = store.disk_bytes()
             info["bytes"] = {"total": total, "per_photo": total / max(1, len(snapshot))}

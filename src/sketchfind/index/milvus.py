@@ -21,6 +21,7 @@ the next ``sketchfind index`` (or any other write).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ CONNECT_TIMEOUT = 20.0  # seconds before an unreachable server is reported
 # default ping policy (Milvus Lite's) answer a ping every 10 s with GOAWAY "too_many_pings", failing the next
 # call. A dead connection is still found on the next call, and pymilvus reconnects.
 GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
+TOKEN_ENV = "SKETCHFIND_MILVUS_TOKEN"  # a server's "user:password" or API key
 PROP_OWNER, PROP_GENERATION = "sketchfind.index", "sketchfind.generation"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -88,7 +90,7 @@ class MilvusVectors:
             exists = self.client.has_collection(name)
             if not exists and not create:
                 raise VectorBackendError(
-                    f"Milvus at {self.spec.uri} has no collection {name!r}: build it with "
+                    f"Milvus at {self.spec.shown_uri} has no collection {name!r}: build it with "
                     "'sketchfind index PHOTOS --backend milvus --milvus-uri URI'"
                 )
             if not exists:
@@ -96,7 +98,7 @@ class MilvusVectors:
             props = self.client.describe_collection(name).get("properties", {})
             if props.get(PROP_OWNER) != owner:
                 raise VectorBackendError(
-                    f"the Milvus collection {name!r} at {self.spec.uri} belongs to another index: "
+                    f"the Milvus collection {name!r} at {self.spec.shown_uri} belongs to another index: "
                     "choose another --collection"
                 )
             self.client.load_collection(name)  # a server (or a restarted Milvus Lite) serves loaded collections only
@@ -221,7 +223,8 @@ def _reported(spec: MilvusSpec, action: str, errors: tuple[type[BaseException], 
                 " (a Milvus Lite file is served by one process at a time: to share it, run "
                 "'milvus-lite server --data-dir FILE' and pass its http:// address)"
             )
-        raise VectorBackendError(f"Milvus at {spec.uri}: {action} failed: {reason}{hint}") from None
+        reason = reason.replace(spec.uri, spec.shown_uri)
+        raise VectorBackendError(f"Milvus at {spec.shown_uri}: {action} failed: {reason}{hint}") from None
 
 
 def _client(spec: MilvusSpec) -> tuple:
@@ -241,7 +244,9 @@ def _client(spec: MilvusSpec) -> tuple:
     errors = (MilvusException, grpc.RpcError)
     _quiet_lite()
     with _reported(spec, "connecting", errors):
-        return MilvusClient(uri=spec.uri, timeout=CONNECT_TIMEOUT, grpc_options=GRPC_OPTIONS), errors, spec
+        token = os.environ.get(TOKEN_ENV, "")  # never recorded in the index
+        client = MilvusClient(uri=spec.uri, token=token, timeout=CONNECT_TIMEOUT, grpc_options=GRPC_OPTIONS)
+        return client, errors, spec
 
 
 def check_reachable(spec: MilvusSpec) -> None:

@@ -50,6 +50,14 @@ class MilvusSpec:
         return {"backend": "milvus", "uri": self.uri, "collection": self.collection, "index_type": self.index_type}
 
     @property
+    def shown_uri(self) -> str:
+        """The URI without any user:password part (for messages and ``info``)."""
+        parts = urlparse(self.uri)
+        if parts.password is None and parts.username is None:
+            return self.uri
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+    @property
     def is_lite(self) -> bool:
         """Whether the URI names a Milvus Lite file (served inside this process)."""
         return self.uri.endswith(".db") and "://" not in self.uri
@@ -94,10 +102,18 @@ def backend_spec(
 
 
 def describe(spec: MilvusSpec | None) -> dict:
-    """The backend as ``Searcher.info()`` and ``sketchfind info`` show it."""
+    """The backend as the index records it."""
     return spec.to_meta() if spec is not None else {"backend": "faiss"}
 
 
-def describe_meta(meta: dict) -> dict:
-    """The backend an index records (FAISS when it records none)."""
-    return meta.get(META_KEY) or describe(None)
+def shown(spec: MilvusSpec | None) -> dict:
+    """The backend as ``Searcher.info()``, ``sketchfind info`` and /api/info show it (no credentials)."""
+    return {**describe(spec), "uri": spec.shown_uri} if spec is not None else describe(None)
+
+
+def shown_meta(meta: dict) -> dict:
+    """The backend an index records, as :func:`shown` shows it."""
+    recorded = meta.get(META_KEY) or describe(None)
+    if recorded.get("backend") != "milvus":
+        return recorded
+    return shown(MilvusSpec(recorded["uri"], recorded["collection"], recorded["index_type"]))
