@@ -336,14 +336,17 @@ def main() -> None:
     model = sketchfind.load_model("zse-lite0", weights=args.weights)
     settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
     res = {"machine": machine(args), "settings": settings, "notes": NOTES, "latency": []}
+    out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="bench-milvus-") as tmp:
         tmp = Path(tmp)
         if "quality" not in skip:
             res["quality"] = quality(args, model, tmp)
+            save(res, out)  # after every part: a long run that is stopped keeps what it measured
         if "latency" not in skip:
             gallery, queries = real_vectors(args, model, tmp)
             part = first_stage("sketchy-mini [Ret]", gallery, queries, ks, tmp)
             res["latency"].append({**part, "queries": len(queries)})
+            save(res, out)
         if "synthetic" not in skip and args.synthetic:
             gallery, queries = synthetic_vectors(args.synthetic, model.cfg.width, args.queries)
             part = first_stage(f"synthetic {args.synthetic // 1000}k", gallery, queries, ks, tmp)
@@ -351,12 +354,17 @@ def main() -> None:
         from milvus_lite.server_manager import server_manager_instance
 
         server_manager_instance.release_all()
+    print(save(res, out))
+
+
+def save(res: dict, out: Path) -> str:
+    """Writes milvus.json and milvus.md (load average at the end: now); returns the Markdown."""
     res["machine"]["load_avg_end"] = os.getloadavg()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "milvus.json").write_text(json.dumps(res, indent=2))
-    (out / "milvus.md").write_text(markdown(res))
-    print(markdown(res))
+    text = markdown(res)
+    (out / "milvus.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
