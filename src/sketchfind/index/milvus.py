@@ -45,8 +45,9 @@ WRITE_BATCH = 1024  # rows per upsert call (a gRPC message stays well under Milv
 READ_BATCH = 4096  # rows per page when listing the collection
 CONNECT_TIMEOUT = 20.0  # seconds before an unreachable server is reported
 # No keepalive pings on an idle connection: a serve process idles for minutes, and servers that enforce gRPC's
-# default ping policy (Milvus Lite's) answer a ping every 10 s with GOAWAY "too_many_pings", failing the next
-# call. A dead connection is still found on the next call, and pymilvus reconnects.
+# default ping policy (Milvus Lite's) answer a ping every 10 s with GOAWAY "too_many_pings" and drop the
+# connection (an error line on stderr; the next call has to reconnect). A dead connection is still found on the
+# next call, and pymilvus reconnects.
 GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
 TOKEN_ENV = "SKETCHFIND_MILVUS_TOKEN"  # a server's "user:password" or API key
 PROP_OWNER, PROP_GENERATION = "sketchfind.index", "sketchfind.generation"
