@@ -49,6 +49,22 @@ Runtime = Annotated[
         envvar="SKETCHFIND_RUNTIME",
     ),
 ]
+Backend = Annotated[
+    str | None,
+    typer.Option("--backend", help="where ann searches [Ret] vectors: faiss | milvus (default: the index's choice)"),
+]
+MilvusUri = Annotated[
+    str | None,
+    typer.Option(
+        "--milvus-uri",
+        help="Milvus server (http://host:19530) or Milvus Lite file (vectors.db); implies --backend milvus",
+        envvar="SKETCHFIND_MILVUS_URI",
+        metavar="URI",
+    ),
+]
+Collection = Annotated[
+    str | None, typer.Option("--collection", help="Milvus collection (default: sketchfind)", metavar="NAME")
+]
 
 
 def _plain_type_names() -> None:
@@ -120,12 +136,25 @@ def serve(
         int | None, typer.Option(help="torch threads per query (default: all cores)", envvar="SKETCHFIND_THREADS")
     ] = None,
     runtime: Runtime = None,
+    backend: Backend = None,
+    milvus_uri: MilvusUri = None,
+    collection: Collection = None,
 ) -> None:
     """Serve the draw-to-search page and the REST API (indexing PHOTOS first when given)."""
     from .service.run import serve as run_serve
     from .service.settings import Settings
 
-    settings = Settings(index=index, model=model, weights=weights, token=token, threads=threads, runtime=runtime)
+    settings = Settings(
+        index=index,
+        model=model,
+        weights=weights,
+        token=token,
+        threads=threads,
+        runtime=runtime,
+        backend=backend,
+        milvus_uri=milvus_uri,
+        collection=collection,
+    )
     run_serve(settings, photos, host, port, console)
 
 
@@ -152,6 +181,9 @@ def index_cmd(
     label_from_folder: Annotated[bool, typer.Option(help="label each photo with its folder name")] = False,
     report: Annotated[Path | None, typer.Option(help="write the full report (every skipped file) as JSON")] = None,
     runtime: Runtime = None,
+    backend: Backend = None,
+    milvus_uri: MilvusUri = None,
+    collection: Collection = None,
 ) -> None:
     """Index photos: only new or changed files when the index exists; unreadable files are skipped."""
     import json
@@ -176,6 +208,9 @@ def index_cmd(
         label_from_folder=label_from_folder,
         progress=True,
         runtime=runtime,
+        backend=backend,
+        milvus_uri=milvus_uri,
+        collection=collection,
     )
     for path, reason in result.skipped[:20]:
         console.print(
@@ -209,6 +244,9 @@ def search_cmd(
     model: ModelName = None,
     weights: WeightsFile = None,
     runtime: Runtime = None,
+    backend: Backend = None,
+    milvus_uri: MilvusUri = None,
+    collection: Collection = None,
 ) -> None:
     """Rank the indexed photos for each sketch; ann settings left out come with the model's weights."""
     import json
@@ -222,7 +260,8 @@ def search_cmd(
     failed, drawn = 0, []
     net = _model_or_none(model, weights)
     ann = {"rerank_k": rerank_k, "fusion": fusion, "qe_weight": qe_weight, "qe_top": qe_top}
-    with Searcher.open(index, net, strategy=strategy, runtime=runtime, **ann) as searcher:
+    vectors = {"backend": backend, "milvus_uri": milvus_uri, "collection": collection}
+    with Searcher.open(index, net, strategy=strategy, runtime=runtime, **ann, **vectors) as searcher:
         for source in sources:
             try:
                 result = searcher.search(source, k=k)
@@ -270,17 +309,24 @@ def info_cmd(
     if fmt == "json":
         print(json.dumps(info, indent=2))
         return
-    model, tokens, ann, clusters = info["model"], info["tokens"], info["ann"], info["clusters"]
+    model, tokens, clusters = info["model"], info["tokens"], info["clusters"]
     print(
         f"index      {index}\nphotos     {info['counts']['photos']}\n"
         f"model      {model['name']} (config {model['config_hash']}, weights {model['fingerprint']})\n"
         f"tokens     {tokens['storage']}, {tokens['num_tokens']}x{tokens['width']}, "
         f"{tokens['row_bytes']} bytes/photo (fp32: {tokens['fp32_row_bytes']})\n"
-        f"ann        FAISS {ann['type']} ({ann['metric']}), params {ann['search_params']}\n"
+        f"ann        {_first_stage_line(info)}\n"
         f"clusters   {clusters['n_clusters']} (requested {clusters['requested']}) by "
         f"{info['global_embedder']['kind']} embeddings\n"
         f"disk       {info['bytes']['total'] / 2**20:.1f} MiB, {info['bytes']['per_photo']:.0f} bytes/photo"
     )
+
+
+def _first_stage_line(info: dict) -> str:
+    ann, vectors = info["ann"], info["vectors"]
+    if vectors["backend"] == "milvus":
+        return f"Milvus {vectors['index_type']} (inner product), collection {vectors['collection']} at {vectors['uri']}"
+    return f"FAISS {ann['type']} ({ann['metric']}), params {ann['search_params']}"
 
 
 @app.command("remove")

@@ -51,3 +51,7 @@ class TooComplexError(InputError):
 
 class UncalibratedError(SketchfindError):
     """Weights without an int8 calibration: the onnx-int8 runtime cannot quantise them (auto runs fp32)."""
+
+
+class VectorBackendError(SketchfindError):
+    """Milvus is not installed, unreachable, or lacks the index's collection: the API answers 503."""

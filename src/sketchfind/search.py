@@ -7,7 +7,8 @@ relation network and how the rest is ordered):
               photos of the best clusters, taken in score order until there are at least k photos;
   ann         FAISS on the [Ret] embedding: the sketch's nearest photos expand the query (``qe_*``), a
               second FAISS search ranks the gallery, and its top K' are re-scored with
-              :func:`~sketchfind.rerank.fuse` (see :mod:`sketchfind.rerank`).
+              :func:`~sketchfind.rerank.fuse` (see :mod:`sketchfind.rerank`). Both searches are the state's
+              ``first_stage``: the FAISS file, or a Milvus collection (:mod:`sketchfind.index.vectors`).
 Beyond the re-ranked head (``k=None`` ranks the whole gallery), photos follow by first-stage score:
 the [Ret] cosine for ann, the cluster's score for clustered. The ann settings default to the validated
 values stored with the model's weights.
@@ -32,6 +33,7 @@ from .errors import ConfigError, IndexStoreError
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
 from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
+from .index.vectors import FirstStage, MilvusSpec, backend_spec, shown
 from .models.zse import ZSEModel
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
 from .rerank import RankSettings, expand_query, fuse, normalize
@@ -92,6 +94,7 @@ class SearchState:
     model: ZSEModel
     snapshot: Snapshot
     artefacts: Artefacts
+    first_stage: FirstStage | None  # ann's [Ret] search: artefacts.ann (FAISS) or Milvus (index/vectors.py)
     paths: list[str]  # snapshot order
     labels: list[str | None]  # snapshot order
     members: list[np.ndarray]  # positions of each cluster's photos
@@ -140,7 +143,7 @@ def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> np
     ``rank.qe_weight > 0``."""
     ret = state.model.retrieval_embedding(query).numpy()  # (1, D)
     if rank.qe_weight > 0:  # expand the query with its nearest photos, then search again
-        _, near = state.artefacts.ann.search(ret, min(len(state.snapshot), rank.qe_top))
+        _, near = state.first_stage.search(ret, min(len(state.snapshot), rank.qe_top))
         near = near[0][near[0] >= 0]
         ret = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight).astype(np.float32)
     return ret
@@ -149,7 +152,7 @@ def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> np
 def ann(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
     """FAISS on [Ret] (with query expansion), the head re-scored by :func:`~sketchfind.rerank.fuse`."""
     t0 = time.perf_counter()
-    rank, n, index = settings.rank, len(state.snapshot), state.artefacts.ann
+    rank, n, index = settings.rank, len(state.snapshot), state.first_stage
     head_n = min(rank.rerank_k, n) if rank.uses_relation else 0
     want = n if k is None else min(n, max(k, head_n))
     cos, found = index.search(ann_query(state, query, rank), want)
@@ -213,11 +216,29 @@ def check_strategy(strategy: str) -> str:
 class Searcher:
     """Search an index with sketches; see the module docstring for the strategies."""
 
-    def __init__(self, root: Path, store: IndexStore, model: ZSEModel, settings: SearchSettings):
+    def __init__(
+        self,
+        root: Path,
+        store: IndexStore,
+        model: ZSEModel,
+        settings: SearchSettings,
+        vectors: MilvusSpec | None = None,
+    ):
         self.root, self.store, self.model, self.settings = root, store, model, settings
+        self.vectors_spec = vectors  # None: FAISS beside the store; else the Milvus collection ann searches
+        self._milvus = None
+        if vectors is not None:
+            from .index.milvus import open_collection
+
+            self._milvus = open_collection(vectors, store)
         self._lock = threading.RLock()
         self._state: SearchState | None = None
-        self.refresh(force=True)
+        try:
+            self.refresh(force=True)
+        except BaseException:
+            if self._milvus is not None:
+                self._milvus.close()
+            raise
 
     @classmethod
     def open(
@@ -232,11 +253,15 @@ class Searcher:
         qe_weight: float | None = None,
         ann_params: dict | None = None,
         runtime: str | None = None,
+        backend: str | None = None,
+        milvus_uri: str | None = None,
+        collection: str | None = None,
     ) -> Searcher:
         """Opens an index for searching (read-only); ``model=None`` loads the model the index was built with.
         ann settings left as None take the values validated with the model's weights
         (:class:`~sketchfind.rerank.RankSettings`). ``runtime``: 'torch', 'onnx', 'onnx-int8' or 'auto' (None:
-        ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`)."""
+        ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`). ``backend`` ('faiss' | 'milvus'),
+        ``milvus_uri``, ``collection``: where ann's first stage searches (default: what the index records)."""
         root = Path(index_dir)
         store = IndexStore.open(root)
         try:
@@ -248,7 +273,8 @@ class Searcher:
             )
             params = {**default_search_params(store.meta.get("ann_type", DEFAULT_ANN)), **(ann_params or {})}
             settings = SearchSettings(strategy, rank, params)
-            return cls(root, store, load_runtime(model, runtime), settings)
+            vectors = backend_spec(store.meta, backend, milvus_uri, collection)
+            return cls(root, store, load_runtime(model, runtime), settings, vectors)
         except BaseException:
             store.close()
             raise
@@ -281,7 +307,9 @@ class Searcher:
         return cls.open(index_dir, model, strategy=strategy or DEFAULT_STRATEGY, runtime=runtime), report
 
     def close(self) -> None:
-        """Releases the index files."""
+        """Releases the index files (and the Milvus connection)."""
+        if self._milvus is not None:
+            self._milvus.close()
         self.store.close()
 
     def __enter__(self) -> Searcher:
@@ -307,11 +335,17 @@ class Searcher:
                 for name, value in self.settings.ann_params.items():  # explicit, never inherited from the file
                     faiss.ParameterSpace().set_index_parameter(art.ann, name, value)
             clusters = art.clusters
+            first_stage = art.ann
+            if self._milvus is not None:
+                from .index.milvus import MilvusFirstStage
+
+                first_stage = MilvusFirstStage(self._milvus, self.store, snap)
             self._state = SearchState(
                 store=self.store,
                 model=self.model,
                 snapshot=snap,
                 artefacts=art,
+                first_stage=first_stage,
                 paths=self.store.paths(snap),
                 labels=self.store.labels(snap),
                 members=[] if clusters is None else cluster_members(clusters.assign, clusters.n_clusters),
@@ -327,6 +361,7 @@ class Searcher:
         return {
             **state.artefacts.info,
             "counts": {"photos": len(state.snapshot)},
+            "vectors": shown(self.vectors_spec),
             "search_settings": asdict(self.settings),
         }
 
@@ -444,6 +479,7 @@ class Searcher:
         file of the run to its photo id. ``finish=False``: commit only, then :meth:`finish_changes`."""
         meta = self.store.meta
         kwargs.setdefault("runtime", self.model.runtime)  # index with the runtime this Searcher encodes with
+        kwargs = {**self._backend_args(), **kwargs}
         report = build_index(
             paths,
             self.root,
@@ -456,10 +492,17 @@ class Searcher:
             self.refresh()
         return report
 
+    def _backend_args(self) -> dict:
+        """The vector backend this Searcher reads, for the writes it makes."""
+        spec = self.vectors_spec
+        if spec is None:
+            return {"backend": "faiss"}
+        return {"backend": "milvus", "milvus_uri": spec.uri, "collection": spec.collection}
+
     def remove_photos(self, photo_ids, finish: bool = True) -> int:
         """Removes photos by id (atomic) and refreshes; returns how many were removed. ``finish=False``:
         commit only, then :meth:`finish_changes`."""
-        removed = remove_photos(self.root, [int(i) for i in photo_ids], finish=finish)
+        removed = remove_photos(self.root, [int(i) for i in photo_ids], finish=finish, **self._backend_args())
         if finish:
             self.refresh()
         return removed
@@ -467,7 +510,7 @@ class Searcher:
     def finish_changes(self) -> None:
         """Compaction and search structures after commits made with ``finish=False`` (no model needed:
         searches can go on meanwhile), then refreshes."""
-        finish_index(self.root)
+        finish_index(self.root, **self._backend_args())
         self.refresh()
 
 

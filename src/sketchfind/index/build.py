@@ -37,7 +37,8 @@ from ..runtime import load_runtime
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
-from .store import DB_NAME, IndexStore, PhotoRow, index_exists
+from .store import DB_NAME, IndexStore, PhotoRow, Snapshot, index_exists
+from .vectors import META_KEY, MilvusSpec, backend_spec, describe, shown_meta
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
 
@@ -258,16 +259,25 @@ def build_index(
     progress: bool = False,
     runtime: str | None = None,
     finish: bool = True,
+    backend: str | None = None,
+    milvus_uri: str | None = None,
+    collection: str | None = None,
 ) -> BuildReport:
     """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
 
     ``model=None``: the model an existing index was built with, or the default model for a new one.
     ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` (FAISS factory
     string, default 'SQ8') are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'onnx-int8' |
-    'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``finish=False`` only
-    commits: compaction and the search structures are left to :func:`finish_index` (which needs no model)."""
+    'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``backend`` ('faiss' |
+    'milvus'), ``milvus_uri`` and ``collection`` choose where ann's first stage searches (recorded in the
+    index; default: what it records, else FAISS); a Milvus collection is brought in step at the end.
+    ``finish=False`` only commits: compaction, the search structures and the Milvus collection are left to
+    :func:`finish_index` (which needs no model)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    if milvus_uri or ((backend or collection) and not index_exists(out_dir)):
+        # wrong vector-backend settings are refused before anything is loaded, created or encoded
+        check_vectors(backend_spec({}, backend, milvus_uri, collection))
     if model is None:
         model = _default_model(out_dir)
     model = load_runtime(model, runtime)
@@ -286,13 +296,15 @@ def build_index(
         clip_config=clip_config,
     )
     try:
+        spec = vector_backend(store, backend, milvus_uri, collection)
+        since = store.generation
         todo = _plan(files, store.file_states(), report)
         with progress_bar(len(todo), "indexing", enabled=progress) as advance:
             _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
         if finish:
             if progress and (report.new or report.updated):
                 print("clustering and writing the search index...", file=sys.stderr)
-            _finish(store)
+            _finish(store, spec, since, report.added_ids)
         report.photos = len(store.snapshot())
     finally:
         store.close()
@@ -309,6 +321,9 @@ def write_encoded(
     token_storage: str | None = None,
     n_clusters: int | None = None,
     ann_type: str | None = None,
+    backend: str | None = None,
+    milvus_uri: str | None = None,
+    collection: str | None = None,
 ) -> int:
     """Commits photos whose tokens were computed elsewhere and builds the search structures, as
     :func:`build_index` would; returns the number of photos in the index.
@@ -319,11 +334,14 @@ def write_encoded(
         Path(out_dir), model, weights=weights, token_storage=token_storage, n_clusters=n_clusters, ann_type=ann_type
     )
     try:
+        spec = vector_backend(store, backend, milvus_uri, collection)
+        since, changed = store.generation, []
         for rows, tokens, global_emb in batches:
             tokens, global_emb = np.asarray(tokens, np.float32), np.asarray(global_emb, np.float32)
-            store.commit_batch(list(rows), store.codec.encode(tokens), store.gcodec.encode(global_emb))
+            changed += store.commit_batch(list(rows), store.codec.encode(tokens), store.gcodec.encode(global_emb))
         snapshot = store.snapshot()
         load_or_build(store, snapshot, persist=True)
+        sync_vectors(store, snapshot, spec, since, changed)
         return len(snapshot)
     finally:
         store.close()
@@ -419,11 +437,14 @@ def _run(
     store.touch(touched)
 
 
-def remove_photos(index_dir: str | Path, targets, finish: bool = True) -> int:
+def remove_photos(index_dir: str | Path, targets, finish: bool = True, **backend) -> int:
     """Removes photos by id, path, or everything under a folder path; returns how many were removed.
-    ``finish=False`` only commits the removal (see :func:`finish_index`)."""
+    ``finish=False`` only commits the removal (see :func:`finish_index`). ``backend``: ``backend``,
+    ``milvus_uri``, ``collection`` as for :func:`build_index`."""
     store = IndexStore.open(index_dir, writable=True)
     try:
+        spec = vector_backend(store, **backend)
+        since = store.generation
         states = store.file_states()
         ids = set()
         for target in targets:
@@ -434,34 +455,69 @@ def remove_photos(index_dir: str | Path, targets, finish: bool = True) -> int:
             ids.update(v[0] for p, v in states.items() if p == path or p.startswith(path.rstrip("/") + "/"))
         removed = store.remove(sorted(ids))
         if finish:
-            # also when nothing matched: a run killed after its removal committed left the compaction and the
-            # artefacts to do, and running it again is how a user resumes (both are no-ops when up to date)
-            _finish(store)
+            # also when nothing matched: a run killed after its removal committed left the compaction, the
+            # artefacts and the Milvus collection to do, and running it again is how a user resumes (all are
+            # no-ops when up to date)
+            _finish(store, spec, since, ids)
         return removed
     finally:
         store.close()
 
 
-def finish_index(index_dir: str | Path) -> None:
-    """Compacts the shards if due and writes the search structures of the committed photos (no-ops when up to
-    date): what ``build_index`` and ``remove_photos`` do after their commits, without a model."""
+def finish_index(index_dir: str | Path, **backend) -> None:
+    """Compacts the shards if due, writes the search structures of the committed photos and brings a Milvus
+    collection in step (no-ops when up to date): what ``build_index`` and ``remove_photos`` do after their
+    commits, without a model. ``backend`` as for :func:`build_index`."""
     store = IndexStore.open(index_dir, writable=True)
     try:
-        _finish(store)
+        _finish(store, vector_backend(store, **backend), None, ())
     finally:
         store.close()
 
 
-def _finish(store: IndexStore) -> None:
+def _finish(store: IndexStore, spec: MilvusSpec | None, since: int | None, changed) -> None:
     store.compact(min_garbage=COMPACT_AT)  # removed and replaced photos leave their old rows behind
-    load_or_build(store, store.snapshot(), persist=True)
+    snapshot = store.snapshot()
+    load_or_build(store, snapshot, persist=True)
+    sync_vectors(store, snapshot, spec, since, changed)
+
+
+def vector_backend(
+    store: IndexStore, backend: str | None = None, milvus_uri: str | None = None, collection: str | None = None
+) -> MilvusSpec | None:
+    """The writer's vector backend (:func:`~.vectors.backend_spec`): checked to be reachable before any
+    photo is encoded, then recorded in the index meta. None means FAISS."""
+    spec = backend_spec(store.meta, backend, milvus_uri, collection)
+    if spec is not None:
+        from .milvus import open_collection
+
+        open_collection(spec, store, create=True).close()
+    if describe(spec) != store.meta.get(META_KEY, describe(None)):
+        store.set_meta(META_KEY, describe(spec))
+    return spec
+
+
+def check_vectors(spec: MilvusSpec | None) -> None:
+    """ConfigError / VectorBackendError unless the Milvus of ``spec`` answers (None: FAISS, nothing to check)."""
+    if spec is not None:
+        from .milvus import check_reachable
+
+        check_reachable(spec)
+
+
+def sync_vectors(store: IndexStore, snapshot: Snapshot, spec: MilvusSpec | None, since: int | None, changed) -> None:
+    """After the store has committed: brings a Milvus collection in step (:func:`~.milvus.sync`)."""
+    if spec is not None:
+        from .milvus import sync
+
+        sync(store, snapshot, spec, since=since, changed=changed)
 
 
 def index_info(index_dir: str | Path) -> dict:
     """index_info.json of an index, brought up to date in memory if it is stale (nothing is written)."""
     with IndexStore.open(index_dir) as store:
         snapshot = store.snapshot()
-        info = load_or_build(store, snapshot, persist=False).info
+        info = {**load_or_build(store, snapshot, persist=False).info, "vectors": shown_meta(store.meta)}
         if "bytes" not in info:
             total = store.disk_bytes()
             info["bytes"] = {"total": total, "per_photo": total / max(1, len(snapshot))}

@@ -25,6 +25,7 @@ from ..errors import (
     TooComplexError,
     TooLargeError,
     UnknownPhotoError,
+    VectorBackendError,
 )
 
 log = logging.getLogger("sketchfind.service")
@@ -102,6 +103,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def index_error(_: Request, exc: IndexStoreError):
         log.error("index error: %s", exc)
         return error_response(503, f"the index cannot be used: {exc}", "index_unavailable")
+
+    @app.exception_handler(VectorBackendError)
+    async def vectors_error(_: Request, exc: VectorBackendError):
+        log.error("vector database error: %s", exc)
+        return error_response(503, str(exc), "vectors_unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):

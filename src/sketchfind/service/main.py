@@ -68,6 +68,9 @@ def open_searcher(settings: Settings) -> Any:
         model=load_settings_model(settings),
         strategy=settings.strategy or DEFAULT_STRATEGY,
         runtime=settings.runtime,
+        backend=settings.backend,
+        milvus_uri=settings.milvus_uri,
+        collection=settings.collection,
     )
 
 

@@ -34,6 +34,9 @@ def index_and_open(photos: Path, settings: Settings, console: Console) -> Any:
         runtime=settings.runtime,
         label_from_folder=True,
         progress=True,
+        backend=settings.backend,
+        milvus_uri=settings.milvus_uri,
+        collection=settings.collection,
     )
     console.print(report.summary())
     for path, reason in report.skipped[:10]:

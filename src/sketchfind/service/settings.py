@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_k: int = Field(200, ge=1)
     strategy: str | None = None  # default search strategy; None = the Searcher's default
     runtime: str | None = None  # torch | onnx | onnx-int8 | auto; None = auto (sketchfind.runtime)
+    backend: str | None = None  # faiss | milvus; None = what the index records
+    milvus_uri: str | None = None  # Milvus server URL or Milvus Lite .db file (implies backend milvus)
+    collection: str | None = None  # Milvus collection; None = what the index records, else "sketchfind"
     threads: int | None = Field(None, ge=1)  # torch threads for one query; None = torch's default (all cores)
     thumbnail_size: int = Field(256, ge=32, le=1024)
     thumbnail_cache: int = Field(4096, ge=0)  # thumbnails kept in memory (LRU)
