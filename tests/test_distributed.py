@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sketchfind.cli import app
+from sketchfind.errors import CheckpointError, ConfigError
 from sketchfind.index import IndexStore, build_index
 from sketchfind.index.distributed import RaySettings
 from sketchfind.models.factory import save_weights
@@ -138,11 +140,17 @@ def test_ray_without_ray_installed_is_a_clean_error(monkeypatch, tmp_path):
     assert not (tmp_path / "idx").exists()
 
 
-def test_ray_options_are_checked():
+def test_ray_options_are_checked(tmp_path):
     with pytest.raises(Exception, match="at most 1 encoder"):
         RaySettings(cpus=2, actors=2)
     with pytest.raises(Exception, match="--ray-cpus sizes a local Ray"):
         RaySettings(address="auto", cpus=4)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(ConfigError, match=f"cannot join the Ray cluster at {address}"):
+        build_index([SKETCHY / "photos" / "cup"], tmp_path / "idx", tiny(), ray=RaySettings(address=address))
+    assert not (tmp_path / "idx").exists()  # refused before anything was written
 
 
 def _cli(gallery: Path, index_dir: Path, weights: Path, crash_at: str | None = None) -> subprocess.Popen:
@@ -183,3 +191,15 @@ def test_sigkill_of_the_driver_leaves_an_index_that_opens_and_resumes(built, gal
     tolerance = max(resumed["step"], reference["step"]) * 1.01
     np.testing.assert_allclose(resumed["tokens"], reference["tokens"], rtol=0, atol=tolerance)
     assert "Traceback" not in err and "core_worker" not in err, err  # no Ray log lines in the output
+
+
+def test_a_failing_encoder_actor_stops_the_build_with_a_clean_error(gallery, local_ray, monkeypatch, tmp_path):
+    from sketchfind.index import distributed
+
+    original = distributed._model_payload
+    monkeypatch.setattr(distributed, "_model_payload", lambda *args: {**original(*args), "fingerprint": "0" * 16})
+    with pytest.raises(CheckpointError, match="differs from the index's model") as failure:
+        build_index([gallery[0]], tmp_path / "idx", tiny(), batch_size=BATCH, ray=RaySettings(cpus=2))
+    assert "Traceback" not in str(failure.value) and "\n" not in str(failure.value)
+    with IndexStore.open(tmp_path / "idx") as store:  # nothing committed, and the index opens
+        assert len(store.snapshot()) == 0

@@ -275,6 +275,10 @@ def build_index(
         model = _default_model(out_dir)
     if ray is None:  # with Ray the encoder actors load the runtime, not this process
         model = load_runtime(model, runtime)
+    else:
+        from .distributed import check_ray
+
+        check_ray(ray)  # Ray missing or a cluster that does not answer: before anything is written
     files, missing = scan_photos(sources)
     report = BuildReport(str(out_dir), skipped=list(missing))
     store, emb = open_or_create(

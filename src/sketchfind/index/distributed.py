@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ LOCAL_OBJECT_STORE_MB = 512  # shared memory of a local Ray's object store: a fe
 DECODE_BATCH = 8  # files per decoding task: small enough to keep every CPU busy on a small build
 ACTOR_MEMORY_MB = 1024  # declared per encoder actor (model, runtime, batches in flight); it also keeps Ray
 # Data from fusing decoding into the actors, which would serialise decoding and encoding in one process
+CONNECT_TIMEOUT = 10  # seconds to reach --ray-address before giving up
 INSTALL_HINT = "pip install 'sketchfind[ray]'"
 
 
@@ -88,6 +90,13 @@ def import_ray():
     except ImportError as exc:
         raise ConfigError(f"--ray needs Ray Data, an optional dependency: {INSTALL_HINT}") from exc
     return ray
+
+
+def check_ray(settings: RaySettings) -> None:
+    """ConfigError unless Ray Data imports and the cluster at ``settings.address`` (if any) answers."""
+    import_ray()
+    if settings.address:
+        _check_reachable(settings.address)
 
 
 def run_on_ray(
@@ -185,19 +194,36 @@ def _ray_session(ray, settings: RaySettings) -> Iterator[None]:
         ray.shutdown()
 
 
+def _check_reachable(address: str) -> None:
+    """ConfigError unless something answers at a HOST:PORT or ray://HOST:PORT address: Ray itself would
+    keep retrying for minutes, logging a warning every few seconds."""
+    if address == "auto":  # the cluster this machine runs; Ray says at once when there is none
+        return
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 @contextmanager
 def _quiet_data_context(ray) -> Iterator[None]:
     """Ray Data in plan order, without its progress bars and INFO lines (sketchfind reports progress)."""
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception
     data_logger = logging.getLogger("ray.data")
     level = data_logger.level
-    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
-    data_logger.setLevel(logging.ERROR)
+    ctx.execution_options.preserve_order = True
+    # a sketchfind error in a task keeps its type (not Ray Data's UserCodeException): the driver reports
+    # it as one line, so Ray Data's own error lines about it are left out as well
+    ctx.enable_progress_bars, ctx.raise_original_map_exception = False, True
+    data_logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception = saved
         data_logger.setLevel(level)
 
 
@@ -257,6 +283,15 @@ class _EncoderActor:
     """Ray Data actor: builds the model once, then encodes and quantises batches of decoded photos."""
 
     def __init__(self, payload: dict):
+        # an error here would reach the driver as Ray's text only; raised from the first call, it keeps
+        # its type and message (and the driver reports it like any other sketchfind error)
+        self.error: SketchfindError | None = None
+        try:
+            self._load(payload)
+        except SketchfindError as exc:
+            self.error = exc
+
+    def _load(self, payload: dict) -> None:
         import torch
 
         from ..config import ModelConfig
@@ -286,6 +321,8 @@ class _EncoderActor:
     def __call__(self, batch: dict) -> dict:
         import torch
 
+        if self.error is not None:
+            raise self.error
         n = len(batch["outcome"])
         ok = [i for i, blob in enumerate(batch["outcome"]) if pickle.loads(blob)[0] == "ok"]
         tokens = np.zeros((n, self.codec.row_bytes), np.uint8)
@@ -308,35 +345,33 @@ class _EncoderActor:
 
 def _batches(ray, dataset, batch_size: int) -> Iterator[dict]:
     """The encoded files in batches of ``batch_size`` (Ray's blocks may hold several model batches), in plan
-    order; a failure inside Ray becomes one clean SketchfindError."""
+    order. A sketchfind error raised in a task or an actor comes out as itself, with its one-line message;
+    any other failure inside Ray as one SketchfindError."""
     try:
         yield from dataset.iter_batches(batch_size=batch_size, batch_format="numpy")
-    except ray.exceptions.RayError as exc:
-        cause = _sketchfind_cause(exc)
-        if cause is not None:
-            raise type(cause)(str(cause)) from None
+    except Exception as exc:
+        cause = _sketchfind_cause(ray, exc)
+        if cause is not None:  # Ray appends notes (retries, how to configure them) to the message
+            raise type(cause)(_first_line(cause)) from None
+        if not type(exc).__module__.startswith("ray."):
+            raise
         raise SketchfindError(
             f"the Ray build stopped: {_first_line(exc)}; what was committed stays in the index, "
             "run the same command again to resume"
         ) from None
 
 
-def _sketchfind_cause(exc: BaseException) -> SketchfindError | None:
+def _sketchfind_cause(ray, exc: BaseException | None) -> SketchfindError | None:
     """The SketchfindError a Ray task or actor raised, however Ray wrapped it."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, SketchfindError):
-            return _unwrapped(cause)
-        if isinstance(exc, SketchfindError) and type(exc).__module__.startswith("sketchfind"):
+        # RayTaskError(CheckpointError) is also a CheckpointError, with Ray's traceback as its text
+        if isinstance(exc, SketchfindError) and not isinstance(exc, ray.exceptions.RayError):
             return exc
-        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__ or exc.__context__
     return None
-
-
-def _unwrapped(error: SketchfindError) -> SketchfindError:
-    return error if type(error).__module__.startswith("sketchfind") else _sketchfind_cause(error) or error
 
 
 def _first_line(exc: BaseException) -> str:
