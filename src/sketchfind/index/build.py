@@ -11,6 +11,8 @@ The report's words are the ones the CLI, the service and the API use: *new*, *up
 changed), *unchanged* (already indexed), *skipped* (could not be used, with the reason).
 
 :func:`write_encoded` commits photos whose tokens were computed elsewhere (benchmarks, other encoders).
+With ``ray=RaySettings(...)`` the reader, mapper and model stages run on Ray Data instead of this process
+(:mod:`.distributed`); planning and the writer stay here, so the index and its guarantees are the same.
 """
 
 from __future__ import annotations

@@ -40,8 +40,6 @@ from .store import IndexStore
 
 LOCAL_OBJECT_STORE_MB = 512  # shared memory of a local Ray's object store: a few batches of photo tensors
 DECODE_BATCH = 8  # files per decoding task: small enough to keep every CPU busy on a small build
-ACTOR_MEMORY_MB = 1024  # declared per encoder actor (model, runtime, batches in flight); it also keeps Ray
-# Data from fusing decoding into the actors, which would serialise decoding and encoding in one process
 CONNECT_TIMEOUT = 10  # seconds to reach --ray-address before giving up
 INSTALL_HINT = "pip install 'sketchfind[ray]'"
 
@@ -140,9 +138,11 @@ def run_on_ray(
                 compute=ray.data.ActorPoolStrategy(size=settings.actors),
                 num_cpus=1,
                 num_gpus=gpus,
-                memory=ACTOR_MEMORY_MB * 2**20,
                 # an actor that dies stops the build (re-running resumes it) instead of being re-created
-                # from constructor arguments Ray may have dropped (it logs a warning about that otherwise)
+                # from constructor arguments Ray may have dropped (it logs a warning about that otherwise).
+                # Remote arguments that differ from the decoding stage's also keep Ray Data from fusing the
+                # decoding into the actors, which would serialise decoding and encoding in one process
+                # (no memory reservation for that: a local Ray on a busy machine may have less to give).
                 max_restarts=0,
             )
         touched: list[tuple[int, int]] = []
