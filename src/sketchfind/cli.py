@@ -155,7 +155,7 @@ def index_cmd(
     label_from_folder: Annotated[bool, typer.Option(help="label each photo with its folder name")] = False,
     report: Annotated[Path | None, typer.Option(help="write the full report (every skipped file) as JSON")] = None,
     runtime: Runtime = None,
-    ray: Annotated[bool, typer.Option("--ray", help="decode and encode with Ray Data (needs sketchfind[ray])")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="decode and encode with Ray Data (needs the ray extra)")] = False,
     ray_address: Annotated[
         str | None,
         typer.Option(help="join this Ray cluster (auto, HOST:PORT, ray://HOST:PORT); default: start a local Ray"),
