@@ -174,7 +174,7 @@ def test_sigkill_of_the_driver_leaves_an_index_that_opens_and_resumes(built, gal
     save_weights(tiny(), weights)
     index_dir = tmp_path / "idx"
     proc = _cli(gallery[0], index_dir, weights, crash_at="committed:2")  # killed right after the 2nd batch
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, err
     reference = _contents(single_dir)
     with IndexStore.open(index_dir) as store:  # opens, and holds the first photos of the plan
@@ -183,7 +183,7 @@ def test_sigkill_of_the_driver_leaves_an_index_that_opens_and_resumes(built, gal
     with Searcher.open(index_dir, tiny(), strategy="exhaustive") as searcher:
         assert len(searcher.search(sketches(per_class=1)[0], k=3).hits) == 3
     proc = _cli(gallery[0], index_dir, weights)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert f"{12 - len(committed)} new" in out and f"{len(committed)} unchanged" in out and "5 skipped" in out, out
     resumed = _contents(index_dir)
