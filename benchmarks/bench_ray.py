@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -115,27 +114,13 @@ def compare(single: Path, on_ray: Path) -> dict:
     return out
 
 
-def machine(args) -> dict:
+def machine() -> dict:
+    """bench_search's machine description (CPU, cores, versions, load average) + Ray's version."""
     import ray
     import torch
+    from bench_search import machine as describe  # this folder is on sys.path when a script here runs
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "python": platform.python_version(),
-        "load_avg_start": os.getloadavg(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    return {**describe(argparse.Namespace(threads=torch.get_num_threads())), "ray": ray.__version__}
 
 
 def markdown(result: dict) -> str:
@@ -187,7 +172,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     try:
         gallery(work / "photos", args.photos)
-        info = machine(args)
+        info = machine()
         clock = CommitClock()
         order = ["single", "ray"]
         rows = []
