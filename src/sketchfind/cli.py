@@ -164,6 +164,13 @@ def _model_or_none(model: str | None, weights: Path | None):
     return load_model(model, weights=weights) if (model or weights) else None
 
 
+def _ray_settings(address: str | None, actors: int, cpus: int | None, threads: int | None):
+    from .index.distributed import RaySettings, import_ray
+
+    import_ray()  # no Ray: a clear error before the model is loaded
+    return RaySettings(address=address, actors=actors, cpus=cpus, threads=threads)
+
+
 @app.command("index")
 @friendly
 def index_cmd(
@@ -184,6 +191,16 @@ def index_cmd(
     backend: Backend = None,
     milvus_uri: MilvusUri = None,
     collection: Collection = None,
+    ray: Annotated[bool, typer.Option("--ray", help="decode and encode with Ray Data (needs the ray extra)")] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="join this Ray cluster (auto, HOST:PORT, ray://HOST:PORT); default: start a local Ray"),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(help="--ray: encoder actors, each loads the model once")] = 1,
+    ray_cpus: Annotated[int | None, typer.Option(help="--ray, local Ray: CPUs it may use (default: all)")] = None,
+    ray_threads: Annotated[
+        int | None, typer.Option(help="--ray: threads per encoder actor (default: local CPUs / actors; 1 on a cluster)")
+    ] = None,
 ) -> None:
     """Index photos: only new or changed files when the index exists; unreadable files are skipped."""
     import json
@@ -193,6 +210,9 @@ def index_cmd(
     missing = [shown_name(path) for path in photos if not path.exists()]
     if missing:  # refused before anything is loaded or written
         raise SketchfindError(f"not found: {', '.join(missing)}")
+    if ray_address and not ray:
+        raise SketchfindError("--ray-address needs --ray")
+    ray_settings = _ray_settings(ray_address, ray_actors, ray_cpus, ray_threads) if ray else None
     result = build_index(
         photos,
         index,
@@ -211,6 +231,7 @@ def index_cmd(
         backend=backend,
         milvus_uri=milvus_uri,
         collection=collection,
+        ray=ray_settings,
     )
     for path, reason in result.skipped[:20]:
         console.print(

@@ -11,6 +11,8 @@ The report's words are the ones the CLI, the service and the API use: *new*, *up
 changed), *unchanged* (already indexed), *skipped* (could not be used, with the reason).
 
 :func:`write_encoded` commits photos whose tokens were computed elsewhere (benchmarks, other encoders).
+With ``ray=RaySettings(...)`` the reader, mapper and model stages run on Ray Data instead of this process
+(:mod:`.distributed`); planning and the writer stay here, so the index and its guarantees are the same.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -39,6 +42,9 @@ from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
 from .store import DB_NAME, IndexStore, PhotoRow, Snapshot, index_exists
 from .vectors import META_KEY, MilvusSpec, backend_spec, describe, shown_meta
+
+if TYPE_CHECKING:
+    from .distributed import RaySettings
 
 COMPACT_AT = 0.5  # shard files are rewritten once half their rows belong to removed or replaced photos
 
@@ -262,6 +268,7 @@ def build_index(
     backend: str | None = None,
     milvus_uri: str | None = None,
     collection: str | None = None,
+    ray: RaySettings | None = None,
 ) -> BuildReport:
     """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
 
@@ -272,7 +279,8 @@ def build_index(
     'milvus'), ``milvus_uri`` and ``collection`` choose where ann's first stage searches (recorded in the
     index; default: what it records, else FAISS); a Milvus collection is brought in step at the end.
     ``finish=False`` only commits: compaction, the search structures and the Milvus collection are left to
-    :func:`finish_index` (which needs no model)."""
+    :func:`finish_index` (which needs no model). ``ray``: decode and encode on a Ray cluster instead of this
+    process (:mod:`.distributed`); the index is the same."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if milvus_uri or ((backend or collection) and not index_exists(out_dir)):
@@ -280,7 +288,12 @@ def build_index(
         check_vectors(backend_spec({}, backend, milvus_uri, collection))
     if model is None:
         model = _default_model(out_dir)
-    model = load_runtime(model, runtime)
+    if ray is None:  # with Ray the encoder actors load the runtime, not this process
+        model = load_runtime(model, runtime)
+    else:
+        from .distributed import check_ray
+
+        check_ray(ray)  # Ray missing or a cluster that does not answer: before anything is written
     files, missing = scan_photos(sources)
     report = BuildReport(str(out_dir), skipped=list(missing))
     store, emb = open_or_create(
@@ -300,7 +313,12 @@ def build_index(
         since = store.generation
         todo = _plan(files, store.file_states(), report)
         with progress_bar(len(todo), "indexing", enabled=progress) as advance:
-            _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
+            if ray is None:
+                _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
+            elif todo:
+                from .distributed import run_on_ray
+
+                run_on_ray(todo, store, model, emb, report, ray, batch_size, label_from_folder, advance, runtime)
         if finish:
             if progress and (report.new or report.updated):
                 print("clustering and writing the search index...", file=sys.stderr)
@@ -374,6 +392,37 @@ def _plan(files: list[Path], states: dict, report: BuildReport) -> list[tuple[Pa
     return todo
 
 
+def encode_photos(model, emb, images: list, clip_images: list | None = None, device=None) -> tuple:
+    """One model batch: preprocessed photo tensors -> ((B, T, D) tokens, (B, G) global embeddings) as numpy;
+    the global embedding is the embedder's (CLIP's when ``clip_images`` are given)."""
+    with torch.inference_mode():
+        # channels-last input: ~1.8x faster CNN batches on CPU, same values (to float rounding)
+        x = torch.stack(images).contiguous(memory_format=torch.channels_last)
+        tokens, global_emb = model.encode_with_global(x if device is None else x.to(device))  # (B, T, D), (B, G)
+        if clip_images is not None:
+            clip_x = torch.stack(clip_images)
+            global_emb = emb.embed(clip_x if device is None else clip_x.to(device))
+    return tokens.float().cpu().numpy(), global_emb.float().cpu().numpy()
+
+
+def commit_encoded(store: IndexStore, rows: list[PhotoRow], token_codes, global_codes, report: BuildReport) -> None:
+    """Commits one batch of encoded photos (already quantised by the store's codecs) and records it."""
+    ids = store.commit_batch(rows, token_codes, global_codes)
+    for row, photo_id in zip(rows, ids, strict=True):
+        (report.updated if row.id is not None else report.new).append(row.path)
+        report.ids[row.path] = photo_id
+
+
+def note_unencoded(result: tuple, report: BuildReport, touched: list[tuple[int, int]]) -> None:
+    """Records a ``_load_one`` result that needs no model: 'same' (content unchanged) or 'skipped'."""
+    if result[0] == "same":
+        touched.append((result[1], result[2]))
+        report.unchanged.append(result[3])
+        report.ids[result[3]] = result[1]
+    else:
+        report.skipped.append((result[1], result[2]))
+
+
 def _run(
     todo,
     store: IndexStore,
@@ -393,18 +442,12 @@ def _run(
         if not batch:
             return
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            # channels-last input: ~1.8x faster CNN batches on CPU, same values (to float rounding)
-            images = torch.stack([b[2] for b in batch]).contiguous(memory_format=torch.channels_last)
-            tokens, global_emb = model.encode_with_global(images)  # (B, T, D), (B, G)
-            if clip_pre is not None:
-                global_emb = emb.embed(torch.stack([b[3] for b in batch]))
+        clip_images = [b[3] for b in batch] if clip_pre is not None else None
+        tokens, global_emb = encode_photos(model, emb, [b[2] for b in batch], clip_images)
         report.encode_seconds += time.perf_counter() - t0
-        rows = [b[1] for b in batch]
-        ids = store.commit_batch(rows, store.codec.encode(tokens.numpy()), store.gcodec.encode(global_emb.numpy()))
-        for row, photo_id in zip(rows, ids, strict=True):
-            (report.updated if row.id is not None else report.new).append(row.path)
-            report.ids[row.path] = photo_id
+        commit_encoded(
+            store, [b[1] for b in batch], store.codec.encode(tokens), store.gcodec.encode(global_emb), report
+        )
         advance(len(batch))
         batch.clear()
 
@@ -426,12 +469,7 @@ def _run(
                 if len(batch) >= batch_size:
                     flush()
             else:
-                if result[0] == "same":
-                    touched.append((result[1], result[2]))
-                    report.unchanged.append(result[3])
-                    report.ids[result[3]] = result[1]
-                else:
-                    report.skipped.append((result[1], result[2]))
+                note_unencoded(result, report, touched)
                 advance(1)
         flush()
     store.touch(touched)

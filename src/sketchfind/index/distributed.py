@@ -1,0 +1,379 @@
+"""Building an index with Ray Data (``sketchfind index --ray``): the same index as a single-process
+:func:`~sketchfind.index.build_index`, with decoding and encoding spread over a Ray cluster.
+
+    driver       scan + plan: which files are new or changed (``build._plan``, unchanged)
+    CPU tasks    read, hash, decode, preprocess a few files per task (``build._load_one``)
+    actor pool   encode + quantise: each actor builds the model once from the driver's weights (sent
+                 through the object store and checked against the index's fingerprint), with the same
+                 runtime, preprocessing and codecs as the single-process build; a GPU per actor when
+                 the cluster has GPUs
+    driver       commits each encoded batch with ``IndexStore.commit_batch``, in plan order
+
+The driver stays the only writer, so the guarantees of the single-process build hold unchanged: only
+new or changed photos are encoded, unreadable files are skipped and reported, and a driver killed at
+any point leaves an index that opens and resumes. Batches keep the plan order (Ray Data's
+``preserve_order``), so photo ids, clusters and the FAISS index come out as in the single-process build.
+
+Without an address a local Ray is started with a bounded footprint (the CPUs this process may use, a
+512 MiB object store, no dashboard, no usage reporting) and shut down afterwards; with one, the driver
+joins that cluster, whose nodes need sketchfind installed and the photos at the same paths. Ray is
+imported here only, and only when asked for: the base install does not need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, SketchfindError
+from .build import BuildReport, _load_one, commit_encoded, encode_photos, note_unencoded
+from .store import IndexStore
+
+LOCAL_OBJECT_STORE_MB = 512  # shared memory of a local Ray's object store: a few batches of photo tensors
+DECODE_BATCH = 8  # files per decoding task: small enough to keep every CPU busy on a small build
+CONNECT_TIMEOUT = 10  # seconds to reach --ray-address before giving up
+INSTALL_HINT = "pip install 'sketchfind[ray]'"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where a Ray build runs and how wide."""
+
+    address: str | None = None  # existing cluster ('auto', 'HOST:PORT', 'ray://HOST:PORT'); None: a local Ray
+    actors: int = 1  # encoder actors, each with its own copy of the model
+    cpus: int | None = None  # local Ray only: CPUs it may use (None: the cores this process may use)
+    threads: int | None = None  # intra-op threads per actor (None: local CPUs / actors; 1 on a cluster)
+    gpus: float | None = None  # GPUs per actor (None: 1 when the cluster has GPUs, else 0)
+    object_store_mb: int = LOCAL_OBJECT_STORE_MB  # local Ray only
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ConfigError("--ray-actors must be at least 1")
+        if self.address is not None and self.cpus is not None:
+            raise ConfigError("--ray-cpus sizes a local Ray; a cluster at --ray-address has its own CPUs")
+        if self.address is None and self.local_cpus() < self.actors + 1:
+            raise ConfigError(
+                f"a local Ray with {self.local_cpus()} CPUs runs at most {self.local_cpus() - 1} encoder "
+                "actor(s): each actor takes one CPU and decoding needs one"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("--ray-threads must be at least 1")
+
+    def local_cpus(self) -> int:
+        """CPUs of the local Ray this build starts."""
+        return self.cpus or len(os.sched_getaffinity(0))
+
+    def actor_threads(self) -> int:
+        """Intra-op threads of each encoder actor: on a local Ray the actors share all its CPUs with the
+        decoding tasks (as the single-process build shares them with its decoding threads)."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, self.local_cpus() // self.actors) if self.address is None else 1
+
+
+def import_ray():
+    """The ``ray`` module with Ray Data, or ConfigError saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra is ray[data]; plain ray lacks it)
+    except ImportError as exc:
+        raise ConfigError(f"--ray needs Ray Data, an optional dependency: {INSTALL_HINT}") from exc
+    return ray
+
+
+def check_ray(settings: RaySettings) -> None:
+    """ConfigError unless Ray Data imports and the cluster at ``settings.address`` (if any) answers."""
+    import_ray()
+    if settings.address:
+        _check_reachable(settings.address)
+
+
+def run_on_ray(
+    todo: list,
+    store: IndexStore,
+    model,
+    emb,
+    report: BuildReport,
+    settings: RaySettings,
+    batch_size: int,
+    label_from_folder: bool,
+    advance,
+    runtime: str | None = None,
+) -> None:
+    """Decodes, encodes and commits the planned files ``todo`` (see the module doc); fills ``report``."""
+    from ..runtime import resolve_runtime
+
+    runtime = (runtime or os.environ.get("SKETCHFIND_RUNTIME") or "auto").lower()
+    resolve_runtime(runtime)  # an unknown runtime fails here, before a cluster is started
+    ray = import_ray()
+    with _ray_session(ray, settings), _quiet_data_context(ray):
+        gpus = _gpus_per_actor(ray, settings)
+        payload = _model_payload(model, emb, store, runtime, settings.actor_threads(), gpus > 0)
+        clip_pre = getattr(emb, "preprocess", None)
+        items = [{"todo": pickle.dumps(item)} for item in todo]
+        decoded = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_BATCH))).map_batches(
+            _decode_batch,
+            batch_size=DECODE_BATCH,
+            batch_format="numpy",
+            fn_kwargs={"model_pre": model.cfg.preprocess, "clip_pre": clip_pre, "labels": label_from_folder},
+            num_cpus=1,
+        )
+        with warnings.catch_warnings():
+            # max_restarts is passed the only way Ray 2.60 takes it, which it marks deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dataset = decoded.map_batches(
+                _EncoderActor,
+                batch_size=batch_size,
+                batch_format="numpy",
+                fn_constructor_kwargs={"payload": payload},
+                compute=ray.data.ActorPoolStrategy(size=settings.actors),
+                num_cpus=1,
+                num_gpus=gpus,
+                # an actor that dies stops the build (re-running resumes it) instead of being re-created
+                # from constructor arguments Ray may have dropped (it logs a warning about that otherwise).
+                # Remote arguments that differ from the decoding stage's also keep Ray Data from fusing the
+                # decoding into the actors, which would serialise decoding and encoding in one process
+                # (no memory reservation for that: a local Ray on a busy machine may have less to give).
+                max_restarts=0,
+            )
+        touched: list[tuple[int, int]] = []
+        for batch in _batches(ray, dataset, batch_size):
+            outcomes = [pickle.loads(blob) for blob in batch["outcome"]]
+            ok = [i for i, outcome in enumerate(outcomes) if outcome[0] == "ok"]
+            for outcome in outcomes:
+                if outcome[0] != "ok":
+                    note_unencoded(outcome, report, touched)
+            if ok:
+                rows = [outcomes[i][1] for i in ok]
+                commit_encoded(store, rows, batch["tokens"][ok], batch["global"][ok], report)
+            report.encode_seconds += float(batch["encode_seconds"].sum())
+            advance(len(outcomes))
+        store.touch(touched)
+
+
+@contextmanager
+def _ray_session(ray, settings: RaySettings) -> Iterator[None]:
+    """Joins the cluster at ``settings.address`` or starts a local Ray; shuts down what it started."""
+    if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
+        yield
+        return
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if settings.address:
+        start = lambda: ray.init(address=settings.address, **quiet)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage from a local build
+        start = lambda: ray.init(
+            address="local",  # a new local Ray even when RAY_ADDRESS names a cluster
+            num_cpus=settings.local_cpus(),
+            object_store_memory=settings.object_store_mb * 2**20,
+            include_dashboard=False,
+            **quiet,
+        )
+    for attempt in (1, 2):
+        try:
+            start()
+            break
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError... each worded by Ray
+            ray.shutdown()  # whatever half-started
+            # a local Ray gives its processes 30 s to come up: on a saturated machine once is not always enough
+            if attempt == 2 or settings.address:
+                where = f"join the Ray cluster at {settings.address}" if settings.address else "start a local Ray"
+                raise ConfigError(f"cannot {where}: {_first_line(exc)}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """ConfigError unless something answers at a HOST:PORT or ray://HOST:PORT address: Ray itself would
+    keep retrying for minutes, logging a warning every few seconds."""
+    if address == "auto":  # the cluster this machine runs; Ray says at once when there is none
+        return
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _quiet_data_context(ray) -> Iterator[None]:
+    """Ray Data in plan order, without its progress bars and INFO lines (sketchfind reports progress)."""
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    ctx.execution_options.preserve_order = True
+    # a sketchfind error in a task keeps its type (not Ray Data's UserCodeException): the driver reports
+    # it as one line, so Ray Data's own error lines about it are left out as well
+    ctx.enable_progress_bars, ctx.raise_original_map_exception = False, True
+    data_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception = saved
+        data_logger.setLevel(level)
+
+
+def _gpus_per_actor(ray, settings: RaySettings) -> float:
+    resources = ray.cluster_resources()
+    if resources.get("CPU", 0) < settings.actors + 1:
+        raise ConfigError(
+            f"the Ray cluster has {resources.get('CPU', 0):g} CPUs: {settings.actors} encoder actor(s) "
+            "need one each, and decoding needs one more"
+        )
+    if settings.gpus is None:
+        return 1.0 if resources.get("GPU", 0) >= settings.actors else 0.0
+    if settings.gpus * settings.actors > resources.get("GPU", 0):
+        raise ConfigError(f"the Ray cluster has {resources.get('GPU', 0):g} GPUs, fewer than the actors need")
+    return float(settings.gpus)
+
+
+def _model_payload(model, emb, store: IndexStore, runtime: str, threads: int, gpu: bool) -> dict:
+    """What an encoder actor needs to encode exactly as this process would: the weights themselves (a
+    remote node may not have the driver's weights file), the fingerprint they must have, the runtime,
+    the embedder and the index's codecs."""
+    torch_model = getattr(model, "torch_model", model)  # an OnnxModel carries the PyTorch model
+    return {
+        "config": torch_model.cfg.to_dict(),
+        "state": {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()},
+        "fingerprint": store.meta["model"]["fingerprint"],
+        "runtime": runtime,
+        "threads": threads,
+        "gpu": gpu,
+        "embedder": store.meta["embedder"],
+        "codecs": (store.codec, store.gcodec),
+    }
+
+
+def _decode_batch(batch: dict, model_pre, clip_pre, labels: bool) -> dict:
+    """CPU task: planned files -> their ``_load_one`` outcomes (pickled, tensors apart) + photo tensors.
+    Files that are skipped or unchanged get zero tensors, which the encoder ignores."""
+    outcomes, images, clip_images = [], [], []
+    for blob in batch["todo"]:
+        result = _load_one(*pickle.loads(blob), model_pre, clip_pre, labels)
+        ok = result[0] == "ok"
+        outcomes.append(pickle.dumps(result[:2] if ok else result))
+        images.append(result[2].numpy() if ok else _blank(model_pre))
+        if clip_pre is not None:
+            clip_images.append(result[3].numpy() if ok else _blank(clip_pre))
+    out = {"outcome": np.array(outcomes, dtype=object), "image": np.stack(images)}
+    if clip_pre is not None:
+        out["clip_image"] = np.stack(clip_images)
+    return out
+
+
+def _blank(pre) -> np.ndarray:
+    return np.zeros((3, pre.image_size, pre.image_size), np.float32)
+
+
+class _EncoderActor:
+    """Ray Data actor: builds the model once, then encodes and quantises batches of decoded photos."""
+
+    def __init__(self, payload: dict):
+        # an error here would reach the driver as Ray's text only; raised from the first call, it keeps
+        # its type and message (and the driver reports it like any other sketchfind error)
+        self.error: SketchfindError | None = None
+        try:
+            self._load(payload)
+        except SketchfindError as exc:
+            self.error = exc
+
+    def _load(self, payload: dict) -> None:
+        import torch
+
+        from ..config import ModelConfig
+        from ..models.convert import load_state_dict_strict
+        from ..models.factory import model_fingerprint
+        from ..models.zse import ZSEModel
+        from ..runtime import load_runtime
+        from .embedders import embedder_from_spec
+
+        model = ZSEModel(ModelConfig.from_dict(payload["config"]))
+        state = {k: torch.from_numpy(v) for k, v in payload["state"].items()}
+        load_state_dict_strict(model, state, "the driver's weights", f"model {model.cfg.name!r}")
+        if model_fingerprint(model) != payload["fingerprint"]:
+            raise CheckpointError("an encoder actor's model differs from the index's model (fingerprint)")
+        model.eval()
+        self.device = "cuda" if payload["gpu"] else None
+        if self.device:  # PyTorch on the GPU; ONNX Runtime here runs on CPUs only
+            torch.set_num_threads(payload["threads"])
+            self.model = model.to(self.device)
+        else:
+            self.model = load_runtime(model, payload["runtime"], threads=payload["threads"])
+        self.emb = embedder_from_spec(payload["embedder"], model)
+        if self.device and hasattr(self.emb, "visual"):
+            self.emb.visual.to(self.device)
+        self.codec, self.gcodec = payload["codecs"]
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        if self.error is not None:
+            raise self.error
+        n = len(batch["outcome"])
+        ok = [i for i, blob in enumerate(batch["outcome"]) if pickle.loads(blob)[0] == "ok"]
+        tokens = np.zeros((n, self.codec.row_bytes), np.uint8)
+        global_emb = np.zeros((n, self.gcodec.row_bytes), np.uint8)
+        start = time.perf_counter()
+        if ok:
+            images = list(torch.from_numpy(batch["image"][ok]))  # fancy indexing: a writable copy
+            clip_images = list(torch.from_numpy(batch["clip_image"][ok])) if "clip_image" in batch else None
+            photo_tokens, photo_global = encode_photos(self.model, self.emb, images, clip_images, self.device)
+            tokens[ok] = self.codec.encode(photo_tokens)
+            global_emb[ok] = self.gcodec.encode(photo_global)
+        seconds = time.perf_counter() - start
+        return {
+            "outcome": batch["outcome"],
+            "tokens": tokens,
+            "global": global_emb,
+            "encode_seconds": np.full(n, seconds / max(1, n)),
+        }
+
+
+def _batches(ray, dataset, batch_size: int) -> Iterator[dict]:
+    """The encoded files in batches of ``batch_size`` (Ray's blocks may hold several model batches), in plan
+    order. A sketchfind error raised in a task or an actor comes out as itself, with its one-line message;
+    any other failure inside Ray as one SketchfindError."""
+    try:
+        yield from dataset.iter_batches(batch_size=batch_size, batch_format="numpy")
+    except Exception as exc:
+        cause = _sketchfind_cause(ray, exc)
+        if cause is not None:  # Ray appends notes (retries, how to configure them) to the message
+            raise type(cause)(_first_line(cause)) from None
+        if not type(exc).__module__.startswith("ray."):
+            raise
+        raise SketchfindError(
+            f"the Ray build stopped: {_first_line(exc)}; what was committed stays in the index, "
+            "run the same command again to resume"
+        ) from None
+
+
+def _sketchfind_cause(ray, exc: BaseException | None) -> SketchfindError | None:
+    """The SketchfindError a Ray task or actor raised, however Ray wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        # RayTaskError(CheckpointError) is also a CheckpointError, with Ray's traceback as its text
+        if isinstance(exc, SketchfindError) and not isinstance(exc, ray.exceptions.RayError):
+            return exc
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__ or exc.__context__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
