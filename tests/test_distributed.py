@@ -173,7 +173,7 @@ def test_sigkill_of_the_driver_leaves_an_index_that_opens_and_resumes(built, gal
     weights = tmp_path / "tiny.safetensors"
     save_weights(tiny(), weights)
     index_dir = tmp_path / "idx"
-    proc = _cli(gallery[0], index_dir, weights, crash_at="committed:2")  # killed right after the 2nd batch
+    proc = _cli(gallery[0], index_dir, weights, crash_at="batch-committed:2")  # killed right after the 2nd batch
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, err
     reference = _contents(single_dir)
