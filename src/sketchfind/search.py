@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from .errors import ConfigError, IndexStoreError
+from .index.ann import first_stage, set_search_params
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
 from .index.build import BuildReport, build_index, check_model, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
@@ -152,7 +152,7 @@ def ann(state: SearchState, query: torch.Tensor, k: int | None, settings: Search
     rank, n, index = settings.rank, len(state.snapshot), state.artefacts.ann
     head_n = min(rank.rerank_k, n) if rank.uses_relation else 0
     want = n if k is None else min(n, max(k, head_n))
-    cos, found = index.search(ann_query(state, query, rank), want)
+    cos, found = first_stage(index, ann_query(state, query, rank), want, n)
     keep = found[0] >= 0
     cos, found = cos[0][keep], found[0][keep]
     t1 = time.perf_counter()
@@ -303,9 +303,8 @@ class Searcher:
                 return
             snap = self.store.snapshot()
             art = load_or_build(self.store, snap, persist=False)
-            if art.ann is not None:
-                for name, value in self.settings.ann_params.items():  # explicit, never inherited from the file
-                    faiss.ParameterSpace().set_index_parameter(art.ann, name, value)
+            if art.ann is not None:  # explicit, never inherited from the file: as recorded, then as asked
+                set_search_params(art.ann, {**art.info["ann"].get("search_params", {}), **self.settings.ann_params})
             clusters = art.clusters
             self._state = SearchState(
                 store=self.store,

@@ -1,9 +1,11 @@
 """Derived artefacts of an index: the FAISS index over [Ret] embeddings, the clusters, index_info.json.
 
-All three are rebuilt from the committed store (:mod:`.store`) whenever they are missing or stale
-(their generation differs from the store's), so a crash while writing them loses nothing. They are
-written atomically (:mod:`sketchfind.atomic`); ``index_info.json`` goes last
-and names the generation-stamped files it belongs to.
+The FAISS index is exact below a gallery size and approximate above it (:mod:`.ann`; its trained, empty
+form is kept too, so a growing gallery is re-added without retraining). All three are rebuilt from the
+committed store (:mod:`.store`) whenever they are missing or stale (their generation differs from the
+store's), so a crash while writing them loses nothing. They are written atomically
+(:mod:`sketchfind.atomic`); ``index_info.json`` goes last and names the generation-stamped files it
+belongs to.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..cluster import DEFAULT_CLUSTERS, Clusters, build_clusters, cluster_count
+from .ann import AUTO, FirstStage, build_first_stage
 from .store import FORMAT_VERSION, IndexStore, Snapshot, crash_point
 
 INFO_NAME = "index_info.json"
-DEFAULT_ANN = "SQ8"  # exact inner-product scan over 8-bit [Ret] codes: ~9 MB and a few ms at 70k photos
+DEFAULT_ANN = AUTO  # exact SQ8 scan below ann.APPROX_FROM photos, a tuned approximate index above
 ANN_SEARCH_DEFAULTS = {"HNSW": {"efSearch": 128}, "IVF": {"nprobe": 16}}
 
 
@@ -59,12 +62,8 @@ def default_search_params(ann_type: str) -> dict:
 
 
 def build_ann(embeddings: np.ndarray, ann_type: str = DEFAULT_ANN) -> faiss.Index:
-    """A FAISS inner-product index over (N, D) embeddings (factory string ``ann_type``)."""
-    index = faiss.index_factory(embeddings.shape[1], ann_type, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        index.train(embeddings)
-    index.add(embeddings)
-    return index
+    """A FAISS inner-product index over (N, D) embeddings (factory string ``ann_type``, or 'auto')."""
+    return build_first_stage(embeddings, ann_type, None, Path(".")).index
 
 
 def load_or_build(store: IndexStore, snapshot: Snapshot, *, persist: bool, recluster: bool = False) -> Artefacts:
@@ -108,23 +107,46 @@ def _previous_centroids(store: IndexStore, info: dict | None, n_clusters: int, n
 def _rebuild(store: IndexStore, snapshot: Snapshot, info: dict | None, *, persist: bool, recluster: bool) -> Artefacts:
     n, gen = len(snapshot), snapshot.generation
     ann_type = store.meta.get("ann_type", DEFAULT_ANN)
-    ann = clusters = None
+    ann = clusters = first = None
     n_clusters = cluster_count(n, store.meta.get("n_clusters", DEFAULT_CLUSTERS))
     clustered_at = (info or {}).get("clusters", {}).get("photos_when_clustered", n)
     if n:
-        ann = build_ann(ret_embeddings(store, snapshot), ann_type)
+        first = build_first_stage(ret_embeddings(store, snapshot), ann_type, (info or {}).get("ann"), store.root)
+        ann = first.index
         centroids = None if recluster else _previous_centroids(store, info, n_clusters, n)
         clustered_at = clustered_at if centroids is not None else n
         clusters = build_clusters(
             store.global_embeddings(snapshot), store.iter_tokens(snapshot), n_clusters=n_clusters, centroids=centroids
         )
-    new_info = _info(store, snapshot, ann_type, clusters, clustered_at)
+    new_info = _info(store, snapshot, ann_type, first, clusters, clustered_at)
     if persist:
-        _write(store, new_info, ann, clusters)
+        _write(store, new_info, ann, clusters, first)
     return Artefacts(gen, ann, clusters, new_info)
 
 
-def _info(store: IndexStore, snapshot: Snapshot, ann_type: str, clusters: Clusters | None, clustered_at: int) -> dict:
+def _ann_info(gen: int, ann_type: str, first: FirstStage | None) -> dict:
+    """The ``ann`` entry: what was built (type, search parameters, tuning, trained index file)."""
+    record = {"type": ann_type, "search_params": default_search_params(ann_type)}
+    if first is not None:
+        record = {**record, **first.record}
+        if first.trained is not None and first.trained_is_new:
+            record["trained"] = {**record["trained"], "file": f"ann-trained-{gen}.faiss", "generation": gen}
+    return {
+        **record,
+        "file": f"ann-{gen}.faiss" if first is not None else None,
+        "metric": "inner_product",
+        "embedding": "L2-normalised [Ret] token",
+    }
+
+
+def _info(
+    store: IndexStore,
+    snapshot: Snapshot,
+    ann_type: str,
+    first: FirstStage | None,
+    clusters: Clusters | None,
+    clustered_at: int,
+) -> dict:
     n, gen, meta, codec = len(snapshot), snapshot.generation, store.meta, store.codec
     return {
         "format_version": FORMAT_VERSION,
@@ -145,13 +167,7 @@ def _info(store: IndexStore, snapshot: Snapshot, ann_type: str, clusters: Cluste
             "row_bytes": store.gcodec.row_bytes,
         },
         "counts": {"photos": n},
-        "ann": {
-            "file": f"ann-{gen}.faiss" if n else None,
-            "type": ann_type,
-            "metric": "inner_product",
-            "embedding": "L2-normalised [Ret] token",
-            "search_params": default_search_params(ann_type),
-        },
+        "ann": _ann_info(gen, ann_type, first),
         "clusters": {
             "file": f"clusters-{gen}.npz" if clusters is not None else None,
             "n_clusters": clusters.n_clusters if clusters is not None else 0,
@@ -167,8 +183,13 @@ def _replace(path: Path, write) -> None:
         write(tmp)
 
 
-def _write(store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clusters | None) -> None:
+def _write(
+    store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clusters | None, first: FirstStage | None = None
+) -> None:
     root = store.root
+    trained_file = (info["ann"].get("trained") or {}).get("file")
+    if first is not None and first.trained is not None and first.trained_is_new:
+        _replace(root / trained_file, lambda p: faiss.write_index(first.trained, str(p)))
     if ann is not None:
         _replace(root / info["ann"]["file"], lambda p: faiss.write_index(ann, str(p)))
     if clusters is not None:
@@ -184,7 +205,7 @@ def _write(store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clu
                 )
 
         _replace(root / info["clusters"]["file"], save)
-    keep = {info["ann"]["file"], info["clusters"]["file"]}
+    keep = {info["ann"]["file"], info["clusters"]["file"], trained_file}
     for path in root.iterdir():  # artefacts of older generations (a crash from here on means a rebuild)
         if path.name.startswith(("ann-", "clusters-")) and path.name not in keep:
             path.unlink(missing_ok=True)
