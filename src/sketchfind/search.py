@@ -77,7 +77,7 @@ class SearchSettings:
 
     strategy: str = DEFAULT_STRATEGY
     rank: RankSettings = RankSettings()  # ann's expansion and head; rank.rerank_k is also clustered's k=None head
-    ann_params: dict = field(default_factory=dict)  # FAISS search parameters (efSearch, nprobe), if any
+    ann_params: dict = field(default_factory=dict)  # FAISS search parameters (nprobe, efSearch) over the recorded
     chunk: int = 2048  # photos decoded at a time by exhaustive search
 
     def __post_init__(self):
@@ -235,7 +235,9 @@ class Searcher:
     ) -> Searcher:
         """Opens an index for searching (read-only); ``model=None`` loads the model the index was built with.
         ann settings left as None take the values validated with the model's weights
-        (:class:`~sketchfind.rerank.RankSettings`). ``runtime``: 'torch', 'onnx' or 'auto' (None:
+        (:class:`~sketchfind.rerank.RankSettings`). ``ann_params`` (e.g. ``{"nprobe": 32}``) override the
+        FAISS search parameters recorded in index_info.json (those that do not apply to the index's type
+        are ignored with a warning). ``runtime``: 'torch', 'onnx' or 'auto' (None:
         ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`)."""
         root = Path(index_dir)
         store = IndexStore.open(root)

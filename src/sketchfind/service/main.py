@@ -68,6 +68,7 @@ def open_searcher(settings: Settings) -> Any:
         model=load_settings_model(settings),
         strategy=settings.strategy or DEFAULT_STRATEGY,
         runtime=settings.runtime,
+        ann_params=settings.ann_params,
     )
 
 

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     max_k: int = Field(200, ge=1)
     strategy: str | None = None  # default search strategy; None = the Searcher's default
     runtime: str | None = None  # torch | onnx | auto; None = auto (the fastest installed)
+    ann_params: dict[str, float] = {}  # FAISS search parameters overriding the index's (e.g. {"nprobe": 32})
     threads: int | None = Field(None, ge=1)  # torch threads for one query; None = torch's default (all cores)
     thumbnail_size: int = Field(256, ge=32, le=1024)
     thumbnail_cache: int = Field(4096, ge=0)  # thumbnails kept in memory (LRU)
