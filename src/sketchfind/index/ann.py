@@ -5,8 +5,9 @@ per query and nothing to tune. From there on it is an approximate index, chosen 
 :data:`CANDIDATES` are listed fastest first (as measured by ``benchmarks/bench_first_stage.py`` at the
 recall target); those whose estimated size exceeds :data:`MEMORY_BUDGET` are skipped, and each of the
 others in turn is trained on a sample of the gallery, its search parameter (``nprobe`` / ``efSearch``)
-raised until recall@100 against the exact float ranking reaches :data:`RECALL_TARGET` on gallery vectors
-used as held-out queries (their own match left out). The first candidate that gets there is kept.
+raised until recall@100 against the exact float ranking reaches :data:`TUNE_TARGET` on gallery vectors
+used as held-out queries (their own match left out), so that the queries ann ranks with reach
+:data:`RECALL_TARGET`. The first candidate that gets there is kept.
 
 The trained, empty index is kept beside the full one, so a gallery that has grown (or shrunk) by less
 than :data:`RETRAIN_GROWTH` since training is only re-added, with the parameters tuned then; beyond
@@ -31,7 +32,10 @@ AUTO = "auto"  # the default ann_type: exact below APPROX_FROM photos, approxima
 EXACT_TYPE = "SQ8"  # exact scan over 8-bit codes: 128 B/photo, ~1 ms per 70k photos
 APPROX_FROM = 200_000  # photos; below, the exact scan costs a few ms (benchmarks/results/first_stage.md)
 RECALL_K = 100
-RECALL_TARGET = 0.95  # recall@100 against the exact float ranking, on held-out gallery vectors
+RECALL_TARGET = 0.95  # recall@100 against the exact ranking, for the queries ann ranks with
+# tuning queries are gallery vectors, which find their neighbours more easily than a sketch's expanded
+# [Ret] does: tuning aims higher so that those reach RECALL_TARGET (benchmarks/results/first_stage.md)
+TUNE_TARGET = 0.98
 MEMORY_BUDGET = 2 * 2**30  # bytes the first-stage index may take in memory (the 10M-photo target)
 RETRAIN_GROWTH = 2.0  # retrain once the gallery is this many times larger (or smaller) than when trained
 TUNE_QUERIES = 500  # gallery vectors used as queries when tuning
@@ -69,7 +73,7 @@ class Candidate:
 CANDIDATES = (
     Candidate("ivf-sq8", "IVF{nlist},SQ8", "nprobe", NPROBE_GRID),
     Candidate("hnsw-sq8", "HNSW32,SQ8", "efSearch", EF_GRID),
-    Candidate("ivf-pq-refine", "IVF{nlist},PQ{m}x8,Refine(SQ8)", "nprobe", NPROBE_GRID, {"k_factor_rf": 4}, 128 + 32),
+    Candidate("ivf-pq-refine", "IVF{nlist},PQ{m}x8np,Refine(SQ8)", "nprobe", NPROBE_GRID, {"k_factor_rf": 4}, 128 + 32),
 )
 
 
@@ -226,7 +230,7 @@ def make_trained(candidate: Candidate, sample: np.ndarray, n: int) -> faiss.Inde
 
 
 def tune(index: faiss.Index, candidate: Candidate, queries: np.ndarray, self_ids: np.ndarray, truth: np.ndarray):
-    """Raises the candidate's search parameter until recall@100 reaches the target -> (params, recall, path)."""
+    """Raises the candidate's search parameter until recall@100 reaches TUNE_TARGET -> (params, recall, path)."""
     path, ivf = [], faiss.try_extract_index_ivf(index)
     for value in candidate.grid:
         if ivf is not None and candidate.param == "nprobe" and value > ivf.nlist:
@@ -235,7 +239,7 @@ def tune(index: faiss.Index, candidate: Candidate, queries: np.ndarray, self_ids
         _, found = index.search(queries, RECALL_K + 1)
         recall = recall_at(without_self(found, self_ids), truth)
         path.append({candidate.param: value, "recall": round(recall, 4)})
-        if recall >= RECALL_TARGET:
+        if recall >= TUNE_TARGET:
             return params, recall, path
     return params, recall, path
 
@@ -284,7 +288,7 @@ def choose(embeddings: np.ndarray) -> FirstStage:
         tried.append(entry)
         if best is None or recall > best[2]["recall_at_100"]:
             best = (index, trained, entry, len(sample))
-        if recall >= RECALL_TARGET:
+        if recall >= TUNE_TARGET:
             break
     if best is None:  # nothing fits the budget: the exact scan is the smallest index there is
         record = {"type": EXACT_TYPE, "requested": AUTO, "approximate": False, "search_params": {}}
@@ -295,7 +299,7 @@ def choose(embeddings: np.ndarray) -> FirstStage:
         "type": entry["type"],
         "requested": AUTO,
         "approximate": True,
-        "choice": f"{entry['name']}: the first candidate (fastest first) reaching recall@100 >= {RECALL_TARGET}",
+        "choice": f"{entry['name']}: the first candidate (fastest first) tuned to recall@100 >= {TUNE_TARGET}",
         "dim": dim,
         "nlist": faiss.extract_index_ivf(index).nlist if faiss.try_extract_index_ivf(index) is not None else None,
         "search_params": entry["search_params"],
@@ -304,7 +308,7 @@ def choose(embeddings: np.ndarray) -> FirstStage:
         "trained": {"photos": n, "sample": sampled},
         "tuning": {
             "queries": len(queries),
-            "target": RECALL_TARGET,
+            "target": TUNE_TARGET,
             "memory_budget": MEMORY_BUDGET,
             "candidates": tried,
         },
