@@ -96,18 +96,34 @@ def test_parameters_are_recorded_and_set_at_load_with_overrides(small_threshold,
         assert len(hits) == 4000 and len({h.photo_id for h in hits}) == 4000
 
 
-def test_retrained_only_when_the_gallery_has_doubled(small_threshold, tmp_path):
+def test_appended_photos_are_added_and_retrained_only_when_the_gallery_has_doubled(small_threshold, tmp_path):
+    from sketchfind.index import remove_photos
+    from sketchfind.search import Searcher
+
     model, root = tiny(), tmp_path / "idx"
     write_synthetic(root, model, 3000)
     first = read_info(root)["ann"]
-    write_synthetic(root, model, 2000, start=3000)  # 5000 <= 2 x 3000: re-added with the trained index
+    assert first["update"] == "trained"
+    write_synthetic(root, model, 2000, start=3000)  # 5000 <= 2 x 3000: added to the previous index
     grown = read_info(root)["ann"]
-    assert grown["trained"] == first["trained"] and grown["photos_added"] == 5000
+    assert grown["update"] == "added 2000" and grown["trained"] == first["trained"] and grown["photos_added"] == 5000
     assert grown["search_params"] == first["search_params"] and (root / first["trained"]["file"]).is_file()
-    write_synthetic(root, model, 2000, start=5000)  # 7000 > 2 x 3000: retrained and retuned
+    assert remove_photos(root, [1, 2, 3]) == 3  # positions move: every vector re-added to the trained index
+    shrunk = read_info(root)["ann"]
+    assert shrunk["update"] == "re-added" and shrunk["trained"] == first["trained"] and shrunk["photos_added"] == 4997
+    with Searcher.open(root, model) as searcher:  # the extended index ranks like a fresh one
+        positions = np.arange(0, 4997, 50)
+        queries = searcher.state.ret_embeddings(positions)
+        _, found = searcher.state.artefacts.ann.search(queries, 1)
+        assert (found[:, 0] == positions).mean() > 0.9
+    write_synthetic(root, model, 2000, start=5000)  # 6997 > 2 x 3000: retrained and retuned
     again = read_info(root)["ann"]
-    assert again["trained"]["photos"] == 7000 and again["trained"]["file"] != first["trained"]["file"]
-    assert again["nlist"] == ann.nlist_for(7000) and not (root / first["trained"]["file"]).exists()
+    assert again["update"] == "trained" and again["trained"]["photos"] == 6997
+    assert (
+        again["trained"]["file"] != first["trained"]["file"]
+        and again["nlist"] == ann.nlist_for(6997)
+        and not (root / first["trained"]["file"]).exists()
+    )
     assert sorted(p.name for p in root.glob("ann-*")) == sorted([again["file"], again["trained"]["file"]])
 
 
@@ -136,10 +152,15 @@ def test_ann_param_pairs_from_the_command_line():
 
 
 def test_a_lost_trained_index_is_retrained(small_threshold, tmp_path):
+    from sketchfind.index import remove_photos
+
     model, root = tiny(), tmp_path / "idx"
     write_synthetic(root, model, 3000)
     first = read_info(root)["ann"]
-    (root / first["trained"]["file"]).unlink()  # e.g. a crash between deleting and writing
-    write_synthetic(root, model, 500, start=3000)
+    (root / first["trained"]["file"]).unlink()  # e.g. deleted by hand
+    write_synthetic(root, model, 500, start=3000)  # appended: the previous full index is extended all the same
+    assert read_info(root)["ann"]["update"] == "added 500"
+    assert remove_photos(root, [1]) == 1  # re-adding needs the trained index: retrained
     again = read_info(root)["ann"]
-    assert again["trained"]["photos"] == 3500 and (root / again["trained"]["file"]).is_file()
+    assert again["update"] == "trained" and again["trained"]["photos"] == 3499
+    assert (root / again["trained"]["file"]).is_file()

@@ -10,8 +10,10 @@ used as held-out queries (their own match left out), so that the queries ann ran
 :data:`RECALL_TARGET`. The first candidate that gets there is kept.
 
 The trained, empty index is kept beside the full one, so a gallery that has grown (or shrunk) by less
-than :data:`RETRAIN_GROWTH` since training is only re-added, with the parameters tuned then; beyond
-that it is retrained and retuned. Search parameters are recorded in ``index_info.json`` and set
+than :data:`RETRAIN_GROWTH` since training is not retrained: photos appended since the last generation
+are added to its index (:func:`extend`), any other change (removals, replaced photos, compaction)
+re-adds every vector to the trained index, with the parameters tuned then; beyond that it is retrained
+and retuned. Search parameters are recorded in ``index_info.json`` and set
 explicitly when an index is opened (:func:`set_search_params`), where they can be overridden.
 """
 
@@ -172,7 +174,7 @@ def build_first_stage(embeddings: np.ndarray, ann_type: str, previous: dict | No
         index = copy_index(trained)
         add_in_chunks(index, embeddings)
         set_search_params(index, record["search_params"])
-        return FirstStage(index, trained, False, {**record, "photos_added": n})
+        return FirstStage(index, trained, False, {**record, "photos_added": n, "update": "re-added"})
     return choose(embeddings)
 
 
@@ -313,5 +315,29 @@ def choose(embeddings: np.ndarray) -> FirstStage:
             "candidates": tried,
         },
         "photos_added": n,
+        "update": "trained",
     }
     return FirstStage(index, trained, True, record)
+
+
+def extend(previous: dict | None, root: Path, n: int, new_embeddings) -> FirstStage | None:
+    """The previous generation's approximate index with ``new_embeddings()`` (those of the photos appended
+    since, in order) added, or None when it must be rebuilt: another type, a gallery grown beyond
+    RETRAIN_GROWTH since training, or its file unreadable. The caller checks that the first
+    ``previous['photos_added']`` photos are unchanged."""
+    previous = previous or {}
+    trained_at = (previous.get("trained") or {}).get("photos", 0)
+    done = previous.get("photos_added", 0)
+    if previous.get("requested") != AUTO or not previous.get("approximate") or not done or n < done:
+        return None
+    if n > trained_at * RETRAIN_GROWTH:
+        return None
+    try:
+        index = faiss.read_index(str(root / previous["file"]))
+    except (OSError, KeyError, RuntimeError):
+        return None
+    if index.ntotal != done:
+        return None
+    add_in_chunks(index, new_embeddings())
+    set_search_params(index, previous["search_params"])
+    return FirstStage(index, None, False, {**previous, "photos_added": n, "update": f"added {n - done}"})

@@ -10,6 +10,7 @@ belongs to.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..cluster import DEFAULT_CLUSTERS, Clusters, build_clusters, cluster_count
-from .ann import AUTO, FirstStage, build_first_stage
+from .ann import AUTO, FirstStage, build_first_stage, extend
 from .store import FORMAT_VERSION, IndexStore, Snapshot, crash_point
 
 INFO_NAME = "index_info.json"
@@ -46,14 +47,23 @@ def read_info(root: str | Path) -> dict | None:
         return None
 
 
-def ret_embeddings(store: IndexStore, snapshot: Snapshot, chunk: int = 8192) -> np.ndarray:
-    """(N, D) L2-normalised [Ret] embeddings decoded from the stored tokens."""
+def ret_embeddings(store: IndexStore, snapshot: Snapshot, chunk: int = 8192, first: int = 0) -> np.ndarray:
+    """(N - first, D) L2-normalised [Ret] embeddings decoded from the stored tokens, from position ``first``."""
     parts = [np.zeros((0, store.codec.D), np.float32)]
-    for start in range(0, len(snapshot), chunk):
+    for start in range(first, len(snapshot), chunk):
         codes = store.read_codes(snapshot, np.arange(start, min(len(snapshot), start + chunk)))
         parts.append(store.codec.decode_first(codes))
     emb = np.concatenate(parts)
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def positions_digest(snapshot: Snapshot, n: int) -> str:
+    """A digest of the first n positions' photo ids and storage rows: equal digests mean the same photos
+    with the same stored tokens at the same positions (a replaced photo keeps its id, not its row)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (snapshot.ids[:n], snapshot.shard[:n], snapshot.row[:n]):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def default_search_params(ann_type: str) -> dict:
@@ -111,7 +121,7 @@ def _rebuild(store: IndexStore, snapshot: Snapshot, info: dict | None, *, persis
     n_clusters = cluster_count(n, store.meta.get("n_clusters", DEFAULT_CLUSTERS))
     clustered_at = (info or {}).get("clusters", {}).get("photos_when_clustered", n)
     if n:
-        first = build_first_stage(ret_embeddings(store, snapshot), ann_type, (info or {}).get("ann"), store.root)
+        first = _first_stage(store, snapshot, ann_type, (info or {}).get("ann"))
         ann = first.index
         centroids = None if recluster else _previous_centroids(store, info, n_clusters, n)
         clustered_at = clustered_at if centroids is not None else n
@@ -137,6 +147,20 @@ def _ann_info(gen: int, ann_type: str, first: FirstStage | None) -> dict:
         "metric": "inner_product",
         "embedding": "L2-normalised [Ret] token",
     }
+
+
+def _first_stage(store: IndexStore, snapshot: Snapshot, ann_type: str, previous: dict | None) -> FirstStage:
+    """The previous approximate index extended by the appended photos when the others are unchanged,
+    else a new build (:func:`~.ann.build_first_stage`)."""
+    n, first = len(snapshot), None
+    done = (previous or {}).get("photos_added", 0)
+    if ann_type == AUTO and previous and 0 < done <= n and previous.get("digest") == positions_digest(snapshot, done):
+        first = extend(previous, store.root, n, lambda: ret_embeddings(store, snapshot, first=done))
+    if first is None:
+        first = build_first_stage(ret_embeddings(store, snapshot), ann_type, previous, store.root)
+    if first.record.get("approximate"):
+        first.record["digest"] = positions_digest(snapshot, n)
+    return first
 
 
 def _info(
