@@ -193,7 +193,7 @@ def build_faiss(n: int, gen: Synthetic, queries: np.ndarray, args, work: Path) -
 
     from sketchfind.index import ann
 
-    dim, nlist = gen.photos.shape[1], ann.nlist_for(n)
+    dim, nlist = gen.photos.shape[1], args.nlist or ann.nlist_for(n)
     t0 = time.perf_counter()
     sample = gen.sample(9, min(n, max(ann.TRAIN_PER_LIST * nlist, 50_000)))
     exact = faiss.index_factory(dim, ann.EXACT_TYPE, faiss.METRIC_INNER_PRODUCT)
@@ -204,9 +204,11 @@ def build_faiss(n: int, gen: Synthetic, queries: np.ndarray, args, work: Path) -
     centroids = None
     for name in ivf_names:
         cand = by_name[name]
-        index = faiss.index_factory(dim, cand.factory_for(n, dim), faiss.METRIC_INNER_PRODUCT)
-        if centroids is None:
-            index = ann.make_trained(cand, sample, n)
+        index = faiss.index_factory(dim, cand.factory.format(nlist=nlist, m=dim // 4), faiss.METRIC_INNER_PRODUCT)
+        if centroids is None:  # as ann.make_trained, with this nlist
+            faiss.extract_index_ivf(index).cp.niter = ann.KMEANS_ITERATIONS
+            faiss.extract_index_ivf(index).cp.seed = ann.SEED
+            index.train(sample)
             centroids = faiss.extract_index_ivf(index).quantizer.reconstruct_n(0, nlist)
             timings["train_quantizer_s"] = round(time.perf_counter() - t0, 1)
         else:  # the same coarse quantizer: only the codes (SQ / PQ / refine) are trained
@@ -256,7 +258,8 @@ def tune_and_save(indexes: dict, n: int, tune_q: np.ndarray, tune_truth: np.ndar
 
     by_name, out = {c.name: c for c in ann.CANDIDATES}, {}
     for name, index in indexes.items():
-        entry = {"type": ann.EXACT_TYPE if name == "exact-sq8" else by_name[name].factory_for(n, index.d)}
+        nlist = faiss.extract_index_ivf(index).nlist if name.startswith("ivf") else None
+        entry = {"type": ann.EXACT_TYPE if name == "exact-sq8" else by_name[name].factory.format(nlist=nlist, m=32)}
         if name != "exact-sq8":
             log(f"{n}: tuning {name}")
             t = time.perf_counter()
@@ -363,7 +366,10 @@ def run_faiss_size(n: int, gen: Synthetic, real: dict, args) -> dict:
     chosen = library_choice(n, entries)
     return {
         "photos": n,
-        "nlist": ann.nlist_for(n),
+        "nlist": args.nlist or ann.nlist_for(n),
+        "nlist_rule": "library (4 sqrt(n))"
+        if not args.nlist
+        else f"--nlist {args.nlist} (library: {ann.nlist_for(n)})",
         "timings": timings,
         "indexes": entries,
         "auto_choice": chosen,
@@ -561,9 +567,11 @@ def sizing_md(results: dict) -> str:
     lines[-1] += "figure is an estimate, not a measurement: ~0.4 GFLOP per photo gives ~2,000-3,000 photos/s on a "
     lines[-1] += "T4-class GPU, and JPEG decoding + resizing (~200 photos/s per core) bounds an 8-core node at ~1,500."
     lines += ["The first stage must fit in memory; tokens are read only for the re-ranked head and can stay on disk "]
-    lines[-1] += "(memory-mapped shards). Beyond ~10^8 photos on one machine the IVF-SQ8 index (136 B/photo) "
-    lines[-1] += "outgrows a 2 GB budget by far: IVF-PQ without refinement (~40 B/photo) or sharding (Milvus, "
-    lines[-1] += "one FAISS shard per node) is needed."
+    lines[-1] += "(memory-mapped shards). Beyond ~1.5 x 10^7 photos the IVF-SQ8 index (~138 B/photo) outgrows a "
+    lines[-1] += "2 GB budget: PQ codes (32-40 B/photo) would fit 5x more, but IVF-PQ32 missed the recall target on "
+    lines[-1] += "these vectors even re-ranked on SQ8 codes (`first_stage.md`), so 10^8-10^9 photos mean sharding "
+    lines[-1] += "(one IVF-SQ8 shard of <= 10^7 photos per 2 GB, or Milvus across nodes). Milvus HNSW keeps "
+    lines[-1] += "float32 vectors plus graph links in memory: ~5x the IVF-SQ8 bytes."
     return "\n".join(lines) + "\n"
 
 
@@ -575,6 +583,7 @@ def main() -> None:
     parser.add_argument("--candidates", default="ivf-sq8,ivf-pq-refine,hnsw-sq8")
     parser.add_argument("--hnsw-max", default="1M", help="largest size HNSW is built at (its build is slow)")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: the library's rule, ~4 sqrt(n))")
     parser.add_argument("--exact-queries", type=int, default=200, help="queries for the exact scan (slow at 10M)")
     parser.add_argument("--milvus-budget-s", type=float, default=1800)
     parser.add_argument("--threads", type=int, default=2)
