@@ -65,6 +65,29 @@ MilvusUri = Annotated[
 Collection = Annotated[
     str | None, typer.Option("--collection", help="Milvus collection (default: sketchfind)", metavar="NAME")
 ]
+AnnParams = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ann-param",
+        help="FAISS search parameter NAME=VALUE overriding the one the index recorded (e.g. nprobe=32; repeatable)",
+        metavar="NAME=VALUE",
+    ),
+]
+
+
+def parse_ann_params(pairs: list[str] | None) -> dict[str, float]:
+    """['nprobe=32', 'efSearch=64'] -> {'nprobe': 32, 'efSearch': 64}; SketchfindError for a malformed pair."""
+    params = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not name.strip() or number is None:
+            raise SketchfindError(f"--ann-param takes NAME=NUMBER (e.g. nprobe=32), got {pair!r}")
+        params[name.strip()] = int(number) if number.is_integer() else number
+    return params
 
 
 def _plain_type_names() -> None:
@@ -139,11 +162,13 @@ def serve(
     backend: Backend = None,
     milvus_uri: MilvusUri = None,
     collection: Collection = None,
+    ann_param: AnnParams = None,
 ) -> None:
     """Serve the draw-to-search page and the REST API (indexing PHOTOS first when given)."""
     from .service.run import serve as run_serve
     from .service.settings import Settings
 
+    given = {"ann_params": parse_ann_params(ann_param)} if ann_param else {}  # else $SKETCHFIND_ANN_PARAMS (JSON)
     settings = Settings(
         index=index,
         model=model,
@@ -154,6 +179,7 @@ def serve(
         backend=backend,
         milvus_uri=milvus_uri,
         collection=collection,
+        **given,
     )
     run_serve(settings, photos, host, port, console)
 
@@ -184,6 +210,13 @@ def index_cmd(
     clip_config: Annotated[Path | None, typer.Option(help="open_clip model config JSON (custom models)")] = None,
     clusters: Annotated[int | None, typer.Option(help="K-means clusters (default 125, capped when small)")] = None,
     tokens: Annotated[str | None, typer.Option(help="token storage: int6 (default), int8, int4, fp16, fp32")] = None,
+    ann: Annotated[
+        str | None,
+        typer.Option(
+            help="first-stage FAISS index: auto (default: exact below 200k photos, tuned approximate above) "
+            "or a FAISS factory string (SQ8, HNSW32,SQ8, IVF4096,SQ8 ...)"
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="photos per model batch")] = 32,
     label_from_folder: Annotated[bool, typer.Option(help="label each photo with its folder name")] = False,
     report: Annotated[Path | None, typer.Option(help="write the full report (every skipped file) as JSON")] = None,
@@ -225,6 +258,7 @@ def index_cmd(
         clip_config=clip_config,
         token_storage=tokens,
         n_clusters=clusters,
+        ann_type=ann,
         label_from_folder=label_from_folder,
         progress=True,
         runtime=runtime,
@@ -268,6 +302,7 @@ def search_cmd(
     backend: Backend = None,
     milvus_uri: MilvusUri = None,
     collection: Collection = None,
+    ann_param: AnnParams = None,
 ) -> None:
     """Rank the indexed photos for each sketch; ann settings left out come with the model's weights."""
     import json
@@ -282,7 +317,10 @@ def search_cmd(
     net = _model_or_none(model, weights)
     ann = {"rerank_k": rerank_k, "fusion": fusion, "qe_weight": qe_weight, "qe_top": qe_top}
     vectors = {"backend": backend, "milvus_uri": milvus_uri, "collection": collection}
-    with Searcher.open(index, net, strategy=strategy, runtime=runtime, **ann, **vectors) as searcher:
+    ann_params = parse_ann_params(ann_param)
+    with Searcher.open(
+        index, net, strategy=strategy, runtime=runtime, ann_params=ann_params, **ann, **vectors
+    ) as searcher:
         for source in sources:
             try:
                 result = searcher.search(source, k=k)
@@ -347,7 +385,13 @@ def _first_stage_line(info: dict) -> str:
     ann, vectors = info["ann"], info["vectors"]
     if vectors["backend"] == "milvus":
         return f"Milvus {vectors['index_type']} (inner product), collection {vectors['collection']} at {vectors['uri']}"
-    return f"FAISS {ann['type']} ({ann['metric']}), params {ann['search_params']}"
+    return f"FAISS {ann['type']} ({ann['metric']}), params {ann['search_params']}{_tuned(ann)}"
+
+
+def _tuned(ann: dict) -> str:
+    if not ann.get("approximate"):
+        return ""
+    return f", recall@100 {ann['recall_at_100']} (trained at {ann['trained']['photos']} photos)"
 
 
 @app.command("remove")

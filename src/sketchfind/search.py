@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from .errors import ConfigError, IndexStoreError
+from .index.ann import first_stage, set_search_params
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
 from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
@@ -79,7 +79,7 @@ class SearchSettings:
 
     strategy: str = DEFAULT_STRATEGY
     rank: RankSettings = RankSettings()  # ann's expansion and head; rank.rerank_k is also clustered's k=None head
-    ann_params: dict = field(default_factory=dict)  # FAISS search parameters (efSearch, nprobe), if any
+    ann_params: dict = field(default_factory=dict)  # FAISS search parameters (nprobe, efSearch) over the recorded
     chunk: int = 2048  # photos decoded at a time by exhaustive search
 
     def __post_init__(self):
@@ -155,7 +155,7 @@ def ann(state: SearchState, query: torch.Tensor, k: int | None, settings: Search
     rank, n, index = settings.rank, len(state.snapshot), state.first_stage
     head_n = min(rank.rerank_k, n) if rank.uses_relation else 0
     want = n if k is None else min(n, max(k, head_n))
-    cos, found = index.search(ann_query(state, query, rank), want)
+    cos, found = first_stage(index, ann_query(state, query, rank), want, n)
     keep = found[0] >= 0
     cos, found = cos[0][keep], found[0][keep]
     t1 = time.perf_counter()
@@ -259,7 +259,9 @@ class Searcher:
     ) -> Searcher:
         """Opens an index for searching (read-only); ``model=None`` loads the model the index was built with.
         ann settings left as None take the values validated with the model's weights
-        (:class:`~sketchfind.rerank.RankSettings`). ``runtime``: 'torch', 'onnx', 'onnx-int8' or 'auto' (None:
+        (:class:`~sketchfind.rerank.RankSettings`). ``ann_params`` (e.g. ``{"nprobe": 32}``) override the
+        FAISS search parameters recorded in index_info.json (those that do not apply to the index's type
+        are ignored with a warning). ``runtime``: 'torch', 'onnx', 'onnx-int8' or 'auto' (None:
         ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`). ``backend`` ('faiss' | 'milvus'),
         ``milvus_uri``, ``collection``: where ann's first stage searches (default: what the index records)."""
         root = Path(index_dir)
@@ -331,9 +333,8 @@ class Searcher:
                 return
             snap = self.store.snapshot()
             art = load_or_build(self.store, snap, persist=False)
-            if art.ann is not None:
-                for name, value in self.settings.ann_params.items():  # explicit, never inherited from the file
-                    faiss.ParameterSpace().set_index_parameter(art.ann, name, value)
+            if art.ann is not None:  # explicit, never inherited from the file: as recorded, then as asked
+                set_search_params(art.ann, {**art.info["ann"].get("search_params", {}), **self.settings.ann_params})
             clusters = art.clusters
             first_stage = art.ann
             if self._milvus is not None:

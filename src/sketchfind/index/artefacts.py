@@ -1,15 +1,18 @@
 """Derived artefacts of an index: the FAISS index over [Ret] embeddings, the clusters, index_info.json.
 
-All three are rebuilt from the committed store (:mod:`.store`) whenever they are missing or stale
-(their generation differs from the store's), so a crash while writing them loses nothing. They are
-written atomically (:mod:`sketchfind.atomic`); ``index_info.json`` goes after them and names the
-generation-stamped files it belongs to; the files of the previous generation are deleted last.
+The FAISS index is exact below a gallery size and approximate above it (:mod:`.ann`; its trained, empty
+form is kept too, so a growing gallery is re-added without retraining). All three are rebuilt from the
+committed store (:mod:`.store`) whenever they are missing or stale (their generation differs from the
+store's), so a crash while writing them loses nothing. They are written atomically
+(:mod:`sketchfind.atomic`); ``index_info.json`` goes after them and names the generation-stamped files it
+belongs to; the files of the previous generation are deleted last.
 Crash points: ``artefacts-written`` (new files complete, index_info.json not yet), ``info-written``,
 ``artefact-dropped`` (one stale file deleted), besides ``checkpointed`` and the atomic writes' own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -20,10 +23,11 @@ import numpy as np
 
 from ..atomic import atomic_path, crash_point
 from ..cluster import DEFAULT_CLUSTERS, Clusters, build_clusters, cluster_count
+from .ann import AUTO, FirstStage, build_first_stage, extend
 from .store import FORMAT_VERSION, IndexStore, Snapshot
 
 INFO_NAME = "index_info.json"
-DEFAULT_ANN = "SQ8"  # exact inner-product scan over 8-bit [Ret] codes: ~9 MB and a few ms at 70k photos
+DEFAULT_ANN = AUTO  # exact SQ8 scan below ann.APPROX_FROM photos, a tuned approximate index above
 ANN_SEARCH_DEFAULTS = {"HNSW": {"efSearch": 128}, "IVF": {"nprobe": 16}}
 
 
@@ -45,14 +49,23 @@ def read_info(root: str | Path) -> dict | None:
         return None
 
 
-def ret_embeddings(store: IndexStore, snapshot: Snapshot, chunk: int = 8192) -> np.ndarray:
-    """(N, D) L2-normalised [Ret] embeddings decoded from the stored tokens."""
+def ret_embeddings(store: IndexStore, snapshot: Snapshot, chunk: int = 8192, first: int = 0) -> np.ndarray:
+    """(N - first, D) L2-normalised [Ret] embeddings decoded from the stored tokens, from position ``first``."""
     parts = [np.zeros((0, store.codec.D), np.float32)]
-    for start in range(0, len(snapshot), chunk):
+    for start in range(first, len(snapshot), chunk):
         codes = store.read_codes(snapshot, np.arange(start, min(len(snapshot), start + chunk)))
         parts.append(store.codec.decode_first(codes))
     emb = np.concatenate(parts)
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def positions_digest(snapshot: Snapshot, n: int) -> str:
+    """A digest of the first n positions' photo ids and storage rows: equal digests mean the same photos
+    with the same stored tokens at the same positions (a replaced photo keeps its id, not its row)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (snapshot.ids[:n], snapshot.shard[:n], snapshot.row[:n]):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def default_search_params(ann_type: str) -> dict:
@@ -61,12 +74,8 @@ def default_search_params(ann_type: str) -> dict:
 
 
 def build_ann(embeddings: np.ndarray, ann_type: str = DEFAULT_ANN) -> faiss.Index:
-    """A FAISS inner-product index over (N, D) embeddings (factory string ``ann_type``)."""
-    index = faiss.index_factory(embeddings.shape[1], ann_type, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        index.train(embeddings)
-    index.add(embeddings)
-    return index
+    """A FAISS inner-product index over (N, D) embeddings (factory string ``ann_type``, or 'auto')."""
+    return build_first_stage(embeddings, ann_type, None, Path(".")).index
 
 
 def load_or_build(store: IndexStore, snapshot: Snapshot, *, persist: bool, recluster: bool = False) -> Artefacts:
@@ -112,23 +121,60 @@ def _previous_centroids(store: IndexStore, info: dict | None, n_clusters: int, n
 def _rebuild(store: IndexStore, snapshot: Snapshot, info: dict | None, *, persist: bool, recluster: bool) -> Artefacts:
     n, gen = len(snapshot), snapshot.generation
     ann_type = store.meta.get("ann_type", DEFAULT_ANN)
-    ann = clusters = None
+    ann = clusters = first = None
     n_clusters = cluster_count(n, store.meta.get("n_clusters", DEFAULT_CLUSTERS))
     clustered_at = (info or {}).get("clusters", {}).get("photos_when_clustered", n)
     if n:
-        ann = build_ann(ret_embeddings(store, snapshot), ann_type)
+        first = _first_stage(store, snapshot, ann_type, (info or {}).get("ann"))
+        ann = first.index
         centroids = None if recluster else _previous_centroids(store, info, n_clusters, n)
         clustered_at = clustered_at if centroids is not None else n
         clusters = build_clusters(
             store.global_embeddings(snapshot), store.iter_tokens(snapshot), n_clusters=n_clusters, centroids=centroids
         )
-    new_info = _info(store, snapshot, ann_type, clusters, clustered_at)
+    new_info = _info(store, snapshot, ann_type, first, clusters, clustered_at)
     if persist:
-        _write(store, new_info, ann, clusters)
+        _write(store, new_info, ann, clusters, first)
     return Artefacts(gen, ann, clusters, new_info)
 
 
-def _info(store: IndexStore, snapshot: Snapshot, ann_type: str, clusters: Clusters | None, clustered_at: int) -> dict:
+def _ann_info(gen: int, ann_type: str, first: FirstStage | None) -> dict:
+    """The ``ann`` entry: what was built (type, search parameters, tuning, trained index file)."""
+    record = {"type": ann_type, "search_params": default_search_params(ann_type)}
+    if first is not None:
+        record = {**record, **first.record}
+        if first.trained is not None and first.trained_is_new:
+            record["trained"] = {**record["trained"], "file": f"ann-trained-{gen}.faiss", "generation": gen}
+    return {
+        **record,
+        "file": f"ann-{gen}.faiss" if first is not None else None,
+        "metric": "inner_product",
+        "embedding": "L2-normalised [Ret] token",
+    }
+
+
+def _first_stage(store: IndexStore, snapshot: Snapshot, ann_type: str, previous: dict | None) -> FirstStage:
+    """The previous approximate index extended by the appended photos when the others are unchanged,
+    else a new build (:func:`~.ann.build_first_stage`)."""
+    n, first = len(snapshot), None
+    done = (previous or {}).get("photos_added", 0)
+    if ann_type == AUTO and previous and 0 < done <= n and previous.get("digest") == positions_digest(snapshot, done):
+        first = extend(previous, store.root, n, lambda: ret_embeddings(store, snapshot, first=done))
+    if first is None:
+        first = build_first_stage(ret_embeddings(store, snapshot), ann_type, previous, store.root)
+    if first.record.get("approximate"):
+        first.record["digest"] = positions_digest(snapshot, n)
+    return first
+
+
+def _info(
+    store: IndexStore,
+    snapshot: Snapshot,
+    ann_type: str,
+    first: FirstStage | None,
+    clusters: Clusters | None,
+    clustered_at: int,
+) -> dict:
     n, gen, meta, codec = len(snapshot), snapshot.generation, store.meta, store.codec
     return {
         "format_version": FORMAT_VERSION,
@@ -149,13 +195,7 @@ def _info(store: IndexStore, snapshot: Snapshot, ann_type: str, clusters: Cluste
             "row_bytes": store.gcodec.row_bytes,
         },
         "counts": {"photos": n},
-        "ann": {
-            "file": f"ann-{gen}.faiss" if n else None,
-            "type": ann_type,
-            "metric": "inner_product",
-            "embedding": "L2-normalised [Ret] token",
-            "search_params": default_search_params(ann_type),
-        },
+        "ann": _ann_info(gen, ann_type, first),
         "clusters": {
             "file": f"clusters-{gen}.npz" if clusters is not None else None,
             "n_clusters": clusters.n_clusters if clusters is not None else 0,
@@ -171,8 +211,13 @@ def _replace(path: Path, write) -> None:
         write(tmp)
 
 
-def _write(store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clusters | None) -> None:
+def _write(
+    store: IndexStore, info: dict, ann: faiss.Index | None, clusters: Clusters | None, first: FirstStage | None = None
+) -> None:
     root = store.root
+    trained_file = (info["ann"].get("trained") or {}).get("file")
+    if first is not None and first.trained is not None and first.trained_is_new:
+        _replace(root / trained_file, lambda p: faiss.write_index(first.trained, str(p)))
     if ann is not None:
         _replace(root / info["ann"]["file"], lambda p: faiss.write_index(ann, str(p)))
     if clusters is not None:
@@ -206,5 +251,5 @@ def _drop_stale(root: Path, info: dict) -> None:
 
 
 def _stale(root: Path, info: dict) -> list[Path]:
-    keep = {info["ann"]["file"], info["clusters"]["file"]}
+    keep = {info["ann"]["file"], info["clusters"]["file"], (info["ann"].get("trained") or {}).get("file")}
     return [p for p in root.iterdir() if p.name.startswith(("ann-", "clusters-")) and p.name not in keep]

@@ -37,6 +37,7 @@ from ..models.zse import ZSEModel
 from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, preprocess_photo, read_photo
 from ..progress import progress as progress_bar
 from ..runtime import load_runtime
+from .ann import AUTO
 from .artefacts import load_or_build
 from .codec import DEFAULT_TOKEN_KIND
 from .embedders import embedder_from_spec, make_embedder
@@ -215,9 +216,10 @@ def _apply_settings(store: IndexStore, n_clusters: int | None, ann_type: str | N
         if n_clusters < 1:
             raise IndexStoreError("the number of clusters must be at least 1")
         store.set_meta("n_clusters", n_clusters)
-    if ann_type is not None and ann_type != store.meta.get("ann_type"):
+    if ann_type is not None and ann_type != store.meta.get("ann_type", AUTO):
         try:
-            faiss.index_factory(8, ann_type, faiss.METRIC_INNER_PRODUCT)
+            if ann_type != AUTO:
+                faiss.index_factory(8, ann_type, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise IndexStoreError(f"invalid FAISS index type {ann_type!r}") from exc
         store.set_meta("ann_type", ann_type)
@@ -273,8 +275,9 @@ def build_index(
     """Indexes (or updates the index of) the photos in ``sources`` into ``out_dir``; see the module doc.
 
     ``model=None``: the model an existing index was built with, or the default model for a new one.
-    ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` (FAISS factory
-    string, default 'SQ8') are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'onnx-int8' |
+    ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` ('auto', the
+    default: exact below :data:`~sketchfind.index.ann.APPROX_FROM` photos, tuned approximate above; or a
+    FAISS factory string) are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'onnx-int8' |
     'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``backend`` ('faiss' |
     'milvus'), ``milvus_uri`` and ``collection`` choose where ann's first stage searches (recorded in the
     index; default: what it records, else FAISS); a Milvus collection is brought in step at the end.

@@ -71,6 +71,7 @@ def open_searcher(settings: Settings) -> Any:
         backend=settings.backend,
         milvus_uri=settings.milvus_uri,
         collection=settings.collection,
+        ann_params=settings.ann_params,
     )
 
 

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     backend: str | None = None  # faiss | milvus; None = what the index records
     milvus_uri: str | None = None  # Milvus server URL or Milvus Lite .db file (implies backend milvus)
     collection: str | None = None  # Milvus collection; None = what the index records, else "sketchfind"
+    ann_params: dict[str, float] = {}  # FAISS search parameters overriding the index's (e.g. {"nprobe": 32})
     threads: int | None = Field(None, ge=1)  # torch threads for one query; None = torch's default (all cores)
     thumbnail_size: int = Field(256, ge=32, le=1024)
     thumbnail_cache: int = Field(4096, ge=0)  # thumbnails kept in memory (LRU)
