@@ -243,7 +243,7 @@ def check_readable(index: Path, op: str, done: int, world: World) -> None:
             assert art.ann.ntotal == len(snap) and len(art.clusters.assign) == len(snap)
             assert art.clusters.n_clusters == cluster_count(len(snap), requested) == art.info["clusters"]["n_clusters"]
             assert art.info["clusters"]["requested"] == requested
-            assert art.info["ann"]["type"] == store.meta.get("ann_type", DEFAULT_ANN)
+            assert art.info["ann"]["requested"] == store.meta.get("ann_type", DEFAULT_ANN)  # auto: exact SQ8 here
             fresh = build_ann(ret_embeddings(store, snap), art.info["ann"]["type"])
             np.testing.assert_allclose(art.ann.reconstruct_n(0, len(snap)), fresh.reconstruct_n(0, len(snap)))
             ids = set(snap.ids.tolist())
