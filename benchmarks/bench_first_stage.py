@@ -614,20 +614,21 @@ def main() -> None:
     results["real_neighbours"] = neighbour_stats(real["photos"])
     results["synthetic_neighbours"] = neighbour_stats(gen.sample(8, len(real["photos"])))
     results["settings"] = {"threads": args.threads, "k": K, "queries": args.queries, "chunk": CHUNK}
-    for size in filter(None, args.sizes.split(",")):
-        n = parse_size(size)
-        log(f"FAISS at {n}")
-        results.setdefault("sizes", {})[str(n)] = run_faiss_size(n, gen, real, args) | {"machine": machine()}
+
+    def write() -> None:  # after every size, so a long run keeps what it measured
         out_json.write_text(json.dumps(results, indent=2))
         args.out.with_suffix(".md").write_text(markdown(results))
-    for size in filter(None, args.milvus.split(",")):
-        n = parse_size(size)
-        log(f"Milvus Lite at {n}")
-        results.setdefault("milvus", {})[str(n)] = run_milvus(n, gen, real, args) | {"machine": machine()}
-        out_json.write_text(json.dumps(results, indent=2))
-        args.out.with_suffix(".md").write_text(markdown(results))
-    out_json.write_text(json.dumps(results, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(results))
+
+    for key, sizes, run, label in (
+        ("sizes", args.sizes, run_faiss_size, "FAISS"),
+        ("milvus", args.milvus, run_milvus, "Milvus Lite"),
+    ):
+        for size in filter(None, sizes.split(",")):
+            n = parse_size(size)
+            log(f"{label} at {n}")
+            results.setdefault(key, {})[str(n)] = run(n, gen, real, args) | {"machine": machine()}
+            write()
+    write()
     (args.out.parent / "sizing.md").write_text(sizing_md(results))
     log(f"-> {out_json}")
 
