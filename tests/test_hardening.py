@@ -5,14 +5,17 @@ One regression test per finding of the probe, with real hostile inputs (tests/ho
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import tracemalloc
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -23,7 +26,7 @@ from sketchfind.config import PreprocessConfig
 from sketchfind.errors import InputError, NotAPhotoError, TooComplexError, TooLargeError
 from sketchfind.index import build_index
 from sketchfind.models.factory import save_weights
-from sketchfind.preprocess import is_light_decode, preprocess_sketch, read_photo, render_svg
+from sketchfind.preprocess import images, is_light_decode, preprocess_sketch, read_photo, render_svg
 from sketchfind.search import PreparedSketch, Searcher
 from sketchfind.service import Settings, create_app, limits
 from sketchfind.service import deps as service_deps
@@ -86,6 +89,59 @@ def test_a_large_png_photo_is_reduced_before_it_is_copied():
     image.putpixel((0, 0), (0, 0, 0, 0))
     photo = read_photo(hostile.png_bytes(image), max_side=320)  # (peak RSS: benchmarks/bench_load.py --hostile)
     assert photo.size == (572, 358) and photo.mode == "RGB"  # reduced by 7 (rounding up): both sides >= 320
+
+
+def _composited(rgba: np.ndarray) -> np.ndarray:
+    """Reference: RGBA on white, rounded, on the whole array at once."""
+    rgb, alpha = rgba[..., :3].astype(np.uint32), rgba[..., 3:].astype(np.uint32)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(1001, 777), (64, 3001), (5, 9)])
+def test_strip_wise_reduce_and_compositing_equal_the_whole_image_versions(size, monkeypatch):
+    monkeypatch.setattr(images, "STRIP_PIXELS", 5000)  # many strips, heights not dividing the image
+    rgba = np.random.default_rng(0).integers(0, 256, (*size, 4), dtype=np.uint8)
+    image = Image.fromarray(rgba, "RGBA")
+    for factor in (2, 3, 4, 8):
+        assert np.array_equal(np.asarray(images._reduce(image, factor)), np.asarray(image.reduce(factor)))
+    assert np.array_equal(images._flatten_alpha(rgba), _composited(rgba))
+    assert np.array_equal(np.asarray(images._flatten_pil(image)), _composited(rgba))
+    palette = image.convert("P")
+    palette.info["transparency"] = 3
+    assert np.array_equal(np.asarray(images._flatten_pil(palette)), _composited(np.asarray(palette.convert("RGBA"))))
+
+
+def test_a_transparent_photo_is_composited_without_full_size_temporaries():
+    rgba = np.zeros((2500, 4000, 4), np.uint8)
+    rgba[..., 3] = np.arange(4000, dtype=np.uint32)[None, :] * 255 // 3999  # a transparency gradient
+    rgba[::7, :, :3] = 200
+    data = hostile.png_bytes(Image.fromarray(rgba, "RGBA"))
+    tracemalloc.start()  # numpy arrays are traced: ~30 MB of one strip's temporaries; the whole image at once: ~300 MB
+    try:
+        photo = read_photo(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert photo.mode == "RGB" and np.array_equal(np.asarray(photo), _composited(rgba))
+    assert peak < 48 * 2**20, peak
+
+
+def test_a_refused_svg_leaves_no_garbage_holding_its_expansion():
+    """An entity bomb the parser stops still expanded megabytes: they must be freed when the error is,
+    not left in a reference cycle for the garbage collector (the server's memory rose 45 MB per request)."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with pytest.raises(InputError):
+            render_svg(hostile.svg_billion_laughs())
+        gc.collect()
+        garbage = sum(sys.getsizeof(obj) for obj in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert garbage < 100_000, garbage
 
 
 def test_thumbnails_use_a_reduced_decode_and_size_buckets(big_jpeg):

@@ -80,7 +80,7 @@ class SearchSettings:
     strategy: str = DEFAULT_STRATEGY
     rank: RankSettings = RankSettings()  # ann's expansion and head; rank.rerank_k is also clustered's k=None head
     ann_params: dict = field(default_factory=dict)  # FAISS search parameters (nprobe, efSearch) over the recorded
-    chunk: int = 2048  # photos decoded at a time by exhaustive search
+    chunk: int | None = None  # photos decoded at a time by exhaustive search (None: IndexStore.iter_tokens)
 
     def __post_init__(self):
         check_strategy(self.strategy)

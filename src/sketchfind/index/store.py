@@ -52,6 +52,7 @@ from .codec import DEFAULT_TOKEN_KIND, GlobalCodec, TokenCodec
 
 FORMAT_VERSION = 1
 SHARD_ROWS = 16384  # photos per shard file
+TOKEN_CHUNK_BYTES = 4 * 2**20  # float32 tokens decoded at a time when a pass reads them all (iter_tokens)
 DB_NAME = "index.sqlite"
 
 _SCHEMA = """
@@ -353,8 +354,10 @@ class IndexStore:
         emb = self.gcodec.decode(self.read_codes(snapshot, np.arange(len(snapshot)), "global"))
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
-    def iter_tokens(self, snapshot: Snapshot, chunk: int = 2048) -> Iterator[tuple[slice, np.ndarray]]:
-        """(positions slice, (n, T, D) tokens) over the whole snapshot, chunk by chunk."""
+    def iter_tokens(self, snapshot: Snapshot, chunk: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+        """(positions slice, (n, T, D) tokens) over the whole snapshot, chunk by chunk (by default as many
+        photos as ``TOKEN_CHUNK_BYTES`` of float32 tokens: decoding makes a few temporaries of that size)."""
+        chunk = chunk or max(1, TOKEN_CHUNK_BYTES // (4 * self.codec.T * self.codec.D))
         for start in range(0, len(snapshot), chunk):
             stop = min(len(snapshot), start + chunk)
             yield slice(start, stop), self.tokens(snapshot, np.arange(start, stop))

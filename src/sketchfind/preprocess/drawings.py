@@ -7,6 +7,7 @@ import json
 import math
 import re
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -200,10 +201,15 @@ def _parse_svg(raw: bytes) -> se.SVG:
     try:
         svg = se.SVG.parse(io.BytesIO(raw))
     except Exception as err:  # ParseError, ValueError...: the text is not a usable SVG
-        raise InputError(f"malformed SVG: {err}") from err
-    if not isinstance(svg, se.SVG):
-        raise InputError("malformed SVG: no <svg> root element")
-    return svg
+        # the parser's frames hold what it expanded (an entity bomb: tens of MB) in a reference cycle that
+        # only the garbage collector would free: cleared here, and the error raised without them
+        message = f"malformed SVG: {err}"
+        traceback.clear_frames(err.__traceback__)
+    else:
+        if not isinstance(svg, se.SVG):
+            raise InputError("malformed SVG: no <svg> root element")
+        return svg
+    raise InputError(message)
 
 
 def _draw_shape(canvas: Image.Image, shape: se.Shape, scale: float, budget: _Budget) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ MAX_SKETCH_DECODE_PIXELS = 4_000_000
 # this many bytes takes milliseconds and a few MB; the service never queues them behind large decodes.
 LIGHT_PIXELS = 2_000_000
 LIGHT_DRAWING_BYTES = 64 * 1024
+# Large images are reduced and composited onto white a strip of rows at a time, so that neither makes a
+# full-size copy (Pillow premultiplies a whole RGBA image before reducing it; numpy's compositing makes
+# several uint16 temporaries): a 40 MP PNG with alpha then costs its decoded pixels plus the result.
+STRIP_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -139,8 +144,7 @@ def read_photo(source: Any, name: str | None = None, max_side: int | None = None
         image.draft("RGB", (max_side, max_side))
     _load(image, name)
     factor = min(image.size) // max_side if max_side else 1
-    if factor > 1:
-        image = image.reduce(factor)  # box reduction, as a DCT-scaled decode; both sides stay >= max_side
+    image = _reduce(image, factor)  # box reduction, as a DCT-scaled decode; both sides stay >= max_side
     return _flatten_pil(_exif_transpose(image))
 
 
@@ -291,7 +295,7 @@ def _decode_raster_rgb(data: bytes, name: str) -> np.ndarray:
     factor = sketch_reduction(image.width, image.height)
     if _has_alpha(image):
         _load(image, name)
-        return _pil_to_rgb(image.reduce(factor) if factor > 1 else image, name)
+        return _pil_to_rgb(_reduce(image, factor), name)
     if image.format == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         # No end-of-image marker after the last scan: some OpenCV builds decode it as gray.
         raise InputError(f"{name} is corrupt or truncated: JPEG data ends early")
@@ -321,21 +325,48 @@ def _exif_transpose(image: Image.Image) -> Image.Image:
         return image
 
 
+def _strips(height: int, width: int, multiple: int = 1) -> Iterator[tuple[int, int]]:
+    """(top, bottom) rows of strips of about ``STRIP_PIXELS`` pixels, their heights a multiple of ``multiple``."""
+    rows = multiple * max(1, STRIP_PIXELS // max(1, width * multiple))
+    for top in range(0, height, rows):
+        yield top, min(height, top + rows)
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """``image.reduce(factor)`` (box), the same pixels computed a strip at a time: Pillow would premultiply
+    a whole image with alpha into a full-size copy first. Palette and 1-bit images (which Pillow cannot
+    reduce) come out as RGBA, RGB or L."""
+    if factor <= 1:
+        return image
+    mode = "RGBA" if _has_alpha(image) else {"P": "RGB", "1": "L"}.get(image.mode, image.mode)
+    if mode == image.mode and mode not in ("RGBA", "LA"):
+        return image.reduce(factor)  # no premultiplied copy for these modes
+    width, height = image.size
+    out = Image.new(mode, (-(-width // factor), -(-height // factor)))
+    for top, bottom in _strips(height, width, factor):
+        strip = image.crop((0, top, width, bottom))
+        out.paste((strip if strip.mode == mode else strip.convert(mode)).reduce(factor), (0, top // factor))
+    return out
+
+
 def _flatten_pil(image: Image.Image) -> Image.Image:
-    """Composite an image with transparency onto white; other images keep their mode (official resize)."""
+    """Composite an image with transparency onto white (a strip at a time); other images keep their mode
+    (official resize)."""
     if not _has_alpha(image):
         return image
-    return Image.fromarray(_flatten_alpha(np.asarray(image.convert("RGBA"))))
+    width, height = image.size
+    out = Image.new("RGB", image.size)
+    for top, bottom in _strips(height, width):
+        strip = np.asarray(image.crop((0, top, width, bottom)).convert("RGBA"))
+        out.paste(Image.fromarray(_flatten_alpha(strip)), (0, top))
+    return out
 
 
 def _pil_to_rgb(image: Image.Image, name: str) -> np.ndarray:
     """Any-mode PIL image -> uint8 HxWx3 RGB (EXIF-oriented like cv2.imread, alpha on white)."""
     _check_pixels(image.width, image.height, name)
     _load(image, name)
-    factor = sketch_reduction(image.width, image.height)
-    if factor > 1 and image.mode not in ("P", "1"):
-        image = image.reduce(factor)
-    image = _exif_transpose(image)
+    image = _exif_transpose(_reduce(image, sketch_reduction(image.width, image.height)))
     if image.mode == "RGBA" and image.getchannel("A").getextrema()[0] == 255:
         return np.asarray(image.convert("RGB"))  # opaque (a page's canvas): compositing is the identity
     if _has_alpha(image):
@@ -377,9 +408,12 @@ def _flatten_alpha(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr[:, :, 3].min() == 255:  # opaque (a page's canvas): compositing is the identity
         return np.ascontiguousarray(arr[:, :, :3])
-    # rgb * a + 255 * (255 - a) + 127 <= 65152: exact in uint16, a quarter of the memory traffic of uint32
-    rgb, alpha = arr[:, :, :3].astype(np.uint16), arr[:, :, 3:].astype(np.uint16)
-    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    out = np.empty(arr.shape[:2] + (3,), np.uint8)
+    for top, bottom in _strips(arr.shape[0], arr.shape[1]):  # uint16 temporaries of one strip at a time
+        # rgb * a + 255 * (255 - a) + 127 <= 65152: exact in uint16, a quarter of the memory traffic of uint32
+        rgb, alpha = arr[top:bottom, :, :3].astype(np.uint16), arr[top:bottom, :, 3:].astype(np.uint16)
+        out[top:bottom] = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    return out
 
 
 def _gray_to_rgb(arr: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from .errors import ApiError
+from .limits import release_freed_memory
 from .settings import Settings
 from .thumbnails import ThumbnailCache
 
@@ -124,7 +125,7 @@ class ServiceState:
             try:
                 return await self.run(fn, *args)
             finally:  # also after a failure: whatever it committed before failing gets its structures
-                await run_in_threadpool(self.searcher.finish_changes)
+                await run_in_threadpool(_releasing, self.searcher.finish_changes)
 
     async def decode(self, fn, *args, request: Request | None = None, light: bool = False):
         """Run CPU- and memory-heavy work without the model (decoding, rasterising) in the thread pool,
@@ -132,7 +133,7 @@ class ServiceState:
         :func:`~sketchfind.preprocess.is_light_decode`) in one of ``MAX_LIGHT_DECODES`` slots of its own."""
         async with self.light_decodes if light else self.decodes:
             await _check_connected(request)
-            return await run_in_threadpool(fn, *args)
+            return await run_in_threadpool(fn, *args) if light else await run_in_threadpool(_releasing, fn, *args)
 
     async def refresh(self) -> None:
         """See photos another process committed to the index (at most every ``REFRESH_SECONDS``); the
@@ -148,6 +149,14 @@ class ServiceState:
         if threads and torch.get_num_threads() != threads:  # per worker thread: set where the model runs
             torch.set_num_threads(threads)
         return fn(*args)
+
+
+def _releasing(fn, *args):
+    """``fn(*args)``, then the memory it freed goes back to the system (large decodes, index changes)."""
+    try:
+        return fn(*args)
+    finally:
+        release_freed_memory()
 
 
 async def _check_connected(request: Request | None) -> None:

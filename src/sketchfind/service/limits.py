@@ -8,6 +8,9 @@ requests in flight per client. Each limit is a named constant here and is report
   address, of which at most ``MAX_MODEL_REQUESTS_PER_CLIENT`` need the model; more get 429, so one client
   cannot queue the model lock or the decode slots for everyone else. (Behind a reverse proxy every client
   has the proxy's address: put the limit in the proxy there.)
+* ``release_freed_memory``: after a large decode or an index change, the C heap hands its free pages
+  back to the system (glibc keeps freed blocks below its mmap threshold, up to 32 MB each, for reuse:
+  without this the server's resident memory only ratchets up under a mix of large requests).
 * ``TimedH11Protocol`` (uvicorn's h11 protocol): a connection that has not sent a complete request head
   within ``HEADER_SECONDS`` of its first byte is closed (uvicorn's own keep-alive timer stops at the first
   byte, so a client sending half its headers kept the connection forever).
@@ -16,6 +19,8 @@ requests in flight per client. Each limit is a named constant here and is report
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 from collections import Counter
 
@@ -34,6 +39,22 @@ MAX_HEADER_BYTES = 64 * 1024  # a request head larger than this is refused (h11_
 MAX_REQUESTS_PER_CLIENT = 16  # API requests in flight per client address (thumbnails included)
 MAX_MODEL_REQUESTS_PER_CLIENT = 2  # of those, requests that need the model (search, explain, upload, delete)
 _MODEL_ROUTES = ("/api/search", "/api/explain")
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to call
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def limits_info() -> dict:
