@@ -150,6 +150,7 @@ class RaySession:
                 return
             self._ray = ray
             self.seconds["start"] = time.perf_counter() - start
+            _warm_up(ray)
             self._ready.set()
             self._done.wait()
             start = time.perf_counter()
@@ -261,6 +262,18 @@ def run_on_ray(
             report.encode_seconds += float(batch["encode_seconds"].sum())
             advance(len(outcomes))
         store.touch(touched)
+
+
+def _warm_up(ray) -> None:
+    """One task that imports what a decoding task needs (Ray Data, torch, sketchfind) into a worker Ray has
+    already started, while the driver plans the pipeline: the first decoding task then finds it loaded."""
+    ray.remote(num_cpus=1)(_import_pipeline).remote()
+
+
+def _import_pipeline() -> None:
+    import ray.data  # noqa: F401
+
+    from . import distributed  # noqa: F401  (torch, the preprocessing, the codecs)
 
 
 def _init(ray, settings: RaySettings) -> None:
