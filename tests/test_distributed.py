@@ -214,7 +214,7 @@ import ray
 from sketchfind.index import build_index
 from sketchfind.index.distributed import RaySettings
 from tests.index_helpers import tiny
-for run in (1, 2):  # the second has nothing to encode
+for run in (1, 2):  # the second has nothing new to encode
     settings = RaySettings(cpus=2)
     report = build_index([{str(gallery[0])!r}], {str(tmp_path / "idx")!r}, tiny(), batch_size=4, ray=settings)
     print(run, len(report.new), ray.is_initialized(), sorted(report.ray_seconds))
