@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ray.py --photos 500                       # a few minutes on 2 cores
     python benchmarks/bench_ray.py --photos 48 --repeats 1 --out /tmp/ray_build   # a quick check
+    python benchmarks/bench_ray.py --photos 3125 --repeats 1 --out benchmarks/results/ray_build_3125  # all photos
 
 The photos are N sketchy-mini photos spread over its 125 classes. Each method builds a fresh index of them
 with the default model (the shipped zse-lite0 weights) and the default runtime; the order alternates over
@@ -13,6 +14,10 @@ Reported per method (median over the repeats):
   steady    photos after the first commit / time from the first to the last commit: the pipeline's rate
             once it runs, without the start-up
   start-up  seconds until the first batch is committed
+  Ray's start-up breakdown (BuildReport.ray_seconds): import and start of Ray (in the background, while the
+            driver loads the model and plans), how long the driver then waited for it, the first batch
+            (Ray Data's start: workers, the encoder actor, the first decoded batch) and the shutdown
+            (in the background, beside clustering and the FAISS index)
 The indexes are compared: same photos in the same order (ids), token codes bitwise equal (share of bytes)
 and every token within one quantisation step.
 Results: benchmarks/results/ray_build.{json,md}.
@@ -34,6 +39,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SKETCHY = HERE.parents[1] / "shared" / "data" / "sketchy-mini"
+
+
+STAGES = {  # BuildReport.ray_seconds, as the Markdown names them
+    "import": "import ray",
+    "start": "ray.init",
+    "waited": "driver waited for Ray",
+    "first_batch": "Ray Data to the first batch",
+    "stop": "ray.shutdown",
+}
 
 
 def log(*args) -> None:
@@ -89,8 +103,9 @@ def build(method: str, photos: Path, out: Path, args, clock: CommitClock) -> dic
         "startup_seconds": first - start,
         "encode_seconds": report.encode_seconds,
         "skipped": len(report.skipped),
+        "ray_seconds": report.ray_seconds,  # Ray's fixed costs (BuildReport.ray_seconds); empty for single
     }
-    log(method, {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+    log(method, {k: _rounded(v) for k, v in row.items()})
     return row
 
 
@@ -123,6 +138,22 @@ def machine() -> dict:
     return {**describe(argparse.Namespace(threads=torch.get_num_threads())), "ray": ray.__version__}
 
 
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 2) if isinstance(value, float) else value
+
+
+def _median(values):
+    """Median of floats, key by key of dicts of floats; anything else: the first value."""
+    values = list(values)
+    if isinstance(values[0], float):
+        return statistics.median(values)
+    if isinstance(values[0], dict):
+        return {k: statistics.median(v[k] for v in values if k in v) for k in values[0]}
+    return values[0]
+
+
 def markdown(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -142,6 +173,15 @@ def markdown(result: dict) -> str:
             f"| {row['method']} | {row['photos']} | {row['seconds']:.1f} | {row['photos_per_s']:.1f} | "
             f"{row['steady_photos_per_s']:.1f} | {row['startup_seconds']:.1f} | {row['encode_seconds']:.1f} |"
         )
+    stages = result["summary"][1]["ray_seconds"]
+    if stages:
+        lines += [
+            "",
+            "Ray's fixed costs (median s): "
+            + ", ".join(f"{STAGES[k]} {v:.1f}" for k, v in stages.items() if k in STAGES)
+            + ". Import and start run in the background while the driver loads the model and plans; the "
+            "shutdown runs beside clustering and the FAISS index.",
+        ]
     r, c = result["ratio"], result["comparison"]
     lines += [
         "",
@@ -182,12 +222,7 @@ def main() -> None:
         summary = []
         for method in order:
             mine = [r for r in rows if r["method"] == method]
-            summary.append(
-                {
-                    k: statistics.median(r[k] for r in mine) if isinstance(mine[0][k], float) else mine[0][k]
-                    for k in mine[0]
-                }
-            )
+            summary.append({k: _median(r[k] for r in mine) for k in mine[0]})
         single, on_ray = summary
         result = {
             "machine": info,

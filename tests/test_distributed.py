@@ -203,3 +203,25 @@ def test_a_failing_encoder_actor_stops_the_build_with_a_clean_error(gallery, loc
     assert "Traceback" not in str(failure.value) and "\n" not in str(failure.value)
     with IndexStore.open(tmp_path / "idx") as store:  # nothing committed, and the index opens
         assert len(store.snapshot()) == 0
+
+
+def test_a_build_that_starts_its_own_ray_shuts_it_down_before_returning(gallery, tmp_path):
+    """Ray starts in the background and stops in the background (beside clustering); build_index returns
+    only once it is down, also when there was nothing to encode. In a process of its own: this module's
+    other builds share one running Ray."""
+    script = f"""
+import ray
+from sketchfind.index import build_index
+from sketchfind.index.distributed import RaySettings
+from tests.index_helpers import tiny
+for run in (1, 2):  # the second has nothing new to encode
+    settings = RaySettings(cpus=2)
+    report = build_index([{str(gallery[0])!r}], {str(tmp_path / "idx")!r}, tiny(), batch_size=4, ray=settings)
+    print(run, len(report.new), ray.is_initialized(), sorted(report.ray_seconds))
+"""
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()[-2:]
+    assert first == "1 12 False ['first_batch', 'import', 'start', 'stop', 'waited']", done.stdout
+    assert second.startswith("2 0 False ['"), done.stdout  # only the unreadable files go through Ray again

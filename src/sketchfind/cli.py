@@ -191,9 +191,9 @@ def _model_or_none(model: str | None, weights: Path | None):
 
 
 def _ray_settings(address: str | None, actors: int, cpus: int | None, threads: int | None):
-    from .index.distributed import RaySettings, import_ray
+    from .index.distributed import RaySettings, check_ray_installed
 
-    import_ray()  # no Ray: a clear error before the model is loaded
+    check_ray_installed()  # no Ray: a clear error before the model is loaded (build_index imports it)
     return RaySettings(address=address, actors=actors, cpus=cpus, threads=threads)
 
 

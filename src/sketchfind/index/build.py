@@ -63,6 +63,7 @@ class BuildReport:
     photos: int = 0  # photos in the index afterwards
     seconds: float = 0.0
     encode_seconds: float = 0.0  # time inside the model
+    ray_seconds: dict[str, float] = field(default_factory=dict)  # a Ray build's fixed costs (RaySession.seconds)
 
     @property
     def photos_per_second(self) -> float:
@@ -289,46 +290,61 @@ def build_index(
     if milvus_uri or ((backend or collection) and not index_exists(out_dir)):
         # wrong vector-backend settings are refused before anything is loaded, created or encoded
         check_vectors(backend_spec({}, backend, milvus_uri, collection))
-    if model is None:
-        model = _default_model(out_dir)
-    if ray is None:  # with Ray the encoder actors load the runtime, not this process
-        model = load_runtime(model, runtime)
-    else:
-        from .distributed import check_ray
+    session = None
+    if ray is not None:
+        from .distributed import RaySession
 
-        check_ray(ray)  # Ray missing or a cluster that does not answer: before anything is written
-    files, missing = scan_photos(sources)
-    report = BuildReport(str(out_dir), skipped=list(missing))
-    store, emb = open_or_create(
-        out_dir,
-        model,
-        weights=weights,
-        embedder=embedder,
-        token_storage=token_storage,
-        n_clusters=n_clusters,
-        ann_type=ann_type,
-        clip_model=clip_model,
-        clip_weights=clip_weights,
-        clip_config=clip_config,
-    )
+        # Ray starts in the background (seconds) while the model loads and the files are planned; Ray
+        # missing or a cluster that does not answer still fails before anything is written
+        session = RaySession(ray)
     try:
-        spec = vector_backend(store, backend, milvus_uri, collection)
-        since = store.generation
-        todo = _plan(files, store.file_states(), report)
-        with progress_bar(len(todo), "indexing", enabled=progress) as advance:
-            if ray is None:
-                _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
-            elif todo:
-                from .distributed import run_on_ray
+        if model is None:
+            model = _default_model(out_dir)
+        if session is None:  # with Ray the encoder actors load the runtime, not this process
+            model = load_runtime(model, runtime)
+        files, missing = scan_photos(sources)
+        report = BuildReport(str(out_dir), skipped=list(missing))
+        if session is not None:
+            session.check_imported()
+        store, emb = open_or_create(
+            out_dir,
+            model,
+            weights=weights,
+            embedder=embedder,
+            token_storage=token_storage,
+            n_clusters=n_clusters,
+            ann_type=ann_type,
+            clip_model=clip_model,
+            clip_weights=clip_weights,
+            clip_config=clip_config,
+        )
+        try:
+            spec = vector_backend(store, backend, milvus_uri, collection)
+            since = store.generation
+            todo = _plan(files, store.file_states(), report)
+            with progress_bar(len(todo), "indexing", enabled=progress) as advance:
+                if session is None:
+                    _run(todo, store, model, emb, report, batch_size, workers, label_from_folder, advance)
+                elif todo:
+                    from .distributed import run_on_ray
 
-                run_on_ray(todo, store, model, emb, report, ray, batch_size, label_from_folder, advance, runtime)
-        if finish:
-            if progress and (report.new or report.updated):
-                print("clustering and writing the search index...", file=sys.stderr)
-            _finish(store, spec, since, report.added_ids)
-        report.photos = len(store.snapshot())
+                    run_on_ray(
+                        todo, store, model, emb, report, session, batch_size, label_from_folder, advance, runtime
+                    )
+            if session is not None:  # every batch is committed: Ray shuts down while the search structures build
+                session.stop_in_background()
+            if finish:
+                if progress and (report.new or report.updated):
+                    print("clustering and writing the search index...", file=sys.stderr)
+                _finish(store, spec, since, report.added_ids)
+            report.photos = len(store.snapshot())
+        finally:
+            store.close()
     finally:
-        store.close()
+        if session is not None:
+            session.close()  # returns once a Ray this build started is shut down
+    if session is not None:
+        report.ray_seconds = dict(session.seconds)
     report.seconds = time.perf_counter() - start
     return report
 

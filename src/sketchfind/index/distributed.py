@@ -22,10 +22,12 @@ imported here only, and only when asked for: the base install does not need it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pickle
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -90,11 +92,109 @@ def import_ray():
     return ray
 
 
-def check_ray(settings: RaySettings) -> None:
-    """ConfigError unless Ray Data imports and the cluster at ``settings.address`` (if any) answers."""
-    import_ray()
-    if settings.address:
-        _check_reachable(settings.address)
+def check_ray_installed() -> None:
+    """ConfigError unless the ``ray`` package is installed: a look-up, not the 1 s import."""
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except ValueError:  # a module object without a spec stands in for it
+        found = True
+    if not found:
+        raise ConfigError(f"--ray needs Ray Data, an optional dependency: {INSTALL_HINT}")
+
+
+class RaySession:
+    """The Ray a build runs on, started in a background thread as soon as the build starts.
+
+    Importing Ray and starting a local Ray take seconds in which the driver would otherwise wait; started
+    here, they overlap what the driver does anyway (loading the model, scanning and planning the files).
+    Errors keep their ConfigError wording and surface where a synchronous start would raise them: Ray
+    missing before anything is written (:meth:`check_imported`), a Ray that does not start when it is first
+    needed (:meth:`ray`). Once the driver needs Ray no more (:meth:`stop_in_background`), a Ray this session
+    started shuts down while the driver goes on; :meth:`close` returns once it is down. A Ray the caller had
+    already started is used as it is and left running.
+
+    One thread starts, holds and stops a local Ray: its processes are tied to the thread that started them
+    (Linux's parent-death signal follows the thread), so that thread lives until the shutdown.
+    """
+
+    def __init__(self, settings: RaySettings):
+        check_ray_installed()
+        if settings.address:
+            _check_reachable(settings.address)  # a socket connect: fails at once, before any thread
+        self.settings = settings
+        # where the fixed cost goes: import, start (ray.init), waited (the driver, for the start), first_batch
+        # (from the pipeline's start: actors, workers, the first decoded batch), stop (ray.shutdown)
+        self.seconds: dict[str, float] = {}
+        self._ray = None
+        self._error: BaseException | None = None  # the start's, re-raised in the driver's thread
+        self._import_error: BaseException | None = None
+        self._imported = threading.Event()
+        self._ready = threading.Event()  # Ray runs, or the start failed or was called off
+        self._done = threading.Event()  # Ray is not needed any more: stop it (or never start it)
+        self._thread = threading.Thread(target=self._hold, name="sketchfind-ray", daemon=True)
+        self._thread.start()
+
+    def _hold(self) -> None:
+        try:
+            ray = self._import()
+            if ray is None or self._done.is_set():
+                return
+            if ray.is_initialized():  # the caller's own Ray
+                self._ray = ray
+                return
+            start = time.perf_counter()
+            try:
+                _init(ray, self.settings)
+            except BaseException as exc:
+                self._error = exc
+                return
+            self._ray = ray
+            self.seconds["start"] = time.perf_counter() - start
+            _warm_up(ray)
+            self._ready.set()
+            self._done.wait()
+            start = time.perf_counter()
+            ray.shutdown()
+            self.seconds["stop"] = time.perf_counter() - start
+        finally:
+            self._imported.set()
+            self._ready.set()
+
+    def _import(self):
+        start = time.perf_counter()
+        try:
+            return import_ray()
+        except BaseException as exc:
+            self._import_error = self._error = exc
+            return None
+        finally:
+            self.seconds["import"] = time.perf_counter() - start
+            self._imported.set()
+
+    def check_imported(self) -> None:
+        """Waits for ``import ray``; ConfigError if Ray Data is not installed."""
+        self._imported.wait()
+        if self._import_error is not None:
+            raise self._import_error
+
+    def ray(self):
+        """The ``ray`` module once Ray runs (waits for the background start); its ConfigError if it failed."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        if self._ray is None:
+            raise SketchfindError("Ray was stopped before the build used it")
+        return self._ray
+
+    def stop_in_background(self) -> None:
+        """Ray is not needed any more (every batch is committed, or there was nothing to encode): a Ray this
+        session started shuts down in the background; one that has not started yet does not start."""
+        self._done.set()
+
+    def close(self) -> None:
+        """Returns once a Ray this session started is shut down."""
+        self._done.set()
+        self._thread.join()
 
 
 def run_on_ray(
@@ -103,7 +203,7 @@ def run_on_ray(
     model,
     emb,
     report: BuildReport,
-    settings: RaySettings,
+    session: RaySession,
     batch_size: int,
     label_from_folder: bool,
     advance,
@@ -113,9 +213,11 @@ def run_on_ray(
     from ..runtime import resolve_runtime
 
     runtime = (runtime or os.environ.get("SKETCHFIND_RUNTIME") or "auto").lower()
-    resolve_runtime(runtime)  # an unknown runtime fails here, before a cluster is started
-    ray = import_ray()
-    with _ray_session(ray, settings), _quiet_data_context(ray):
+    resolve_runtime(runtime)  # an unknown runtime fails here, before the cluster is used
+    waited = time.perf_counter()
+    ray, settings = session.ray(), session.settings
+    session.seconds["waited"] = time.perf_counter() - waited  # the part of the start nothing overlapped
+    with _quiet_data_context(ray):
         gpus = _gpus_per_actor(ray, settings)
         payload = _model_payload(model, emb, store, runtime, settings.actor_threads(), gpus > 0)
         clip_pre = getattr(emb, "preprocess", None)
@@ -146,7 +248,9 @@ def run_on_ray(
                 max_restarts=0,
             )
         touched: list[tuple[int, int]] = []
+        pipeline = time.perf_counter()
         for batch in _batches(ray, dataset, batch_size):
+            session.seconds.setdefault("first_batch", time.perf_counter() - pipeline)
             outcomes = [pickle.loads(blob) for blob in batch["outcome"]]
             ok = [i for i, outcome in enumerate(outcomes) if outcome[0] == "ok"]
             for outcome in outcomes:
@@ -160,12 +264,20 @@ def run_on_ray(
         store.touch(touched)
 
 
-@contextmanager
-def _ray_session(ray, settings: RaySettings) -> Iterator[None]:
-    """Joins the cluster at ``settings.address`` or starts a local Ray; shuts down what it started."""
-    if ray.is_initialized():  # the caller's own Ray session: use it, leave it running
-        yield
-        return
+def _warm_up(ray) -> None:
+    """One task that imports what a decoding task needs (Ray Data, torch, sketchfind) into a worker Ray has
+    already started, while the driver plans the pipeline: the first decoding task then finds it loaded."""
+    ray.remote(num_cpus=1)(_import_pipeline).remote()
+
+
+def _import_pipeline() -> None:
+    import ray.data  # noqa: F401
+
+    from . import distributed  # noqa: F401  (torch, the preprocessing, the codecs)
+
+
+def _init(ray, settings: RaySettings) -> None:
+    """Joins the cluster at ``settings.address`` or starts a local Ray; ConfigError in Ray's words if not."""
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     if settings.address:
         start = lambda: ray.init(address=settings.address, **quiet)
@@ -178,20 +290,24 @@ def _ray_session(ray, settings: RaySettings) -> Iterator[None]:
             include_dashboard=False,
             **quiet,
         )
-    for attempt in (1, 2):
-        try:
-            start()
-            break
-        except Exception as exc:  # ConnectionError, RuntimeError, ValueError... each worded by Ray
-            ray.shutdown()  # whatever half-started
-            # a local Ray gives its processes 30 s to come up: on a saturated machine once is not always enough
-            if attempt == 2 or settings.address:
-                where = f"join the Ray cluster at {settings.address}" if settings.address else "start a local Ray"
-                raise ConfigError(f"cannot {where}: {_first_line(exc)}") from None
+    worker_log = logging.getLogger("ray._private.worker")
+    level = worker_log.level
+    # outside the main thread Ray warns that it leaves SIGTERM alone: its processes share the driver's
+    # fate either way (they exit with it), and the warning would reach the user's terminal
+    worker_log.setLevel(logging.ERROR)
     try:
-        yield
+        for attempt in (1, 2):
+            try:
+                start()
+                return
+            except Exception as exc:  # ConnectionError, RuntimeError, ValueError... each worded by Ray
+                ray.shutdown()  # whatever half-started
+                # a local Ray gives its processes 30 s to come up: on a saturated machine once is not always enough
+                if attempt == 2 or settings.address:
+                    where = f"join the Ray cluster at {settings.address}" if settings.address else "start a local Ray"
+                    raise ConfigError(f"cannot {where}: {_first_line(exc)}") from None
     finally:
-        ray.shutdown()
+        worker_log.setLevel(level)
 
 
 def _check_reachable(address: str) -> None:
