@@ -36,7 +36,9 @@ CASES = {
     "sketch: SVG billion laughs": "sketch_bytes(hostile.svg_billion_laughs())",
     "sketch: strokes 300k points": "sketch_bytes(json.dumps(json.loads(hostile.many_points())['strokes']).encode())",
     "sketch: strokes 10^400": "sketch_bytes(hostile.BAD_STROKES[0][1].split(': ', 1)[1][:-1].encode())",
-    "thumbnails: 40 MP photo, sizes 32..1024": "thumbnails()",
+    "thumbnails: 40 MP photo, sizes 32..1024": "thumbnails('jpg')",
+    "thumbnails: 40 MP PNG photo with alpha, sizes 32..1024": "thumbnails('png')",
+    "photo: 40 MP PNG with alpha, indexed (whole decode)": "photo_tensor('png')",
     "index: hostile names + mislabelled files": "index_folder()",
 }
 
@@ -56,12 +58,16 @@ def sketch_file(ext):
 def sketch_bytes(data):
     return preprocess_sketch(data, PreprocessConfig())
 
-def thumbnails():
+def thumbnails(ext):
     from sketchfind.service.thumbnails import ThumbnailCache
     cache = ThumbnailCache()
     for size in range(32, 1025):
-        cache.get(big + '.jpg', 'h', size)
+        cache.get(big + '.' + ext, 'h', size)
     return len(cache._items)
+
+def photo_tensor(ext):
+    from sketchfind.preprocess import preprocess_photo
+    return preprocess_photo(big + '.' + ext, PreprocessConfig())
 
 def index_folder():
     import tempfile, pathlib
