@@ -45,7 +45,8 @@ STRATEGIES = ("exhaustive", "clustered", "ann")
 
 
 def cpu_info() -> dict:
-    """CPU model and the instruction sets int8 speed depends on (VNNI: 8-bit dot products without saturation)."""
+    """CPU model and the instruction sets int8 and bf16 speed depend on (VNNI: 8-bit dot products without
+    saturation; AVX512-BF16 / AMX-BF16: native bf16)."""
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -55,7 +56,9 @@ def cpu_info() -> dict:
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     info["cpu"] = fields.get("model name", info["cpu"])
-    info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    info["isa"] = [
+        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16") if f in flags
+    ]
     return info
 
 
