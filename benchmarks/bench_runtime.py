@@ -1,5 +1,5 @@
 """Runtime benchmark: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8 encoders in the same run, plus the
-bf16 relation head.
+torch-bf16 runtime (CPUs with native bf16 only).
 
     python benchmarks/bench_runtime.py --threads 2            # everything (a few minutes on 2 cores)
     python benchmarks/bench_runtime.py --quick --skip full    # lite0 only, fewer repetitions
@@ -12,16 +12,20 @@ Sections:
   search   per-query latency per strategy (encode included) on a real sketchy-mini index, per runtime
   build    build_index photos/s on real photos (read, hash, decode, encode, quantise, commit, cluster)
   full     zse-vit-b16 (random weights: timing does not depend on them): encode batch 1, and the
-           cross-attention + relation head per pair, fp32 per runtime and bf16 (PyTorch)
-  bf16     ranking agreement of the bf16 relation head vs fp32 on sketchy-mini (top-10 overlap, mAP diff)
-Runtimes alternate inside each timing loop so that load from other processes hits both alike.
+           cross-attention + relation head per pair, for torch, onnx and torch-bf16; then torch-bf16 vs fp32 with
+           the reference's deterministic weights: tokens and relation scores vs the goldens, and the rankings of
+           unseen-25 sketches over their photos (those weights are synthetic: agreement only, not accuracy)
+  bf16     torch-bf16 vs fp32 PyTorch, zse-lite0 (shipped weights), unseen-25: the ann ranking of every sketch
+           over every photo and the exhaustive relation ranking of 2 sketches per class (top-10 overlap, mAP
+           diff), with both sides in bf16 and with photos indexed in fp32 (an index built by another runtime)
+Runtimes alternate inside each timing loop so that load from other processes hits both alike; on a CPU with native
+bf16, torch-bf16 joins torch, onnx and onnx-int8 in the query, build and search sections.
 Results: benchmarks/results/runtime.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -35,12 +39,14 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SKETCHY = HERE.parents[1] / "shared" / "data" / "sketchy-mini"
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+REFERENCE = HERE.parents[1] / "shared" / "reference" / "zse-sbir"
+RUNTIMES = ("torch", "onnx", "onnx-int8", "torch-bf16")  # torch-bf16 only on CPUs with native bf16
 STRATEGIES = ("exhaustive", "clustered", "ann")
 
 
 def cpu_info() -> dict:
-    """CPU model and the instruction sets int8 speed depends on (VNNI: 8-bit dot products without saturation)."""
+    """CPU model and the instruction sets int8 and bf16 speed depend on (VNNI: 8-bit dot products without
+    saturation; AVX512-BF16 / AMX-BF16: native bf16)."""
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -50,7 +56,9 @@ def cpu_info() -> dict:
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     info["cpu"] = fields.get("model name", info["cpu"])
-    info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    info["isa"] = [
+        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16") if f in flags
+    ]
     return info
 
 
@@ -111,19 +119,48 @@ def split_files(split: str) -> tuple[list[Path], np.ndarray, list[Path], np.ndar
     return (*chosen.flat("sketches"), *chosen.flat("photos"))
 
 
-def ranking_agreement(fp32: dict, int8: dict, qlabels, glabels, settings) -> dict:
-    """fp32 vs int8 tokens -> error of [Ret] and tokens, and the ann ranking's top-10 overlap and mAP@all."""
-    from sketchfind.metrics import retrieval_metrics
-    from sketchfind.rerank import pipeline_scores
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    def unit(x):
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+def first_per_class(labels, n: int) -> list[int]:
+    """Positions of the first ``n`` items of every label."""
+    seen: dict = {}
+    out = []
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] <= n:
+            out.append(i)
+    return out
+
+
+def top10_overlap(reference: np.ndarray, scores: np.ndarray) -> float:
+    """Mean share of each row's 10 best (by ``reference``) that are also among its 10 best by ``scores``."""
+    top = [np.argsort(-x, axis=1, kind="stable")[:, :10] for x in (reference, scores)]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(*top, strict=True)]))
+
+
+def agreement(reference: np.ndarray, scores: np.ndarray, qlabels, glabels) -> dict:
+    """Top-10 overlap and mAP@all of two (Q, P) score matrices (higher = better), the first the reference."""
+    from sketchfind.metrics import retrieval_metrics
+
+    ref, got = (retrieval_metrics(-x, qlabels, glabels)["map_all"] for x in (reference, scores))
+    return {
+        "top10_overlap": top10_overlap(reference, scores),
+        "map_all_fp32": ref,
+        "map_all": got,
+        "map_diff": got - ref,
+    }
+
+
+def ranking_agreement(fp32: dict, int8: dict, qlabels, glabels, settings, low: str = "int8") -> dict:
+    """fp32 vs lower-precision (int8, bf16) tokens -> error of [Ret] and tokens, and the ann ranking's top-10
+    overlap and mAP@all with both sides, only the photos or only the sketches in lower precision."""
+    from sketchfind.rerank import pipeline_scores
 
     def ann(sk, ph):
         return pipeline_scores(sk[:, 0], ph[:, 0], None, settings)
-
-    def top(x):
-        return np.argsort(-x, axis=1, kind="stable")[:, :10]
 
     out = {}
     for enc in ("sketch", "photo"):
@@ -137,15 +174,11 @@ def ranking_agreement(fp32: dict, int8: dict, qlabels, glabels, settings) -> dic
             "ret_cosine_mean": float(cos.mean()),
         }
     reference = ann(fp32["sketch"], fp32["photo"])
-    map32 = retrieval_metrics(-reference, qlabels, glabels)["map_all"]
-    combos = {"both int8": ("sketch", "photo"), "photos int8": ("photo",), "sketches int8": ("sketch",)}
+    combos = {f"both {low}": ("sketch", "photo"), f"photos {low}": ("photo",), f"sketches {low}": ("sketch",)}
     for combo, which in combos.items():
         sk = (int8 if "sketch" in which else fp32)["sketch"]
         ph = (int8 if "photo" in which else fp32)["photo"]
-        scores = ann(sk, ph)
-        overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(top(reference), top(scores), strict=True)])
-        map8 = retrieval_metrics(-scores, qlabels, glabels)["map_all"]
-        out[combo] = {"top10_overlap": float(overlap), "map_all_fp32": map32, "map_all": map8, "map_diff": map8 - map32}
+        out[combo] = agreement(reference, ann(sk, ph), qlabels, glabels)
     return out
 
 
@@ -230,37 +263,25 @@ def bench_search(models: dict, index_dir: Path, reps: int) -> dict:
     return out
 
 
-def bf16_head(model):
-    """A copy whose cross-attention and relation head run in bf16 (relation_scores casts to their dtype)."""
-    half = copy.deepcopy(model)
-    half.cross.to(torch.bfloat16)
-    half.relation.to(torch.bfloat16)
-    return half
-
-
 def bench_full(reps: int, pairs: int, cache: Path) -> dict:
+    """zse-vit-b16, random weights: encode batch 1 and the head per pair, torch vs onnx vs torch-bf16."""
     import sketchfind
-    from sketchfind.runtime import load_runtime
+    from sketchfind.runtime import load_runtime, native_bf16
 
     torch.manual_seed(0)
     model = sketchfind.load_model("zse-vit-b16", random_init=True)
     t0 = time.perf_counter()
-    onnx = load_runtime(model, "onnx", cache_dir=cache)
+    nets = {"torch": model, "onnx": load_runtime(model, "onnx", cache_dir=cache)}
     export_s = time.perf_counter() - t0
-    half = bf16_head(model)
-    image = torch.randn(1, 3, 224, 224)
+    if native_bf16():
+        nets["torch-bf16"] = load_runtime(model, "torch-bf16")
+    image = torch.randn(1, 3, 224, 224).contiguous(memory_format=torch.channels_last)  # as the Searcher passes it
     sk = torch.randn(1, model.cfg.num_tokens, model.cfg.width)
     ph = torch.randn(pairs, model.cfg.num_tokens, model.cfg.width)
     with torch.inference_mode():
-        enc = alternate({"torch": lambda: model.encode_sketch(image), "onnx": lambda: onnx.encode_sketch(image)}, reps)
+        enc = alternate({n: (lambda m=m: m.encode_sketch(image)) for n, m in nets.items()}, reps)
         pair = alternate(
-            {
-                "torch": lambda: model.relation_scores(sk, ph),
-                "onnx": lambda: onnx.relation_scores(sk, ph),
-                "torch_bf16": lambda: half.relation_scores(sk, ph),
-            },
-            max(2, reps // 2),
-            warmup=1,
+            {n: (lambda m=m: m.relation_scores(sk, ph)) for n, m in nets.items()}, max(2, reps // 2), warmup=1
         )
     return {
         "export_and_load_s": export_s,
@@ -270,44 +291,100 @@ def bench_full(reps: int, pairs: int, cache: Path) -> dict:
     }
 
 
-def bench_bf16(model, index_dir: Path) -> dict:
-    """bf16 vs fp32 relation head: exhaustive rankings of the unseen-25 sketches over the index."""
-    from sketchfind.metrics import retrieval_metrics
-    from sketchfind.search import Searcher
+def full_bf16_agreement(photos_per_class: int) -> dict:
+    """torch-bf16 vs fp32, zse-vit-b16 with the reference's deterministic weights: the golden inputs' tokens and
+    relation scores vs the goldens, then the [Ret] and relation rankings of one unseen-25 sketch per class over
+    ``photos_per_class`` photos per class (synthetic weights: how far bf16 moves a ranking, not its accuracy)."""
+    from sketchfind.evaluate import encode_files
+    from sketchfind.models import ZSEModel
+    from sketchfind.reference import reference_model
+    from sketchfind.runtime import load_runtime
 
-    half = bf16_head(model)
-    queries = files("sketches", unseen(), 1)
-    with Searcher.open(index_dir, model, runtime="torch") as s:
-        ids = s.state.snapshot.ids
-        gallery = s.photo_tokens(ids)
-        labels = np.array([s.photo(int(i)).label for i in ids])
-        qlabels = np.array([q.parent.name for q in queries])
-        with torch.inference_mode():
-            tokens = torch.cat([s.encode_query(q) for q in queries])
-            t0 = time.perf_counter()
-            fp32 = model.relation_scores(tokens, gallery).float().numpy()
-            t1 = time.perf_counter()
-            bf16 = half.relation_scores(tokens, gallery).float().numpy()
-            t2 = time.perf_counter()
-    top = lambda x: np.argsort(-x, axis=1, kind="stable")[:, :10]  # noqa: E731
-    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top(fp32), top(bf16), strict=True)])
-    m32, m16 = (retrieval_metrics(-x, qlabels, labels) for x in (fp32, bf16))
-    return {
-        "queries": len(queries),
-        "gallery": len(ids),
-        "top10_overlap": float(overlap),
-        "map_all_fp32": m32["map_all"],
-        "map_all_bf16": m16["map_all"],
-        "map_diff": m16["map_all"] - m32["map_all"],
-        "max_abs_score_diff": float(np.abs(fp32 - bf16).max()),
-        "seconds_fp32": t1 - t0,
-        "seconds_bf16": t2 - t1,
+    model = reference_model(REFERENCE)
+    half = load_runtime(model, "torch-bf16")
+    with np.load(REFERENCE / "outputs.npz") as gold, np.load(REFERENCE / "inputs.npz") as inputs:
+        want_tokens, want_scores = gold["sa_fea"], gold["rn_score"]
+        sketch, photo = torch.from_numpy(inputs["sketch"]), torch.from_numpy(inputs["photo"])
+    with torch.inference_mode():
+        tokens = torch.cat([half.encode_sketch(sketch), half.encode_photo(photo)])
+        scores = half.relation_scores(tokens[:4], tokens[4:]).numpy()
+        golden = torch.from_numpy(want_tokens)
+        head_only = half.relation_scores(golden[:4], golden[4:]).numpy()  # bf16 head on the fp32 golden tokens
+    tokens = tokens.numpy()
+    rel = np.linalg.norm(tokens - want_tokens, axis=-1) / np.linalg.norm(want_tokens, axis=-1)  # per token
+    ret_cos = np.sum(unit(tokens[:, 0]) * unit(want_tokens[:, 0]), axis=-1)
+    gaps = np.diff(np.sort(want_scores, axis=1), axis=1)  # how close the golden scores of one sketch lie
+    out = {
+        "goldens": {
+            "token_rel_error_max": float(rel.max()),
+            "token_rel_error_mean": float(rel.mean()),
+            "ret_cosine_min": float(ret_cos.min()),
+            "max_abs_score_diff": float(np.abs(scores - want_scores).max()),
+            "max_abs_score_diff_head_only": float(np.abs(head_only - want_scores).max()),
+            "golden_score_min_gap": float(gaps.min()),
+            "same_order": bool((np.argsort(-scores, axis=1) == np.argsort(-want_scores, axis=1)).all()),
+        }
     }
+    sk_files, ph_files = files("sketches", unseen(), 1), files("photos", unseen(), photos_per_class)
+    qlabels, glabels = (np.array([f.parent.name for f in fs]) for fs in (sk_files, ph_files))
+    ret, relation = {}, {}
+    with torch.inference_mode():
+        for name, net in (("torch", model), ("torch-bf16", half)):
+            sk = encode_files(net, sk_files, "sketch", desc=f"full-size sketches, {name}")[0]
+            ph = encode_files(net, ph_files, "photo", desc=f"full-size photos, {name}")[0]
+            ret[name] = (ZSEModel.retrieval_embedding(sk) @ ZSEModel.retrieval_embedding(ph).T).numpy()
+            relation[name] = net.relation_scores(sk, ph).numpy()
+    out["sketchy"] = {"queries": len(sk_files), "photos": len(ph_files)}
+    for key, scores in (("ret", ret), ("relation", relation)):
+        out["sketchy"][key] = agreement(scores["torch"], scores["torch-bf16"], qlabels, glabels)
+        out["sketchy"][key]["max_abs_score_diff"] = float(np.abs(scores["torch"] - scores["torch-bf16"]).max())
+    return out
+
+
+def bench_bf16(lite, sketches_per_class: int) -> dict:
+    """torch-bf16 vs fp32 PyTorch, zse-lite0 on unseen-25: the ann ranking of every sketch over every photo,
+    and the exhaustive relation ranking of ``sketches_per_class`` sketches per class over every photo."""
+    from sketchfind.evaluate import encode_files
+    from sketchfind.rerank import RankSettings
+    from sketchfind.runtime import load_runtime
+
+    half = load_runtime(lite, "torch-bf16")
+    settings = RankSettings.from_metadata(lite.weights_metadata)
+    sk_files, qlabels, ph_files, glabels = split_files("unseen")
+    with torch.inference_mode():
+        tokens = {
+            name: {
+                "sketch": encode_files(net, sk_files, "sketch", desc=f"unseen sketches, {name}")[0].numpy(),
+                "photo": encode_files(net, ph_files, "photo", desc=f"unseen photos, {name}")[0].numpy(),
+            }
+            for name, net in (("torch", lite), ("torch-bf16", half))
+        }
+    res = {"sketches": len(sk_files), "photos": len(ph_files)}
+    res["settings"] = {k: getattr(settings, k) for k in ("rerank_k", "fusion", "qe_top", "qe_weight")}
+    res["ann"] = ranking_agreement(tokens["torch"], tokens["torch-bf16"], qlabels, glabels, settings, low="bf16")
+    log("bf16 ann", res["ann"]["both bf16"])
+    pick = first_per_class(qlabels, sketches_per_class)
+    q32, q16 = (torch.from_numpy(tokens[n]["sketch"][pick]) for n in ("torch", "torch-bf16"))
+    p32, p16 = (torch.from_numpy(tokens[n]["photo"]) for n in ("torch", "torch-bf16"))
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        fp32 = lite.relation_scores(q32, p32).numpy()
+        t1 = time.perf_counter()
+        both = half.relation_scores(q16, p16).numpy()
+        t2 = time.perf_counter()
+        mixed = half.relation_scores(q16, p32).numpy()  # photos indexed by an fp32 runtime, bf16 queries
+    exhaustive = {"queries": len(pick), "seconds_fp32": t1 - t0, "seconds_bf16": t2 - t1}
+    for combo, scores in (("both bf16", both), ("sketches bf16", mixed)):
+        exhaustive[combo] = agreement(fp32, scores, qlabels[pick], glabels)
+        exhaustive[combo]["max_abs_score_diff"] = float(np.abs(fp32 - scores).max())
+    res["exhaustive"] = exhaustive
+    log("bf16 exhaustive", exhaustive["both bf16"])
+    return res
 
 
 def markdown(res: dict) -> str:
     lines = [
-        "# Runtime benchmark: PyTorch eager vs ONNX Runtime (fp32, int8 encoders)",
+        "# Runtime benchmark: PyTorch eager (fp32, bf16) vs ONNX Runtime (fp32, int8 encoders)",
         "",
         f"{res['machine']['cpu']} ({res['machine'].get('cores')} cores; {', '.join(res['machine'].get('isa', []))}), "
         f"{res['threads']} threads, load average at start {res['machine']['load_start']:.2f}, "
@@ -337,40 +414,90 @@ def markdown(res: dict) -> str:
         lines.append("")
     if "search" in res:
         lines += ["## Per-query latency (encode included, k=10), zse-lite0", ""]
-        lines += ["| strategy | " + " | ".join(f"{r} p50 ms | {r} p90 ms" for r in RUNTIMES) + " |"]
-        lines += ["|---" * (1 + 2 * len(RUNTIMES)) + "|"]
+        names = [r for r in RUNTIMES if r in next(iter(res["search"].values()))]
+        lines += ["| strategy | " + " | ".join(f"{r} p50 ms | {r} p90 ms" for r in names) + " |"]
+        lines += ["|---" * (1 + 2 * len(names)) + "|"]
         for strategy, v in res["search"].items():
-            cells = " | ".join(f"{v[r]['p50_ms']:.1f} | {v[r]['p90_ms']:.1f}" for r in RUNTIMES if r in v)
+            cells = " | ".join(f"{v[r]['p50_ms']:.1f} | {v[r]['p90_ms']:.1f}" for r in names)
             lines.append(f"| {strategy} | {cells} |")
         lines.append(f"\n(gallery: {res.get('search_gallery')} photos; index built by the torch runtime)\n")
     if "full" in res:
-        f = res["full"]
-        lines += [
-            "## zse-vit-b16 (full size)",
-            "",
-            "| | torch fp32 | onnx fp32 | torch bf16 head |",
-            "|---|---|---|---|",
-        ]
-        lines.append(f"| encode, batch 1 (ms) | {f['encode_ms']['torch']:.1f} | {f['encode_ms']['onnx']:.1f} | - |")
-        pm = f["pair_ms"]
-        lines.append(
-            f"| cross-attention + relation per pair (ms) | {pm['torch']:.2f} | {pm['onnx']:.2f} "
-            f"| {pm['torch_bf16']:.2f} |"
-        )
-        lines.append(f"\nONNX export + session load: {f['export_and_load_s']:.1f} s (once per weights; cached)\n")
+        lines += full_markdown(res["full"], res.get("full_bf16"))
     if "bf16" in res:
-        b = res["bf16"]
-        lines += [
-            "## bf16 relation head vs fp32, zse-lite0 (unseen-25 sketches, exhaustive)",
-            "",
-            f"CPU bf16 support (oneDNN): {res['bf16_supported']}. {b['queries']} queries x {b['gallery']} photos: "
-            f"top-10 overlap {b['top10_overlap']:.3f}, mAP@all {b['map_all_fp32']:.4f} (fp32) vs "
-            f"{b['map_all_bf16']:.4f} (bf16), diff {b['map_diff']:+.4f}; "
-            f"max |score diff| {b['max_abs_score_diff']:.2e}; "
-            f"time {b['seconds_fp32']:.2f} s (fp32) vs {b['seconds_bf16']:.2f} s (bf16).",
-            "",
-        ]
+        lines += bf16_markdown(res["bf16"])
+    elif not res["bf16_native"]:
+        lines += ["## torch-bf16", "", "Not measured: this CPU has no native bf16 (the runtime is refused here).", ""]
     return "\n".join(lines)
+
+
+def full_markdown(f: dict, agree: dict | None) -> list[str]:
+    """The full-size section: speed per runtime, and torch-bf16's agreement with fp32 and the goldens."""
+    names = [n for n in ("torch", "onnx", "torch-bf16") if n in f["encode_ms"]]
+    lines = ["## zse-vit-b16 (full size)", "", "| | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+    lines.append("| encode, batch 1 (ms) | " + " | ".join(f"{f['encode_ms'][n]:.1f}" for n in names) + " |")
+    lines.append(
+        "| cross-attention + relation per pair (ms) | " + " | ".join(f"{f['pair_ms'][n]:.2f}" for n in names) + " |"
+    )
+    lines.append(f"\nONNX export + session load: {f['export_and_load_s']:.1f} s (once per weights; cached)\n")
+    if agree:
+        g, sk = agree["goldens"], agree["sketchy"]
+        lines += [
+            "torch-bf16 with the reference's deterministic weights. Golden inputs (4 sketches x 4 photos): token "
+            f"relative error max {g['token_rel_error_max']:.4f} / mean {g['token_rel_error_mean']:.4f}, [Ret] "
+            f"cosine to the golden min {g['ret_cosine_min']:.5f}; relation scores max |diff| "
+            f"{g['max_abs_score_diff']:.2e} ({g['max_abs_score_diff_head_only']:.2e} with the golden fp32 tokens), "
+            f"smallest gap between two golden scores of a sketch {g['golden_score_min_gap']:.2e}, same order: "
+            f"{g['same_order']}.",
+            "",
+            f"Rankings of {sk['queries']} unseen-25 sketches over {sk['photos']} photos (synthetic weights: "
+            "agreement only):",
+            "",
+            "| ranking | top-10 overlap | mAP@all fp32 | mAP@all bf16 | diff | max abs score diff |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, name in (("ret", "[Ret] cosine"), ("relation", "relation (exhaustive)")):
+            a = sk[key]
+            lines.append(
+                f"| {name} | {a['top10_overlap']:.3f} | {a['map_all_fp32']:.4f} | {a['map_all']:.4f} "
+                f"| {a['map_diff']:+.4f} | {a['max_abs_score_diff']:.2e} |"
+            )
+        lines.append("")
+    return lines
+
+
+def bf16_markdown(b: dict) -> list[str]:
+    """The torch-bf16 vs fp32 section on real weights (zse-lite0)."""
+    e = b["exhaustive"]
+    lines = [
+        "## torch-bf16 vs fp32 PyTorch, zse-lite0 (shipped weights, unseen-25)",
+        "",
+        f"ann: {b['sketches']} sketches x {b['photos']} photos, settings {b['settings']}; exhaustive: "
+        f"{e['queries']} sketches x {b['photos']} photos, {e['seconds_fp32']:.1f} s (fp32) vs "
+        f'{e["seconds_bf16"]:.1f} s (bf16). "sketches bf16": photos indexed by an fp32 runtime.',
+        "",
+        "| ranking | bf16 side | top-10 overlap | mAP@all fp32 | mAP@all bf16 | diff | max abs score diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for combo in ("both bf16", "photos bf16", "sketches bf16"):
+        a = b["ann"][combo]
+        lines.append(
+            f"| ann | {combo} | {a['top10_overlap']:.3f} | {a['map_all_fp32']:.4f} | {a['map_all']:.4f} "
+            f"| {a['map_diff']:+.4f} | - |"
+        )
+    for combo in ("both bf16", "sketches bf16"):
+        a = e[combo]
+        lines.append(
+            f"| exhaustive | {combo} | {a['top10_overlap']:.3f} | {a['map_all_fp32']:.4f} | {a['map_all']:.4f} "
+            f"| {a['map_diff']:+.4f} | {a['max_abs_score_diff']:.2e} |"
+        )
+    lines += ["", "| encoder | [Ret] cosine min / mean | max / mean abs token diff |", "|---|---|---|"]
+    for enc in ("sketch", "photo"):
+        t = b["ann"][enc]
+        lines.append(
+            f"| {enc} | {t['ret_cosine_min']:.6f} / {t['ret_cosine_mean']:.6f} "
+            f"| {t['max_abs_token_diff']:.3f} / {t['mean_abs_token_diff']:.4f} |"
+        )
+    return [*lines, ""]
 
 
 def int8_markdown(r: dict) -> list[str]:
@@ -434,7 +561,7 @@ def main() -> None:
     import onnxruntime
 
     import sketchfind
-    from sketchfind.runtime import load_runtime, set_threads
+    from sketchfind.runtime import load_runtime, native_bf16, set_threads
 
     set_threads(args.threads)
     reps = 15 if args.quick else 50
@@ -443,12 +570,13 @@ def main() -> None:
         "quick": args.quick,
         "machine": {**cpu_info(), "load_start": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-        "bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "bf16_native": native_bf16(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lite = sketchfind.load_model()
-        models = {name: load_runtime(lite, name, cache_dir=tmp / "cache") for name in RUNTIMES}
+        names = [r for r in RUNTIMES if r != "torch-bf16" or res["bf16_native"]]
+        models = {name: load_runtime(lite, name, cache_dir=tmp / "cache") for name in names}
         if "query" not in skip:
             res["query"] = bench_query(models, reps)
             write(res, args.out)
@@ -457,20 +585,22 @@ def main() -> None:
             res["int8"] = bench_int8(models, reps)
             write(res, args.out)
         index_dir = None
-        if not {"build", "search", "bf16"} <= skip:
+        if not {"build", "search"} <= skip:
             classes = unseen()
             res["build"], index_dir = bench_build(models, classes, 4 if args.quick else 12, tmp)
             res["search_gallery"] = res["build"]["torch"]["photos"]
         if "search" not in skip:
             res["search"] = bench_search(models, index_dir, reps)
             write(res, args.out)
-        if "bf16" not in skip:
-            res["bf16"] = bench_bf16(lite, index_dir)
+        if "bf16" not in skip and res["bf16_native"]:
+            res["bf16"] = bench_bf16(lite, 1 if args.quick else 2)
             write(res, args.out)
-            log("bf16", res["bf16"])
         if "full" not in skip:
             res["full"] = bench_full(5 if args.quick else 10, 16 if args.quick else 64, tmp / "cache")
             log("full", res["full"])
+            if res["bf16_native"]:
+                res["full_bf16"] = full_bf16_agreement(2 if args.quick else 4)
+                log("full bf16", res["full_bf16"])
     write(res, args.out)
     print(markdown(res))
 

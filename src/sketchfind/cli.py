@@ -45,7 +45,8 @@ Runtime = Annotated[
     str | None,
     typer.Option(
         "--runtime",
-        help="torch | onnx | onnx-int8 | auto (default: the fastest installed that serves the weights)",
+        help="torch | onnx | onnx-int8 | torch-bf16 | auto (default: the fastest that serves the weights and keeps "
+        "the ranking)",
         envvar="SKETCHFIND_RUNTIME",
     ),
 ]

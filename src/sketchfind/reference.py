@@ -47,11 +47,18 @@ def _make_checkpoint(reference: Path, out: Path) -> Path:
     return path
 
 
+def reference_model(reference: str | Path):
+    """zse-vit-b16 with the reference's deterministic weights, loaded from a checkpoint in the official format."""
+    from .models import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_model("zse-vit-b16", weights=_make_checkpoint(Path(reference), Path(tmp)))
+
+
 def run_checks(reference: str | Path, runtime: str = "torch") -> Iterator[Check]:
     """Yields one Check per golden, computed through the public model / preprocessing / metrics API; with
     ``runtime="onnx"`` the encoders and relation scores run on the exported graphs (the internals stay torch)."""
     from .metrics import retrieval_metrics
-    from .models import load_model
     from .preprocess import preprocess_photo, preprocess_sketch, read_sketch_rgb, sketch_steps
     from .runtime import load_runtime
     from .train.losses import zse_losses
@@ -62,8 +69,7 @@ def run_checks(reference: str | Path, runtime: str = "torch") -> Iterator[Check]
         raise SketchfindError(f"{reference} is not the zse-sbir reference folder (needs {', '.join(needed)})")
     gold = np.load(reference / "outputs.npz")
     inputs = np.load(reference / "inputs.npz")
-    with tempfile.TemporaryDirectory() as tmp:
-        model = load_model("zse-vit-b16", weights=_make_checkpoint(reference, Path(tmp)))
+    model = reference_model(reference)
     sketch, photo = torch.from_numpy(inputs["sketch"]), torch.from_numpy(inputs["photo"])
     net = load_runtime(model, runtime)
     with torch.no_grad():

@@ -261,7 +261,7 @@ class Searcher:
         ann settings left as None take the values validated with the model's weights
         (:class:`~sketchfind.rerank.RankSettings`). ``ann_params`` (e.g. ``{"nprobe": 32}``) override the
         FAISS search parameters recorded in index_info.json (those that do not apply to the index's type
-        are ignored with a warning). ``runtime``: 'torch', 'onnx', 'onnx-int8' or 'auto' (None:
+        are ignored with a warning). ``runtime``: 'torch', 'onnx', 'onnx-int8', 'torch-bf16' or 'auto' (None:
         ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`). ``backend`` ('faiss' | 'milvus'),
         ``milvus_uri``, ``collection``: where ann's first stage searches (default: what the index records)."""
         root = Path(index_dir)

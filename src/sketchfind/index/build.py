@@ -279,9 +279,10 @@ def build_index(
     ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` ('auto', the
     default: exact below :data:`~sketchfind.index.ann.APPROX_FROM` photos, tuned approximate above; or a
     FAISS factory string) are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'onnx-int8' |
-    'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`). ``backend`` ('faiss' |
-    'milvus'), ``milvus_uri`` and ``collection`` choose where ann's first stage searches (recorded in the
-    index; default: what it records, else FAISS); a Milvus collection is brought in step at the end.
+    'torch-bf16' | 'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`; the index
+    does not depend on it: any runtime searches it). ``backend`` ('faiss' | 'milvus'), ``milvus_uri`` and
+    ``collection`` choose where ann's first stage searches (recorded in the index; default: what it records, else
+    FAISS); a Milvus collection is brought in step at the end.
     ``finish=False`` only commits: compaction, the search structures and the Milvus collection are left to
     :func:`finish_index` (which needs no model). ``ray``: decode and encode on a Ray cluster instead of this
     process (:mod:`.distributed`); the index is the same."""

@@ -406,7 +406,8 @@ class RelationHead(nn.Module):
             x = layer(x)
             hidden.append(x)
             x = self.drop(F.relu(x))
-        logits = self.out(x).squeeze(-1)
+        # the bf16 runtime keeps this last layer in fp32: bf16 scores would tie (128 values in [0.5, 1))
+        logits = self.out(x.to(self.out.weight.dtype)).squeeze(-1)
         return (logits, hidden) if return_hidden else logits
 
     def forward(self, sketch_ca: torch.Tensor, photo_ca: torch.Tensor, logits: bool = False) -> torch.Tensor:
@@ -498,13 +499,13 @@ class ZSEModel(Encodes, nn.Module):
         """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs;
         the same scores as pair_forward on every (sketch, photo) pair (their logits with ``logits=True``)."""
         S, P = sketch_tokens.shape[0], photo_tokens.shape[0]
-        dtype = self.relation.out.weight.dtype
+        dtype = self.cross.sketch_layer.q.weight.dtype  # pairs are computed in the cross-attention's dtype
         if max_pairs is None:  # ~64 MB of activations per chunk
             max_pairs = max(1, (1 << 24) // (self.cfg.num_tokens * max(self.cfg.width, self.cfg.ca_ff)))
         photos_per_chunk = max(1, max_pairs // S) if S <= max_pairs else 1
         sketches_per_chunk = min(S, max_pairs)
         sketches = self.cross.stream(sketch_tokens.to(dtype), "sketch")  # projected once, (S, ...) each
-        out = torch.empty(S, P, dtype=dtype, device=sketch_tokens.device)
+        out = torch.empty(S, P, dtype=self.relation.out.weight.dtype, device=sketch_tokens.device)
         for p0 in range(0, P, photos_per_chunk):
             photos = self.cross.stream(photo_tokens[p0 : p0 + photos_per_chunk].to(dtype), "photo")  # (n, ...)
             n = photos.tokens.shape[0]
