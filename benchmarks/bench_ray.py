@@ -56,16 +56,19 @@ def log(*args) -> None:
 
 def gallery(root: Path, n: int) -> list[Path]:
     """Symlinks to n sketchy-mini photos spread evenly over the classes (root/<class>/<file>). Above the
-    3,125 photos there are, each photo comes again under another name (``<stem>-r<k>.jpg``): the build
-    encodes every file, so a large build is timed on real photos."""
+    3,125 photos there are, each photo comes again as a copy under another name (``<stem>-r<k>.jpg``; a copy,
+    as the scan takes a file reached by two links once): the build encodes every file, so a large build is
+    timed on real photos."""
     photos = sorted((SKETCHY / "photos").glob("*/*.jpg"))
     step = max(1, len(photos) // n)
     order = photos[::step] + [p for i, p in enumerate(photos) if i % step]
     chosen = [(order[i % len(order)], i // len(order)) for i in range(n)]
     for src, repeat in chosen:
         (root / src.parent.name).mkdir(parents=True, exist_ok=True)
-        name = src.name if repeat == 0 else f"{src.stem}-r{repeat}{src.suffix}"
-        (root / src.parent.name / name).symlink_to(src)
+        if repeat == 0:
+            (root / src.parent.name / src.name).symlink_to(src)
+        else:
+            shutil.copyfile(src, root / src.parent.name / f"{src.stem}-r{repeat}{src.suffix}")
     return [src for src, _ in chosen]
 
 

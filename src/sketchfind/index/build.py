@@ -34,7 +34,7 @@ import torch
 from ..errors import IncompleteIndexError, IndexStoreError, SketchfindError
 from ..models.factory import model_fingerprint
 from ..models.zse import ZSEModel
-from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, preprocess_photo, read_photo
+from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, photo_array, preprocess_photo, read_photo
 from ..progress import progress as progress_bar
 from ..runtime import load_runtime
 from .ann import AUTO
@@ -226,9 +226,10 @@ def _apply_settings(store: IndexStore, n_clusters: int | None, ann_type: str | N
         store.set_meta("ann_type", ann_type)
 
 
-def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_folder: bool):
+def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_folder: bool, arrays: bool = False):
     """Reader + mapper for one file -> ('ok', PhotoRow, tensor, clip tensor) | ('same', id, mtime, path) |
-    ('skipped', path, reason)."""
+    ('skipped', path, reason). ``arrays``: the resized uint8 (S, S, 3) images instead of the tensors (a
+    quarter of the bytes to send to another process; ``to_tensor`` of them gives the same tensors)."""
     try:
         stat = path.stat()
         if stat.st_size > MAX_FILE_BYTES:
@@ -238,8 +239,9 @@ def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_f
         if known is not None and known[3] == sha:
             return "same", known[0], stat.st_mtime_ns, str(path)
         image = read_photo(data, str(path))
-        x = preprocess_photo(image, model_pre)
-        y = preprocess_photo(image, clip_pre) if clip_pre is not None else None
+        prepare = photo_array if arrays else preprocess_photo
+        x = prepare(image, model_pre)
+        y = prepare(image, clip_pre) if clip_pre is not None else None
         label = path.parent.name if label_from_folder else None
         row = PhotoRow(str(path), sha, len(data), stat.st_mtime_ns, label, known[0] if known else None)
         return "ok", row, x, y

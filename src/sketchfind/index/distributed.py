@@ -2,9 +2,10 @@
 :func:`~sketchfind.index.build_index`, with decoding and encoding spread over a Ray cluster.
 
     driver       scan + plan: which files are new or changed (``build._plan``, unchanged)
-    CPU tasks    read, hash, decode, preprocess a few files per task (``build._load_one``)
-    actor pool   encode + quantise: each actor builds the model once from the driver's weights (sent
-                 through the object store and checked against the index's fingerprint), with the same
+    CPU tasks    read, hash, decode, resize 32 files per task (``build._load_one``), as uint8 images
+    actor pool   normalise (``to_tensor``), encode + quantise: each actor builds the model once from the
+                 driver's weights (sent through the object store and checked against the index's
+                 fingerprint), with the same
                  runtime, preprocessing and codecs as the single-process build; a GPU per actor when
                  the cluster has GPUs
     driver       commits each encoded batch with ``IndexStore.commit_batch``, in plan order
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, SketchfindError
+from ..preprocess import to_tensor
 from .build import BuildReport, _load_one, commit_encoded, encode_photos, note_unencoded
 from .store import IndexStore
 
@@ -376,16 +378,17 @@ def _model_payload(model, emb, store: IndexStore, runtime: str, threads: int, gp
 
 
 def _decode_batch(batch: dict, model_pre, clip_pre, labels: bool) -> dict:
-    """CPU task: planned files -> their ``_load_one`` outcomes (pickled, tensors apart) + photo tensors.
-    Files that are skipped or unchanged get zero tensors, which the encoder ignores."""
+    """CPU task: planned files -> their ``_load_one`` outcomes (pickled, images apart) + the resized uint8
+    photos (the encoder makes the tensors: a quarter of the bytes through the object store). Files that are
+    skipped or unchanged get blank images, which the encoder ignores."""
     outcomes, images, clip_images = [], [], []
     for blob in batch["todo"]:
-        result = _load_one(*pickle.loads(blob), model_pre, clip_pre, labels)
+        result = _load_one(*pickle.loads(blob), model_pre, clip_pre, labels, arrays=True)
         ok = result[0] == "ok"
         outcomes.append(pickle.dumps(result[:2] if ok else result))
-        images.append(result[2].numpy() if ok else _blank(model_pre))
+        images.append(result[2] if ok else _blank(model_pre))
         if clip_pre is not None:
-            clip_images.append(result[3].numpy() if ok else _blank(clip_pre))
+            clip_images.append(result[3] if ok else _blank(clip_pre))
     out = {"outcome": np.array(outcomes, dtype=object), "image": np.stack(images)}
     if clip_pre is not None:
         out["clip_image"] = np.stack(clip_images)
@@ -393,7 +396,7 @@ def _decode_batch(batch: dict, model_pre, clip_pre, labels: bool) -> dict:
 
 
 def _blank(pre) -> np.ndarray:
-    return np.zeros((3, pre.image_size, pre.image_size), np.float32)
+    return np.zeros((pre.image_size, pre.image_size, 3), np.uint8)
 
 
 class _EncoderActor:
@@ -434,9 +437,9 @@ class _EncoderActor:
         if self.device and hasattr(self.emb, "visual"):
             self.emb.visual.to(self.device)
         self.codec, self.gcodec = payload["codecs"]
+        self.model_pre, self.clip_pre = model.cfg.preprocess, getattr(self.emb, "preprocess", None)
 
     def __call__(self, batch: dict) -> dict:
-        import torch
 
         if self.error is not None:
             raise self.error
@@ -446,8 +449,10 @@ class _EncoderActor:
         global_emb = np.zeros((n, self.gcodec.row_bytes), np.uint8)
         start = time.perf_counter()
         if ok:
-            images = list(torch.from_numpy(batch["image"][ok]))  # fancy indexing: a writable copy
-            clip_images = list(torch.from_numpy(batch["clip_image"][ok])) if "clip_image" in batch else None
+            images = [to_tensor(image, self.model_pre) for image in batch["image"][ok]]
+            clip_images = None
+            if "clip_image" in batch:
+                clip_images = [to_tensor(image, self.clip_pre) for image in batch["clip_image"][ok]]
             photo_tokens, photo_global = encode_photos(self.model, self.emb, images, clip_images, self.device)
             tokens[ok] = self.codec.encode(photo_tokens)
             global_emb[ok] = self.gcodec.encode(photo_global)
