@@ -7,7 +7,8 @@ loss on the [Ret] embedding that ANN search ranks by first: between sketch and p
 model with the anchored [Ret] (``zse-lite0``), between sketch [Ret]s and the fixed [Ret]s of every
 training photo (photos keep their ImageNet features; only the sketch side moves). Every epoch writes
 ``last.pth`` (model, optimizer, RNG state: ``--resume`` continues from it) and, when validation mAP
-improves, ``best.safetensors``.
+improves, ``best.safetensors``. ``--train-only relation --init WEIGHTS`` trains only cross-attention and the
+relation head on the loaded encoder, which stays exactly as loaded (selection then by the relation network's mAP).
 """
 
 from __future__ import annotations
