@@ -186,3 +186,38 @@ def test_doodle_folder_without_training_classes(subset, tmp_path):
     (empty / "zebra.ndjson").write_text("")
     with pytest.raises(Exception, match="no <class>.ndjson"):
         Trainer(config(subset, tmp_path / "run", epochs=1, doodles=str(empty))).fit()
+
+
+def test_train_only_relation_keeps_the_encoder(subset, tmp_path):
+    from sketchfind.errors import ConfigError
+    from sketchfind.models.factory import save_weights
+    from sketchfind.train.loop import build_model
+
+    init = tmp_path / "init.safetensors"
+    save_weights(build_model(config(subset, tmp_path / "unused")), init)
+    with pytest.raises(ConfigError, match="--init"):
+        Trainer(config(subset, tmp_path / "run", train_only="relation"))
+    trainer = Trainer(
+        config(subset, tmp_path / "run", epochs=1, steps_per_epoch=3, init=str(init), train_only="relation")
+    )
+    head = ("cross.", "relation.")
+    assert all(p.requires_grad == n.startswith(head) for n, p in trainer.model.named_parameters())
+    x = torch.rand(2, 3, 224, 224) * 2 - 1
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with torch.no_grad():
+        tokens_before = [trainer.model.eval().encode(x, m) for m in ("sketch", "photo")]
+    row = trainer.fit()[0]
+    assert np.isfinite(row["rn_rank"]) and "ret" not in row  # the [Ret] loss has nothing to train
+    after = trainer.model.state_dict()
+    for key, value in before.items():  # encoder, [Ret] and BatchNorm statistics bitwise as loaded
+        if not key.startswith(head):
+            assert torch.equal(after[key], value), key
+    for key in ("cross.sketch_layer.q.weight", "cross.photo_layer.fc1.weight", "relation.out.weight"):
+        assert not torch.equal(after[key], before[key]), key
+    with torch.no_grad():
+        for tokens, m in zip(tokens_before, ("sketch", "photo"), strict=True):
+            assert torch.equal(trainer.model.eval().encode(x, m), tokens)
+    assert (tmp_path / "run" / "best.safetensors").is_file()  # selected by the relation network's mAP
+    # another relation head starts its MLP fresh on the same encoder
+    sorted_head = Trainer(config(subset, tmp_path / "s", init=str(init), train_only="relation", relation_head="sorted"))
+    assert torch.equal(sorted_head.model.encoder.norm.weight, before["encoder.norm.weight"])

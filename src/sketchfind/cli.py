@@ -536,6 +536,17 @@ def train_cmd(
         str | None,
         typer.Option(help="relation head of a lite model: map (official: the whole cosine map) or sorted"),
     ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="weights file to start from (same architecture; a different relation head starts fresh)"),
+    ] = None,
+    train_only: Annotated[
+        str,
+        typer.Option(
+            help="all, or relation: only cross-attention + relation head learn on the --init encoder, which "
+            "stays exactly as loaded ([Ret] unchanged; selection by the relation network's validation mAP)"
+        ),
+    ] = "all",
     val_classes: Annotated[int, typer.Option(min=1, help="seen classes held out for model selection")] = 15,
     seed: Annotated[int, typer.Option()] = 2021,
     cache_dir: Annotated[Path | None, typer.Option(help="where backbone caches are kept")] = None,
@@ -562,12 +573,15 @@ def train_cmd(
         doodle_share=doodle_share,
         rn_rank_weight=rn_rank_weight,
         relation_head=relation_head,
+        init=str(init) if init else None,
+        train_only=train_only,
         val_classes=val_classes,
         seed=seed,
         cache_dir=str(cache_dir) if cache_dir else None,
     )
-    history = Trainer(cfg).fit(resume=resume)
-    best = max(history, key=lambda r: r["val_score"])
+    trainer = Trainer(cfg)
+    history = trainer.fit(resume=resume)
+    best = max(history, key=lambda r: r[trainer.selection_key])
     Console().print(f"done: best epoch {best['epoch']}; weights in {out / 'best.safetensors'}")
 
 

@@ -7,7 +7,8 @@ loss on the [Ret] embedding that ANN search ranks by first: between sketch and p
 model with the anchored [Ret] (``zse-lite0``), between sketch [Ret]s and the fixed [Ret]s of every
 training photo (photos keep their ImageNet features; only the sketch side moves). Every epoch writes
 ``last.pth`` (model, optimizer, RNG state: ``--resume`` continues from it) and, when validation mAP
-improves, ``best.safetensors``.
+improves, ``best.safetensors``. ``--train-only relation --init WEIGHTS`` trains only cross-attention and the
+relation head on the loaded encoder, which stays exactly as loaded (selection then by the relation network's mAP).
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ class TrainConfig:
     doodle_share: float = 0.3  # chance that a training sketch of a class with doodles is replaced by one of them
     rn_rank_weight: float = 1.0  # listwise relation loss: each sketch against every photo of the step
     relation_head: str | None = None  # override the model config's relation head ("map" official, "sorted")
+    init: str | None = None  # weights file to start from (e.g. the shipped zse-lite0.safetensors)
+    train_only: str = "all"  # "relation": only cross-attention + relation head learn; the encoder stays as loaded
 
 
+TRAIN_ONLY = ("all", "relation")
 DOODLE_PENS = (2, 3, 5, 5, 8, 12)  # pen widths of augmented doodle views on the page's 512 px canvas (page: 5)
 MIXED_LABEL_OFFSET = 1_000_000  # training photos join the validation gallery as distractors with these labels
 
@@ -91,6 +95,10 @@ def build_model(cfg: TrainConfig) -> ZSEModel:
         if model_cfg.backbone == "vit":
             raise ConfigError("the full-size model keeps the official relation head")
         model_cfg = dataclasses.replace(model_cfg, relation_head=cfg.relation_head)
+    if cfg.train_only not in TRAIN_ONLY:
+        raise ConfigError(f"--train-only {cfg.train_only}: choose one of {', '.join(TRAIN_ONLY)}")
+    if cfg.train_only == "relation" and cfg.init is None:
+        raise ConfigError("--train-only relation trains a head on a trained encoder: pass --init WEIGHTS")
     if not model_cfg.backbone.startswith("efficientnet"):
         raise ConfigError(
             f"training supports the CNN family (e.g. zse-lite0); {model_cfg.name} is {model_cfg.backbone}"
@@ -100,7 +108,34 @@ def build_model(cfg: TrainConfig) -> ZSEModel:
         model.tokens.freeze(cfg.trainable_stages)
     except ValueError as exc:
         raise ConfigError(f"--trainable-stages {cfg.trainable_stages}: {exc}") from exc
+    if cfg.init is not None:
+        load_init(model, cfg.init)
+    if cfg.train_only == "relation":
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(RELATION_MODULES))
     return model
+
+
+RELATION_MODULES = ("cross.", "relation.")  # what ``--train-only relation`` trains
+FRESH_WITH_NEW_HEAD = ("relation.hidden.", "relation.out.")  # the MLP whose input a different head changes
+
+
+def load_init(model: ZSEModel, path: str) -> None:
+    """Loads every parameter and buffer of ``model`` from the weights file ``path``, which must hold the
+    same architecture. Only the relation head may differ ("map" vs "sorted"): its MLP then starts fresh."""
+    from ..models.factory import read_checkpoint
+
+    state, stored_cfg, _ = read_checkpoint(path)
+    if stored_cfg is None:
+        raise ConfigError(f"--init {path}: the file carries no model config")
+    ours, theirs = model.cfg.to_dict(), stored_cfg.to_dict()
+    same_head = ours.pop("relation_head", "map") == theirs.pop("relation_head", "map")
+    if ours != theirs:
+        raise ConfigError(f"--init {path} holds a different architecture ({stored_cfg.name}) than {model.cfg.name}")
+    if not same_head:
+        state = {k: v for k, v in state.items() if not k.startswith(FRESH_WITH_NEW_HEAD)}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(FRESH_WITH_NEW_HEAD)})
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
 
 
 def frozen_count(model: ZSEModel, cfg: TrainConfig) -> int:
@@ -279,14 +314,14 @@ class Trainer:
     def anchor_bank(self) -> None:
         """Fits the anchored [Ret] space on the training photos' ImageNet features (a fresh run only) and
         keeps their [Ret] embeddings, with labels, as the bank that sketch [Ret]s are contrasted with."""
-        if self.model.ret is None:
+        if self.model.ret is None or self.cfg.train_only == "relation":  # no [Ret] loss: no bank
             return
         photos = self.data["train_photos"][:, 0]  # plain views
         tokens = self.model.tokens
         pooled = torch.cat(
             [tokens.to_tokens(tokens.features(x.float(), "photo", start=self.start))[1] for x in photos.split(128)]
         )
-        if self.epoch == 0:
+        if self.epoch == 0 and self.cfg.init is None:  # loaded weights bring their [Ret] space
             self.model.ret.fit(pooled)
         emb = F.normalize(self.model.ret(pooled, "photo"), dim=-1)
         self.bank = (emb, self.data["train_photos_labels"])
@@ -313,8 +348,10 @@ class Trainer:
             if len(swap):
                 sk[swap] = d["train_doodles"][picks, rng.integers(0, cfg.views, len(swap))]
         ph = torch.cat([d["train_photos"][quad[:, 2], view[:, 2]], d["train_photos"][quad[:, 3], view[:, 3]]])
-        sketch_tokens = tokens_from_cache(self.model, sk, "sketch", self.start)  # [sketch; sketch_neg]
-        photo_tokens = tokens_from_cache(self.model, ph, "photo", self.start)  # [photo; photo_neg]
+        head_only = cfg.train_only == "relation"
+        with torch.set_grad_enabled(not head_only):  # a frozen encoder needs no graph: only the head's backward
+            sketch_tokens = tokens_from_cache(self.model, sk, "sketch", self.start)  # [sketch; sketch_neg]
+            photo_tokens = tokens_from_cache(self.model, ph, "photo", self.start)  # [photo; photo_neg]
         sketch_ca, photo_ca, scores = self.model.pair_forward(sketch_tokens, photo_tokens)
         losses = zse_losses(torch.cat([sketch_ca[:, 0], photo_ca[:, 0]]), scores, cfg.margin)
         if cfg.rn_rank_weight > 0:  # the relation network ranks each sketch's photos among all 2b of the step
@@ -324,7 +361,7 @@ class Trainer:
             log_prob = logits.log_softmax(dim=1)
             losses["rn_rank"] = cfg.rn_rank_weight * -((log_prob * positive).sum(1) / positive.sum(1)).mean()
             losses["total"] = losses["total"] + losses["rn_rank"]
-        if cfg.ret_weight > 0:
+        if cfg.ret_weight > 0 and not head_only:
             lab = torch.from_numpy(
                 np.concatenate([sk_lab[quad[:, 0]], sk_lab[quad[:, 1]], ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
             )
@@ -383,8 +420,25 @@ class Trainer:
             key = settings_key(settings)
             out[key] = float(np.mean([out[f"val_{q}_" + key.removeprefix("val_")] for q in sets]))
         out["val_score"] = max(out[settings_key(s)] for s in grid)
-        self.model.train()
+        # the relation network's own ranking, mean over the query sets that rank every pair
+        out["val_rn_score"] = float(np.mean([out[k] for k in out if k.endswith("map_rn")]))
+        self.train_mode()
         return out
+
+    @property
+    def selection_key(self) -> str:
+        """The validation figure that picks ``best.safetensors``: with ``train_only="relation"`` the
+        [Ret] ranking is fixed by construction, so the relation network's own mAP decides."""
+        return "val_rn_score" if self.cfg.train_only == "relation" else "val_score"
+
+    def train_mode(self) -> None:
+        """Training mode, except that with ``train_only="relation"`` everything before cross-attention stays in
+        eval mode: no dropout, no BatchNorm statistics updated, so the [Ret] and tokens stay the loaded ones."""
+        self.model.train()
+        if self.cfg.train_only == "relation":
+            for module in (self.model.tokens, self.model.encoder, self.model.ret):
+                if module is not None:
+                    module.eval()
 
     def _rank_metrics(
         self, sk, ql, ph, gl, prefix: str, setting_prefix: str, grid: list[RankSettings], full_relation: bool = False
@@ -438,7 +492,7 @@ class Trainer:
         }
         with atomic_path(self.out / "last.pth") as tmp:
             torch.save(state, tmp)
-        score = metrics["val_score"]
+        score = metrics[self.selection_key]
         if score > self.best:
             self.best = score
             best_key = max((settings_key(s) for s in validation_grid()), key=metrics.get)
@@ -466,7 +520,7 @@ class Trainer:
             self.resume()
         self.caches()
         self.anchor_bank()
-        self.model.train()
+        self.train_mode()
         steps = self.cfg.steps_per_epoch
         with progress(self.cfg.epochs * steps, "training", done=self.epoch * steps) as advance:
             while self.epoch < self.cfg.epochs:
