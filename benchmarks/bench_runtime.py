@@ -124,17 +124,6 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def first_per_class(labels, n: int) -> list[int]:
-    """Positions of the first ``n`` items of every label."""
-    seen: dict = {}
-    out = []
-    for i, label in enumerate(labels):
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] <= n:
-            out.append(i)
-    return out
-
-
 def top10_overlap(reference: np.ndarray, scores: np.ndarray) -> float:
     """Mean share of each row's 10 best (by ``reference``) that are also among its 10 best by ``scores``."""
     top = [np.argsort(-x, axis=1, kind="stable")[:, :10] for x in (reference, scores)]
@@ -345,6 +334,7 @@ def bench_bf16(lite, sketches_per_class: int) -> dict:
     """torch-bf16 vs fp32 PyTorch, zse-lite0 on unseen-25: the ann ranking of every sketch over every photo,
     and the exhaustive relation ranking of ``sketches_per_class`` sketches per class over every photo."""
     from sketchfind.evaluate import encode_files
+    from sketchfind.protocols import first_per_class
     from sketchfind.rerank import RankSettings
     from sketchfind.runtime import load_runtime
 

@@ -376,7 +376,7 @@ def _ret(tokens: np.ndarray) -> np.ndarray:
     return tokens[:, 0] / np.maximum(np.linalg.norm(tokens[:, 0], axis=1, keepdims=True), 1e-12)
 
 
-def _every(labels: np.ndarray, per_class: int | None) -> np.ndarray:
+def first_per_class(labels, per_class: int | None) -> np.ndarray:
     """Indices of the first ``per_class`` items of each label (all when None)."""
     if per_class is None:
         return np.arange(len(labels))
@@ -470,7 +470,7 @@ def run_protocols(
 
     report: dict = {"settings": {"ann": settings.__dict__, "classes": len(classes)}, "retrieval": {}}
     tokens, refused = encode_drawings(model, sketch_files, prepare, cache=cache)
-    rn_rows = _every(sketch_labels, rn_per_class)
+    rn_rows = first_per_class(sketch_labels, rn_per_class)
     galleries = {"standard": in_query, **({"mixed": np.ones(len(photo_labels), bool)} if mixed else {})}
     query_sets = [("sketches", tokens, refused, sketch_labels, rn_rows)]
     if doodle_dir is not None:
@@ -480,7 +480,7 @@ def run_protocols(
         d_tokens, d_refused = encode_drawings(model, [render_doodle(s) for s in strokes], prepare, cache=cache)
         doodle_labels = np.asarray(doodle_labels)
         galleries_d = np.isin(photo_labels, np.unique(doodle_labels))
-        query_sets.append(("doodles", d_tokens, d_refused, doodle_labels, _every(doodle_labels, rn_per_class)))
+        query_sets.append(("doodles", d_tokens, d_refused, doodle_labels, first_per_class(doodle_labels, rn_per_class)))
     for set_name, q_tokens, q_refused, q_labels, rows in query_sets:
         for gallery_name, mask in galleries.items():
             if set_name == "doodles" and gallery_name == "standard":
@@ -534,7 +534,7 @@ def perturbation_suite(
     """mAP@all (ann) of the clean and each perturbed query set and the relative drop; refused queries count 0."""
     from .preprocess import read_sketch_rgb
 
-    rows = _every(sketch_labels, per_class)
+    rows = first_per_class(sketch_labels, per_class)
     labels = sketch_labels[rows]
     originals = [read_sketch_rgb(sketch_files[i]) for i in rows]
 

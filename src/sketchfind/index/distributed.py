@@ -440,7 +440,6 @@ class _EncoderActor:
         self.model_pre, self.clip_pre = model.cfg.preprocess, getattr(self.emb, "preprocess", None)
 
     def __call__(self, batch: dict) -> dict:
-
         if self.error is not None:
             raise self.error
         n = len(batch["outcome"])
