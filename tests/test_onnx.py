@@ -31,8 +31,13 @@ def lite():
 
 
 @pytest.fixture(scope="module")
-def lite_onnx(lite, tmp_path_factory):
-    return load_runtime(lite, "onnx", cache_dir=tmp_path_factory.mktemp("onnx-cache"))
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def lite_onnx(lite, onnx_cache):
+    return load_runtime(lite, "onnx", cache_dir=onnx_cache)
 
 
 def _images(kind: str, per_class: int, pre) -> torch.Tensor:
@@ -60,6 +65,19 @@ def test_lite_encoders_and_head_match_pytorch_on_real_images(lite, lite_onnx):
         assert got.shape == want.shape == (12, 24)
         assert (got - want).abs().max() <= SCORES
         assert torch.equal(lite_onnx.retrieval_embedding(sk), lite.retrieval_embedding(sk))
+
+
+def test_same_padding_is_folded_into_the_convolutions(lite, lite_onnx, onnx_cache):
+    import onnx
+
+    for graph in ("sketch", "photo"):
+        nodes = onnx.load(str(cached_export(lite, onnx_cache)[graph])).graph.node
+        assert not [n for n in nodes if n.op_type == "Pad"]  # no separate copy of the activations
+        pads = [list(a.ints) for n in nodes if n.op_type == "Conv" for a in n.attribute if a.name == "pads"]
+        assert [0, 0, 1, 1] in pads  # the 3x3 stride-2 "SAME" padding: one extra row and column at the end
+    # the exported graphs are for the model's image size (its pads are constants): other sizes are refused
+    with pytest.raises(ValueError, match="224"):
+        lite_onnx.encode_with_global(torch.zeros(1, 3, 200, 200), "sketch")
 
 
 def test_export_leaves_the_model_in_eval_mode(lite, lite_onnx):

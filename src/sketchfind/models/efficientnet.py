@@ -98,7 +98,9 @@ def group_repeats(config: LiteConfig) -> list[int]:
 def pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     """Zero-pad like TensorFlow's "SAME": output side ceil(H / stride), extra pixel at the end."""
     pads = []
-    for size in (x.shape[-1], x.shape[-2]):  # F.pad wants the last dim first
+    # int(): plain numbers also when traced for ONNX export, so the exported pads are constants that ONNX
+    # Runtime folds into the next convolution (an exported graph's image size is fixed anyway)
+    for size in (int(x.shape[-1]), int(x.shape[-2])):  # F.pad wants the last dim first
         total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
         pads += [total // 2, total - total // 2]
     return F.pad(x, pads)

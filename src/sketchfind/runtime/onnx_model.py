@@ -61,6 +61,9 @@ class OnnxModel(Encodes):
         """(B, 3, S, S) images -> (tokens (B, T, D), global embedding (B, G)), as ZSEModel."""
         if modality not in ("sketch", "photo"):
             raise ValueError(f"unknown modality {modality!r}")
+        size = self.cfg.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"the exported encoders take (B, 3, {size}, {size}) images, not {tuple(images.shape)}")
         tokens, global_emb = self.sessions[modality].run(None, {"images": _array(images)})
         return torch.from_numpy(tokens), torch.from_numpy(global_emb)
 

@@ -189,7 +189,8 @@ def _needed_ranges(ranges: dict, graph_path: Path, recipe: Int8Recipe) -> dict:
 
     graph = onnx.load(str(graph_path), load_external_data=False).graph
     chosen = set(recipe.nodes(graph))
-    names = {t for n in graph.node if n.name in chosen for t in (*n.input, *n.output)}
+    constants = {t for n in graph.node if n.op_type == "Constant" for t in n.output}  # weights: no range needed
+    names = {t for n in graph.node if n.name in chosen for t in (*n.input, *n.output)} - constants
     return {**ranges, "data": {k: v for k, v in ranges["data"].items() if k in names}}
 
 
