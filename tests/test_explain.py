@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 import sketchfind
+from sketchfind import search as search_module
 from sketchfind.explain import DISPLAY_SIZE, colorize, explain, explain_tokens, png_bytes
 from sketchfind.models import create_model
 from sketchfind.preprocess import preprocess_photo, sketch_array, to_tensor
@@ -142,9 +143,11 @@ def lite_index(tmp_path_factory):
 
 def test_ann_explains_the_similarity_it_ranked_by(lite_index):
     """ann's score is the [Ret] cosine of the expanded query: the explanation splits that very number over
-    the photo's cells (they add up to it), so the heat shows where the photo holds what was matched."""
+    the photo's cells (they add up to it), so the heat shows where the photo holds what was matched. With the
+    neighbour augmentation the score also counts the photo's nearest photos: the cells hold the photo's own
+    part, its cosine with the query the augmented head was scored with."""
     index, model = lite_index
-    with sketchfind.Searcher.open(index, model, runtime="torch") as searcher:
+    with sketchfind.Searcher.open(index, model, runtime="torch", dba_top=0) as searcher:
         hits = searcher.search(SKETCH, k=3, strategy="ann").hits
         explanation, images = searcher.explain(SKETCH, hits[0].photo_id)
         assert explanation.source == "ret" and explanation.grid == 7
@@ -154,6 +157,15 @@ def test_ann_explains_the_similarity_it_ranked_by(lite_index):
         assert set(images) == {"sketch", "photo", "combined"}
         relation, _ = searcher.explain(SKETCH, hits[0].photo_id, strategy="exhaustive")
         assert relation.source == "cosine" and 0 < relation.score < 1  # the relation network's own score
+    with sketchfind.Searcher.open(index, model, runtime="torch") as augmented:
+        hit = augmented.search(SKETCH, k=3, strategy="ann").hits[0]
+        own, _ = augmented.explain(SKETCH, hit.photo_id)
+        _, _, scored = search_module.ann_ranking(
+            augmented.state, augmented.encode_query(SKETCH), augmented.settings.rank, 1
+        )
+        photo_ret = augmented.state.ret_embeddings(np.flatnonzero(augmented.state.snapshot.ids == hit.photo_id))[0]
+        assert own.score == pytest.approx(float(photo_ret @ scored), abs=0.01)
+        assert own.matrix.sum() == pytest.approx(own.score, abs=1e-5)
 
 
 def test_the_ret_heat_points_at_the_drawn_object(lite_index):

@@ -297,6 +297,10 @@ def search_cmd(
     ] = None,
     qe_weight: Annotated[float | None, typer.Option(min=0, help="ann: query expansion weight (0: none)")] = None,
     qe_top: Annotated[int | None, typer.Option(min=1, help="ann: nearest photos averaged into the query")] = None,
+    dba_top: Annotated[
+        int | None, typer.Option(min=0, help="ann: photos ranked again with neighbour-augmented embeddings (0: off)")
+    ] = None,
+    dba_k: Annotated[int | None, typer.Option(min=1, help="ann: neighbours averaged into each of those photos")] = None,
     model: ModelName = None,
     weights: WeightsFile = None,
     runtime: Runtime = None,
@@ -317,6 +321,7 @@ def search_cmd(
     failed, drawn = 0, []
     net = _model_or_none(model, weights)
     ann = {"rerank_k": rerank_k, "fusion": fusion, "qe_weight": qe_weight, "qe_top": qe_top}
+    ann |= {"dba_top": dba_top, "dba_k": dba_k}
     vectors = {"backend": backend, "milvus_uri": milvus_uri, "collection": collection}
     ann_params = parse_ann_params(ann_param)
     with Searcher.open(

@@ -44,7 +44,7 @@ def strategy_scores(
     fusion: float = 0.5,
 ) -> dict[str, np.ndarray]:
     """(Q, D), (P, D) [Ret] embeddings (+ (Q, P) relation scores) -> {ranking: (Q, P) scores}, as ``evaluate``."""
-    cos = pipeline_scores(query_emb, photo_emb, None, RankSettings(qe_weight=0.0))
+    cos = pipeline_scores(query_emb, photo_emb, None, RankSettings(qe_weight=0.0, dba_top=0))
     scores = {"ret": cos, "ann": pipeline_scores(query_emb, photo_emb, relation, settings)}
     if relation is not None:
         scores["rn"] = relation

@@ -4,9 +4,16 @@
        are averaged and added to the sketch's embedding (average query expansion, Chum et al. 2007); photos
        resemble each other far more reliably than a drawing resembles a photo, so a few good first hits
        pull in the rest of their kind;
-    2. the ``rerank_k`` photos nearest to the (expanded) query are re-scored with :func:`fuse`:
+    2. neighbour augmentation (``dba_top > 0``): the ``dba_top`` photos nearest to the expanded query are
+       ranked again with each photo's embedding averaged with those of its ``dba_k`` nearest photos among
+       them (database-side augmentation, Arandjelovic & Zisserman 2012, here over the head only), and the
+       query is expanded again with these augmented embeddings: a photo's own kind votes for it, so a
+       drawing that lands near one photo of a kind finds the rest of it. Validation classes (mAP@all, the
+       mean of sketches and doodles vs their photos and vs a mixed gallery): 0.388 -> 0.429 (see
+       :data:`RankSettings` and the model card);
+    3. the ``rerank_k`` photos first so far are re-scored with :func:`fuse`:
        ``fusion * cosine + (1 - fusion) * relation score`` (no relation network at all when fusion = 1);
-    3. every other photo follows by its cosine.
+    4. every other photo follows by its cosine.
 
 ``Searcher`` runs it on FAISS results; training validation and ``sketchfind eval`` run it on full score
 matrices (:func:`pipeline_scores`). All three call :func:`fuse` with one :class:`RankSettings`, so the
@@ -37,9 +44,14 @@ class RankSettings:
     fusion: float = 1.0  # weight of the [Ret] cosine in the head's score (1 = no relation network)
     qe_top: int = 10  # photos averaged into the expanded query
     qe_weight: float = 0.0  # weight of their mean embedding (0 = no expansion)
+    # neighbour augmentation of the head (0 = off); chosen on the validation classes: 300 photos, 5 neighbours
+    # (100 / 200 / 400 photos: 0.421 / 0.427 / 0.430; 3 / 8 neighbours: 0.424 / 0.427; off: 0.388)
+    dba_top: int = 300
+    dba_k: int = 5
 
     def __post_init__(self):
-        for name, kind in (("rerank_k", int), ("qe_top", int), ("fusion", float), ("qe_weight", float)):
+        fields = (("rerank_k", int), ("qe_top", int), ("fusion", float), ("qe_weight", float), ("dba_top", int))
+        for name, kind in (*fields, ("dba_k", int)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
@@ -48,6 +60,8 @@ class RankSettings:
             object.__setattr__(self, name, kind(value))
         if self.rerank_k < 1 or self.qe_top < 1:
             raise ConfigError("rerank_k and qe_top must be at least 1")
+        if self.dba_top < 0 or self.dba_k < 1:
+            raise ConfigError("dba_top must not be negative (0 = off) and dba_k must be at least 1")
         if not 0 <= self.fusion <= 1 or self.qe_weight < 0:
             raise ConfigError("fusion must lie in [0, 1] and qe_weight must not be negative")
 
@@ -81,6 +95,28 @@ def expand_query(query: np.ndarray, neighbours: np.ndarray, weight: float) -> np
     return normalize(query + weight * normalize(normalize(neighbours).mean(axis=-2)))
 
 
+def augment(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """(M, D) unit embeddings -> (M, D): each one plus its ``k`` nearest others among them, unit length."""
+    m = len(embeddings)
+    k = min(k, m - 1)
+    if k < 1:
+        return embeddings
+    sim = embeddings @ embeddings.T
+    np.fill_diagonal(sim, -np.inf)
+    near = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (M, k): the k nearest, in any order
+    return normalize(embeddings + embeddings[near].sum(axis=1))
+
+
+def augmented_head(query: np.ndarray, head: np.ndarray, settings: RankSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(D,) unit sketch embedding and (M, D) unit embeddings of its head, best first -> ((M,) head scores,
+    (D,) the query they score): the cosine of the augmented head (:func:`augment`) with the query expanded
+    by the first ``qe_top`` of it."""
+    augmented = augment(head, settings.dba_k)
+    if settings.qe_weight > 0:
+        query = expand_query(query, augmented[: settings.qe_top], settings.qe_weight)
+    return augmented @ query, query
+
+
 def fuse(cosine, relation, fusion: float):
     """The head score of ann (and eval's "fused" ranking): ``fusion * cosine + (1 - fusion) * relation``."""
     return fusion * cosine + (1 - fusion) * relation
@@ -96,11 +132,17 @@ def pipeline_scores(
     if settings.qe_weight > 0:
         top = np.argsort(-cos, axis=1, kind="stable")[:, : settings.qe_top]  # (Q, m)
         cos = expand_query(query_emb, photo_emb[top], settings.qe_weight) @ photo_emb.T
+    if settings.dba_top > 0:
+        heads = np.argsort(-cos, axis=1, kind="stable")[:, : settings.dba_top]  # (Q, M)
+        cos = cos - 4.0  # the tail below every head score (cosines lie in [-1, 1])
+        for q, head in enumerate(heads):
+            cos[q, head] = augmented_head(query_emb[q], photo_emb[head], settings)[0]
     if not settings.uses_relation or relation is None:
         return cos
-    head = np.argsort(-cos, axis=1, kind="stable")[:, : settings.rerank_k]  # (Q, K')
+    k_rel = min(settings.rerank_k, settings.dba_top) if settings.dba_top > 0 else settings.rerank_k
+    head = np.argsort(-cos, axis=1, kind="stable")[:, :k_rel]  # (Q, K'), within the augmented head
     rows = np.arange(len(cos))[:, None]
-    out = cos - 4.0  # cosines lie in [-1, 1], fused head scores in [-1, 2]: the head stays on top
+    out = cos - 8.0  # scores lie in [-5, 1], fused head scores in [-1, 2]: the head stays on top
     out[rows, head] = fuse(cos[rows, head], relation[rows, head], settings.fusion)
     return out
 

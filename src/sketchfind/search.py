@@ -36,7 +36,7 @@ from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .index.vectors import FirstStage, MilvusSpec, backend_spec, shown
 from .models.zse import ZSEModel
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
-from .rerank import RankSettings, expand_query, fuse, normalize
+from .rerank import RankSettings, augmented_head, expand_query, fuse, normalize
 from .runtime import load_runtime
 
 DEFAULT_STRATEGY = "ann"
@@ -138,26 +138,49 @@ def exhaustive(state: SearchState, query: torch.Tensor, k: int | None, settings:
     return order, scores[order], {"rerank": time.perf_counter() - t0}
 
 
-def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> np.ndarray:
-    """The (1, D) vector ann searches with: the sketch's [Ret], expanded with its nearest photos' when
-    ``rank.qe_weight > 0``."""
-    ret = state.model.retrieval_embedding(query).numpy()  # (1, D)
+def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(the sketch's unit [Ret], the vector ann searches with), both (1, D): the [Ret] expanded with its
+    nearest photos' when ``rank.qe_weight > 0``."""
+    ret = normalize(state.model.retrieval_embedding(query).numpy()).astype(np.float32)  # (1, D)
+    searched = ret
     if rank.qe_weight > 0:  # expand the query with its nearest photos, then search again
         _, near = state.first_stage.search(ret, min(len(state.snapshot), rank.qe_top))
         near = near[0][near[0] >= 0]
-        ret = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight).astype(np.float32)
-    return ret
+        searched = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight).astype(np.float32)
+    return ret, searched
+
+
+def ann_ranking(
+    state: SearchState, query: torch.Tensor, rank: RankSettings, want: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ann before the relation-network head -> (the first ``want`` positions, their scores, the (D,) query
+    the first ``dba_top`` of them were scored with): FAISS (or Milvus) with the expanded query, then its
+    first ``dba_top`` photos ranked again with neighbour-augmented embeddings."""
+    n = len(state.snapshot)
+    dba_n = min(rank.dba_top, n)
+    ret, searched = ann_query(state, query, rank)
+    cos, found = first_stage(state.first_stage, searched, max(want, dba_n), n)
+    keep = found[0] >= 0
+    cos, found, scored = cos[0][keep], found[0][keep], searched[0]
+    if dba_n:
+        head = found[:dba_n]
+        scores, scored = augmented_head(ret[0], state.ret_embeddings(head), rank)
+        order = np.argsort(-scores, kind="stable")
+        # the tail keeps its order; its scores are capped so that they never read higher than the head's
+        tail = np.minimum(cos[dba_n:], scores[order[-1]]) if len(order) else cos[dba_n:]
+        found, cos = np.concatenate([head[order], found[dba_n:]]), np.concatenate([scores[order], tail])
+    return found[:want], cos[:want], scored
 
 
 def ann(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
-    """FAISS on [Ret] (with query expansion), the head re-scored by :func:`~sketchfind.rerank.fuse`."""
+    """FAISS on [Ret] (with query expansion), the head ranked again with neighbour-augmented embeddings
+    (:func:`~sketchfind.rerank.augmented_head`), then re-scored by :func:`~sketchfind.rerank.fuse`."""
     t0 = time.perf_counter()
-    rank, n, index = settings.rank, len(state.snapshot), state.first_stage
-    head_n = min(rank.rerank_k, n) if rank.uses_relation else 0
+    rank, n = settings.rank, len(state.snapshot)
+    dba_n = min(rank.dba_top, n)
+    head_n = min(rank.rerank_k, dba_n if dba_n else n) if rank.uses_relation else 0
     want = n if k is None else min(n, max(k, head_n))
-    cos, found = first_stage(index, ann_query(state, query, rank), want, n)
-    keep = found[0] >= 0
-    cos, found = cos[0][keep], found[0][keep]
+    found, cos, _ = ann_ranking(state, query, rank, want)
     t1 = time.perf_counter()
     if head_n:
         head = found[:head_n]
@@ -251,6 +274,8 @@ class Searcher:
         fusion: float | None = None,
         qe_top: int | None = None,
         qe_weight: float | None = None,
+        dba_top: int | None = None,
+        dba_k: int | None = None,
         ann_params: dict | None = None,
         runtime: str | None = None,
         backend: str | None = None,
@@ -259,10 +284,11 @@ class Searcher:
     ) -> Searcher:
         """Opens an index for searching (read-only); ``model=None`` loads the model the index was built with.
         ann settings left as None take the values validated with the model's weights
-        (:class:`~sketchfind.rerank.RankSettings`). ``ann_params`` (e.g. ``{"nprobe": 32}``) override the
-        FAISS search parameters recorded in index_info.json (those that do not apply to the index's type
-        are ignored with a warning). ``runtime``: 'torch', 'onnx', 'onnx-int8', 'torch-bf16' or 'auto' (None:
-        ``$SKETCHFIND_RUNTIME``, else auto; :mod:`sketchfind.runtime`). ``backend`` ('faiss' | 'milvus'),
+        (:class:`~sketchfind.rerank.RankSettings`; ``dba_top=0`` turns the neighbour augmentation off).
+        ``ann_params`` (e.g. ``{"nprobe": 32}``) override the FAISS search parameters recorded in
+        index_info.json (those that do not apply to the index's type are ignored with a warning).
+        ``runtime``: 'torch', 'onnx', 'onnx-int8', 'torch-bf16' or 'auto' (None: ``$SKETCHFIND_RUNTIME``,
+        else auto; :mod:`sketchfind.runtime`). ``backend`` ('faiss' | 'milvus'),
         ``milvus_uri``, ``collection``: where ann's first stage searches (default: what the index records)."""
         root = Path(index_dir)
         store = IndexStore.open(root)
@@ -271,7 +297,7 @@ class Searcher:
                 model = load_index_model(store.meta["model"], root)
             check_model(store.meta["model"], model, root)
             rank = RankSettings.from_metadata(model.weights_metadata).updated(
-                rerank_k=rerank_k, fusion=fusion, qe_top=qe_top, qe_weight=qe_weight
+                rerank_k=rerank_k, fusion=fusion, qe_top=qe_top, qe_weight=qe_weight, dba_top=dba_top, dba_k=dba_k
             )
             params = {**default_search_params(store.meta.get("ann_type", DEFAULT_ANN)), **(ann_params or {})}
             settings = SearchSettings(strategy, rank, params)
@@ -454,9 +480,10 @@ class Searcher:
         query = self._encode_array(squared)
         with torch.no_grad():  # not inference mode: the [Ret] explanation takes a gradient on the sketch side
             if strategy == "ann" and explains_ret(self.model) and len(self):
-                explanation = explain_ret(
-                    self.model, squared, photo, ann_query(self._state, query, self.settings.rank)[0]
-                )
+                # the query that scored the photo (expanded, and again with the augmented head); the photo's own
+                # share of an augmented score (the rest comes from its nearest photos) is what its cells hold
+                scored = ann_ranking(self._state, query, self.settings.rank, 1)[2]
+                explanation = explain_ret(self.model, squared, photo, scored)
             else:
                 explanation = explain_tokens(self.model, query, self.photo_tokens([photo_id]), squared)
         return explanation, render(explanation, squared, photo)
