@@ -25,18 +25,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
 from .errors import ConfigError, IndexStoreError
-from .index.ann import first_stage, set_search_params
+from .index.ann import first_stage, is_approximate, set_search_params
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
 from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .index.vectors import FirstStage, MilvusSpec, backend_spec, shown
 from .models.zse import ZSEModel
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
-from .rerank import RankSettings, augmented_head, expand_query, fuse, normalize
+from .rerank import RankSettings, expand_query, fuse, normalize, rank_head
 from .runtime import load_runtime
 
 DEFAULT_STRATEGY = "ann"
@@ -110,7 +111,11 @@ class SearchState:
         return self.model.relation_scores(query, tokens)[0].float().numpy()
 
     def ret_embeddings(self, positions: np.ndarray) -> np.ndarray:
-        """(n, D) unit [Ret] embeddings of the photos at these positions, as stored."""
+        """(n, D) unit [Ret] embeddings of the photos at these positions: from the exact FAISS index's codes
+        in memory when ann searches one (128 bytes a photo), else decoded from the stored tokens."""
+        index = self.first_stage
+        if isinstance(index, faiss.Index) and not is_approximate(index) and len(positions):
+            return normalize(index.reconstruct_batch(np.asarray(positions, np.int64)))
         return normalize(self.store.codec.decode_first(self.store.read_codes(self.snapshot, positions)))
 
 
@@ -163,18 +168,16 @@ def ann_ranking(
     keep = found[0] >= 0
     cos, found, scored = cos[0][keep], found[0][keep], searched[0]
     if dba_n:
-        head = found[:dba_n]
-        scores, scored = augmented_head(ret[0], state.ret_embeddings(head), rank)
-        order = np.argsort(-scores, kind="stable")
+        head, scores, scored = rank_head(ret[0], found[:dba_n], state.ret_embeddings(found[:dba_n]), rank)
         # the tail keeps its order; its scores are capped so that they never read higher than the head's
-        tail = np.minimum(cos[dba_n:], scores[order[-1]]) if len(order) else cos[dba_n:]
-        found, cos = np.concatenate([head[order], found[dba_n:]]), np.concatenate([scores[order], tail])
+        tail = np.minimum(cos[dba_n:], scores[-1]) if len(scores) else cos[dba_n:]
+        found, cos = np.concatenate([head, found[dba_n:]]), np.concatenate([scores, tail])
     return found[:want], cos[:want], scored
 
 
 def ann(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
     """FAISS on [Ret] (with query expansion), the head ranked again with neighbour-augmented embeddings
-    (:func:`~sketchfind.rerank.augmented_head`), then re-scored by :func:`~sketchfind.rerank.fuse`."""
+    (:func:`~sketchfind.rerank.rank_head`), then re-scored by :func:`~sketchfind.rerank.fuse`."""
     t0 = time.perf_counter()
     rank, n = settings.rank, len(state.snapshot)
     dba_n = min(rank.dba_top, n)
