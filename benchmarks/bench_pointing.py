@@ -10,6 +10,8 @@ photo), one per photo. Heat-maps compared (all 7x7 on the photo as the model see
   ret_sketch         exact [Ret] attribution (sketchfind.attribution) of the sketch's own [Ret] cosine
   ret_expanded       the same for the expanded query the default ann search scores (query expansion on
                      the gallery of the protocol's classes)
+  ret_augmented      the same for the query the neighbour-augmented head is scored with (what explanations
+                     of the default ann search split: the photo's own share of its score)
   photo_norm         reference, no sketch at all: backbone feature norm per cell (saliency)
   centre             reference, no image at all: distance to the centre (a centred-object prior)
 Results: benchmarks/results/pointing[-seen].{json,md}.
@@ -44,7 +46,7 @@ def main() -> None:
         prepare_drawings,
         sketch_photo_pairs,
     )
-    from sketchfind.rerank import RankSettings, expand_query, normalize
+    from sketchfind.rerank import RankSettings, expand_query, normalize, rank_head
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None)
@@ -71,7 +73,8 @@ def main() -> None:
     def heat_maps(pairs: list) -> tuple[dict[str, np.ndarray], list]:
         sketch_tokens, _ = encode_drawings(model, [s for s, _, _ in pairs], cache=cache)
         squared, _ = prepare_drawings(model, [s for s, _, _ in pairs])
-        heats: dict[str, list] = {k: [] for k in ("rn_cosine", "cross_attention", "ret_sketch", "ret_expanded")}
+        names = ("rn_cosine", "cross_attention", "ret_sketch", "ret_expanded", "ret_augmented")
+        heats: dict[str, list] = {k: [] for k in names}
         heats |= {"photo_norm": [], "centre": []}
         with torch.inference_mode():
             for i, (_, photo, _) in enumerate(pairs):
@@ -80,7 +83,7 @@ def main() -> None:
                 feats = model.tokens.features(image, "photo")
                 ph, _ = model.encode_tokens(*model.tokens.to_tokens(feats), "photo")
                 heats["rn_cosine"].append(explain_tokens(model, sk, ph, squared[i]).photo_heat)
-                inked = _inked_cells(squared[i], 7)
+                inked = _inked_cells(squared[i], 7, model.cfg.preprocess)
                 attention = _attention_matrix(model, sk, ph).numpy()
                 heats["cross_attention"].append(attention[inked].max(0).reshape(7, 7))
                 query = normalize(sketch_tokens[i, 0])
@@ -88,6 +91,9 @@ def main() -> None:
                 top = np.argsort(-(gallery_emb @ query), kind="stable")[: settings.qe_top]
                 expanded = expand_query(query, gallery_emb[top], settings.qe_weight) if settings.qe_weight else query
                 heats["ret_expanded"].append(ret_photo_heat(model, feats, torch.from_numpy(expanded))[0])
+                head = np.argsort(-(gallery_emb @ expanded), kind="stable")[: settings.dba_top]
+                _, _, scored = rank_head(query, head, gallery_emb[head], settings)
+                heats["ret_augmented"].append(ret_photo_heat(model, feats, torch.from_numpy(scored))[0])
                 heats["photo_norm"].append(feats[0].norm(dim=0).numpy())
                 heats["centre"].append(centre)
         return {k: np.stack(v) for k, v in heats.items()}, squared
