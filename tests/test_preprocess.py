@@ -154,6 +154,26 @@ def test_photo_array_is_the_photo_pipeline_before_normalising():
         np.testing.assert_array_equal(array, undone)
 
 
+def test_large_photos_are_decoded_reduced_and_look_the_same():
+    # a camera-sized JPEG (a real photo enlarged to 3200 x 2400): decoded at a DCT scale of at least twice the
+    # model's side, then resized as usual; the result is within a few grey levels of the full decode
+    real = Image.open(sorted((SKETCHY / "photos" / "cup").glob("*.jpg"))[0]).convert("RGB")
+    buffer = io.BytesIO()
+    real.resize((3200, 2400), Image.BICUBIC).save(buffer, format="JPEG", quality=92)
+    data = buffer.getvalue()
+    full = np.array(read_photo(data).resize((224, 224)).convert("RGB")).astype(int)
+    reduced = photo_array(data, CFG).astype(int)
+    assert read_photo(data, max_side=448).size == (800, 600)  # a quarter-scale decode: both sides >= 448
+    assert np.abs(reduced - full).max() <= 8 and np.abs(reduced - full).mean() < 1.0
+    # below twice the model's side nothing changes: a 400 px photo is decoded whole, bit for bit as before
+    buffer = io.BytesIO()
+    real.resize((400, 400), Image.BICUBIC).save(buffer, format="JPEG", quality=92)
+    small = buffer.getvalue()
+    np.testing.assert_array_equal(
+        photo_array(small, CFG), np.array(read_photo(small).resize((224, 224)).convert("RGB"))
+    )
+
+
 def test_ink_mask_on_a_real_sketch_bounds_the_crop():
     path = sorted((SKETCHY / "sketches" / "airplane").glob("*.png"))[0]
     rgb = read_sketch_rgb(path)

@@ -35,6 +35,7 @@ from ..errors import IncompleteIndexError, IndexStoreError, SketchfindError
 from ..models.factory import model_fingerprint
 from ..models.zse import ZSEModel
 from ..preprocess import MAX_FILE_BYTES, PHOTO_SUFFIXES, photo_array, preprocess_photo, read_photo
+from ..preprocess.pipeline import PHOTO_DECODE_FACTOR
 from ..progress import progress as progress_bar
 from ..runtime import load_runtime
 from .ann import AUTO
@@ -238,7 +239,9 @@ def _load_one(path: Path, known: tuple | None, model_pre, clip_pre, label_from_f
         sha = hashlib.sha256(data).digest()
         if known is not None and known[3] == sha:
             return "same", known[0], stat.st_mtime_ns, str(path)
-        image = read_photo(data, str(path))
+        # decoded once for both embeddings, reduced as photo_array would for the larger of the two input sides
+        side = max(pre.image_size for pre in (model_pre, clip_pre) if pre is not None)
+        image = read_photo(data, str(path), max_side=PHOTO_DECODE_FACTOR * side)
         prepare = photo_array if arrays else preprocess_photo
         x = prepare(image, model_pre)
         y = prepare(image, clip_pre) if clip_pre is not None else None

@@ -140,7 +140,9 @@ def read_photo(source: Any, name: str | None = None, max_side: int | None = None
     if raster_format(data) is None:
         raise NotAPhotoError(f"{name} is not an image in a photo format (PNG, JPEG, WebP, BMP)")
     image = _open_image(data, name)
-    if max_side is not None and image.format == "JPEG":
+    if max_side is not None and image.format == "JPEG" and min(image.size) >= 2 * max_side:
+        # only when a DCT scale of 1/2 or less applies: Pillow's draft mode also decodes with a faster, less
+        # exact IDCT, which would change the pixels of a photo that cannot be reduced at all
         image.draft("RGB", (max_side, max_side))
     _load(image, name)
     factor = min(image.size) // max_side if max_side else 1
