@@ -51,8 +51,8 @@ class RankSettings:
     dba_k: int = 5
 
     def __post_init__(self):
-        fields = (("rerank_k", int), ("qe_top", int), ("fusion", float), ("qe_weight", float), ("dba_top", int))
-        for name, kind in (*fields, ("dba_k", int)):
+        kinds = {"rerank_k": int, "qe_top": int, "fusion": float, "qe_weight": float, "dba_top": int, "dba_k": int}
+        for name, kind in kinds.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
