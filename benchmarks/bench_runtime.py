@@ -103,7 +103,7 @@ def bench_query(models: dict, reps: int) -> dict:
         model = models[name]
         image = preprocess_sketch(next(it[name]), model.cfg.preprocess)
         with torch.inference_mode():
-            model.encode_sketch(image.unsqueeze(0).contiguous(memory_format=torch.channels_last))
+            model.encode_sketch(image.unsqueeze(0))
 
     times = alternate({name: (lambda n=name: query(n)) for name in models}, reps)
     return {name: {"p50_ms": p(t, 50), "p90_ms": p(t, 90)} for name, t in times.items()}
@@ -185,7 +185,6 @@ def bench_int8(models: dict, reps: int) -> dict:
             "bench_int8 ranks by [Ret] + expansion only: these weights' ann ranking uses the relation head"
         )
     photos = torch.stack([preprocess_photo(f, pre) for f in files("photos", unseen(), 2)[:32]])
-    photos = photos.contiguous(memory_format=torch.channels_last)
     sketch = preprocess_sketch(files("sketches", unseen(), 1)[0], pre).unsqueeze(0)
     res = {"settings": {k: getattr(settings, k) for k in ("rerank_k", "fusion", "qe_top", "qe_weight")}}
     with torch.inference_mode():
@@ -264,7 +263,7 @@ def bench_full(reps: int, pairs: int, cache: Path) -> dict:
     export_s = time.perf_counter() - t0
     if native_bf16():
         nets["torch-bf16"] = load_runtime(model, "torch-bf16")
-    image = torch.randn(1, 3, 224, 224).contiguous(memory_format=torch.channels_last)  # as the Searcher passes it
+    image = torch.randn(1, 3, 224, 224)  # NCHW, as the Searcher passes it
     sk = torch.randn(1, model.cfg.num_tokens, model.cfg.width)
     ph = torch.randn(pairs, model.cfg.num_tokens, model.cfg.width)
     with torch.inference_mode():

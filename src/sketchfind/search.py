@@ -427,7 +427,7 @@ class Searcher:
     def _encode_array(self, squared: np.ndarray) -> torch.Tensor:
         image = to_tensor(squared, self.model.cfg.preprocess).unsqueeze(0)
         with torch.inference_mode():
-            return self.model.encode_sketch(image.contiguous(memory_format=torch.channels_last))
+            return self.model.encode_sketch(image)
 
     def search(self, source, k: int | None = 20, strategy: str | None = None) -> SearchResult:
         """Ranks the gallery for one sketch: the best ``k`` photos (``k=None``: the whole gallery)."""

@@ -68,6 +68,7 @@ class Bf16Model(Encodes):
     def encode_with_global(self, images: torch.Tensor, modality: str = "photo") -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) images -> (tokens (B, T, D), global embedding (B, G)) in float32, computed in bf16."""
         if self.fp32_backbone:
+            images = images.contiguous(memory_format=torch.channels_last)  # as ZSEModel.encode_with_global
             patch_tokens, pooled = self.half.tokens(images, modality)  # fp32: (B, N, D), (B, C)
             tokens, global_emb = self.half.encode_tokens(patch_tokens.to(torch.bfloat16), pooled, modality)
         else:
