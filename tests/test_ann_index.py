@@ -41,29 +41,6 @@ def test_auto_is_the_exact_scan_below_the_threshold():
     assert np.array_equal(first.index.search(queries, 50)[1], exact.search(queries, 50)[1])
 
 
-def test_the_exact_scan_split_across_threads_finds_the_same_photos_and_scores():
-    x = mixture(ann.PARALLEL_FROM + 5001)  # an odd count: shards of unequal length
-    exact = faiss.index_factory(x.shape[1], "SQ8", faiss.METRIC_INNER_PRODUCT)
-    exact.train(x)
-    exact.add(x)
-    split = ann.parallel_scan(exact, 2)
-    assert isinstance(split, faiss.IndexShards) and split.ntotal == exact.ntotal and split.count() == 2
-    queries = mixture(8, seed=5)
-    for k in (10, 300, len(x)):  # the expansion's few, ann's head, a whole-gallery ranking
-        (want_s, want_i), (got_s, got_i) = exact.search(queries, k), split.search(queries, k)
-        assert np.array_equal(got_i, want_i) and np.array_equal(got_s, want_s)
-    # one thread, a short gallery or an approximate index: searched as it is
-    assert ann.parallel_scan(exact, 1) is exact
-    short = faiss.index_factory(x.shape[1], "SQ8", faiss.METRIC_INNER_PRODUCT)
-    short.train(x)
-    short.add(x[:1000])
-    assert ann.parallel_scan(short, 2) is short
-    approx = faiss.index_factory(x.shape[1], "IVF16,SQ8", faiss.METRIC_INNER_PRODUCT)
-    approx.train(x)
-    approx.add(x)
-    assert ann.parallel_scan(approx, 2) is approx
-
-
 def test_auto_above_the_threshold_keeps_recall_on_new_queries(monkeypatch):
     monkeypatch.setattr(ann, "APPROX_FROM", 10_000)
     x = mixture(20_000)

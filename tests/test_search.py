@@ -216,26 +216,6 @@ def test_ann_with_query_expansion_is_the_rerank_pipeline(model, query, tmp_path)
         assert [h.photo_id for h in hits] == [int(ids[i]) for i in np.argsort(-cos, kind="stable")]
 
 
-def test_ann_ranks_the_same_through_the_exact_scan_split_across_threads(index_dir, model, query, monkeypatch):
-    from sketchfind.index import ann
-
-    with Searcher.open(index_dir, model) as plain:
-        assert plain.state.first_stage is plain.state.artefacts.ann  # 32 photos: one scan
-        want = [(h.photo_id, h.score) for h in plain.search_tokens(query, k=None, strategy="ann")[0]]
-        monkeypatch.setattr(ann, "PARALLEL_FROM", 10)
-        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on the 2-core machine, whatever this one has
-        plain.refresh(force=True)
-        assert isinstance(plain.state.first_stage, faiss.IndexShards)
-        got = [(h.photo_id, h.score) for h in plain.search_tokens(query, k=None, strategy="ann")[0]]
-        assert got == want
-        ids = plain.state.snapshot.ids[[3, 17, 30]]
-        np.testing.assert_allclose(  # [Ret] read back from the codes, as before the split
-            plain.state.ret_embeddings(np.array([3, 17, 30])),
-            torch.nn.functional.normalize(plain.photo_tokens(ids)[:, 0], dim=-1).numpy(),
-            atol=0.02,
-        )
-
-
 def test_ann_settings_come_from_the_weights_metadata(index_dir, model):
     saved = model.weights_metadata
     model.weights_metadata = {"fusion": "0.75", "qe_top": "4", "qe_weight": "1.5", "rerank_k": "7"}

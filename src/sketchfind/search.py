@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, IndexStoreError
-from .index.ann import first_stage, is_approximate, parallel_scan, set_search_params
+from .index.ann import first_stage, is_approximate, set_search_params
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
 from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
@@ -113,8 +113,8 @@ class SearchState:
     def ret_embeddings(self, positions: np.ndarray) -> np.ndarray:
         """(n, D) unit [Ret] embeddings of the photos at these positions: from the exact FAISS index's codes
         in memory when ann searches one (128 bytes a photo), else decoded from the stored tokens."""
-        index = self.artefacts.ann if isinstance(self.first_stage, faiss.Index) else None  # not through Milvus
-        if index is not None and not is_approximate(index) and len(positions):
+        index = self.first_stage
+        if isinstance(index, faiss.Index) and not is_approximate(index) and len(positions):
             return normalize(index.reconstruct_batch(np.asarray(positions, np.int64)))
         return normalize(self.store.codec.decode_first(self.store.read_codes(self.snapshot, positions)))
 
@@ -365,12 +365,11 @@ class Searcher:
             if art.ann is not None:  # explicit, never inherited from the file: as recorded, then as asked
                 set_search_params(art.ann, {**art.info["ann"].get("search_params", {}), **self.settings.ann_params})
             clusters = art.clusters
+            first_stage = art.ann
             if self._milvus is not None:
                 from .index.milvus import MilvusFirstStage
 
                 first_stage = MilvusFirstStage(self._milvus, self.store, snap)
-            else:  # FAISS: a long exact scan searched on every thread
-                first_stage = None if art.ann is None else parallel_scan(art.ann, torch.get_num_threads())
             self._state = SearchState(
                 store=self.store,
                 model=self.model,

@@ -33,7 +33,6 @@ log = logging.getLogger("sketchfind")
 AUTO = "auto"  # the default ann_type: exact below APPROX_FROM photos, approximate above
 EXACT_TYPE = "SQ8"  # exact scan over 8-bit codes: 128 B/photo, ~1 ms per 70k photos
 APPROX_FROM = 200_000  # photos; below, the exact scan costs a few ms (benchmarks/results/first_stage.md)
-PARALLEL_FROM = 32_768  # photos from which one query's exact scan is split across threads (parallel_scan)
 RECALL_K = 100
 RECALL_TARGET = 0.95  # recall@100 against the exact ranking, for the queries ann ranks with
 # tuning queries are gallery vectors, which find their neighbours more easily than a sketch's expanded
@@ -126,27 +125,6 @@ def set_search_params(index: faiss.Index, params: dict) -> dict:
         except RuntimeError:
             log.warning("search parameter %s=%s does not apply to this %s index; ignored", name, value, type(index))
     return applied
-
-
-def parallel_scan(index: faiss.Index, threads: int) -> faiss.Index:
-    """The exact SQ8 index split into ``threads`` shards that FAISS scans in parallel, for searching: FAISS
-    scans the codes for one query on one thread (its threads split a batch by query), so one sketch's scan of
-    70k photos takes ~1 ms on one of 2 cores and ~0.7 ms on both. The same ids and scores as ``index``, a
-    copy of its codes (reconstruct from ``index``: shards cannot); ``index`` itself below
-    :data:`PARALLEL_FROM` photos, with one thread, or when it is not the exact scan."""
-    inner = faiss.downcast_index(index)
-    n = index.ntotal
-    if threads < 2 or n < PARALLEL_FROM or type(inner) is not faiss.IndexScalarQuantizer:
-        return index
-    codes = faiss.vector_to_array(inner.codes).reshape(n, inner.code_size)
-    shards = faiss.IndexShards(inner.d, True, True)  # threaded, successive ids: shard i holds rows after i - 1's
-    for part in np.array_split(codes, threads):
-        shard = faiss.IndexScalarQuantizer(inner.d, inner.sq.qtype, inner.metric_type)
-        shard.sq = inner.sq  # the trained ranges, copied
-        shard.is_trained = True
-        shard.add_sa_codes(part)
-        shards.add_shard(shard)  # the Python wrapper keeps the shard alive with ``shards``
-    return shards
 
 
 def is_approximate(index: faiss.Index) -> bool:
