@@ -18,7 +18,8 @@ Sections:
   bf16     torch-bf16 vs fp32 PyTorch, zse-lite0 (shipped weights), unseen-25: the ann ranking of every sketch
            over every photo and the exhaustive relation ranking of 2 sketches per class (top-10 overlap, mAP
            diff), with both sides in bf16 and with photos indexed in fp32 (an index built by another runtime)
-Runtimes alternate inside each timing loop so that load from other processes hits both alike; on a CPU with native
+Runtimes are timed in alternating blocks of consecutive calls (``alternate``) so that load from other processes hits
+all alike, and no runtime pays for the threads another left spinning; on a CPU with native
 bf16, torch-bf16 joins torch, onnx and onnx-int8 in the query, build and search sections.
 Results: benchmarks/results/runtime.{json,md}.
 """
@@ -71,17 +72,23 @@ def p(values, q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
 
 
-def alternate(fns: dict, reps: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Times each callable ``reps`` times, interleaved (a, b, a, b, ...) -> {name: seconds}."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+def alternate(fns: dict, reps: int, warmup: int = 2, rounds: int = 5) -> dict[str, list[float]]:
+    """Times each callable ``reps`` times in ``rounds`` rounds of blocks (a a a b b b a a a b b b ...), every block
+    after ``warmup`` untimed calls -> {name: seconds}.
+
+    Blocks, not single calls in turn: PyTorch's OpenMP threads spin on after a call, and the ONNX Runtime call
+    right after one took ~1 ms longer (a sketch query 6.3 -> 7.4 ms), a cost that a process running one runtime
+    never pays. The rounds spread the load of other processes over every runtime alike."""
     out = {name: [] for name in fns}
-    for _ in range(reps):
+    rounds = max(1, min(rounds, reps))
+    for r in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - t0)
+            for _ in range(warmup):
+                fn()
+            for _ in range(reps // rounds + (r < reps % rounds)):
+                t0 = time.perf_counter()
+                fn()
+                out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -172,7 +179,7 @@ def ranking_agreement(fp32: dict, int8: dict, qlabels, glabels, settings, low: s
 
 
 def bench_int8(models: dict, reps: int) -> dict:
-    """int8 vs fp32 encoders: speed (interleaved), accuracy and ranking agreement per split."""
+    """int8 vs fp32 encoders: speed (alternating blocks), accuracy and ranking agreement per split."""
     from sketchfind.evaluate import encode_files
     from sketchfind.preprocess import preprocess_photo, preprocess_sketch
     from sketchfind.rerank import RankSettings
@@ -379,7 +386,7 @@ def markdown(res: dict) -> str:
         f"{res['threads']} threads, load average at start {res['machine']['load_start']:.2f}, "
         f"at end {res['machine']['load_end']:.2f}; torch {res['versions']['torch']}, onnxruntime "
         f"{res['versions']['onnxruntime']}. The machine is shared: absolute times are noisy, the ratios "
-        "come from interleaved runs.",
+        "come from runs in alternating blocks (5 rounds per runtime, 2 untimed calls before each block).",
         "",
     ]
     if "query" in res:
