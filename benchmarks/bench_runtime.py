@@ -1,5 +1,5 @@
-"""Runtime benchmark: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8 encoders in the same run, plus the
-torch-bf16 runtime (CPUs with native bf16 only).
+"""Runtime benchmark: PyTorch eager vs ONNX Runtime fp32 vs OpenVINO fp32 (with the openvino extra) vs ONNX Runtime
+int8 encoders in the same run, plus the torch-bf16 runtime (CPUs with native bf16 only).
 
     python benchmarks/bench_runtime.py --threads 2            # everything (a few minutes on 2 cores)
     python benchmarks/bench_runtime.py --quick --skip full    # lite0 only, fewer repetitions
@@ -41,7 +41,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 SKETCHY = HERE.parents[1] / "shared" / "data" / "sketchy-mini"
 REFERENCE = HERE.parents[1] / "shared" / "reference" / "zse-sbir"
-RUNTIMES = ("torch", "onnx", "onnx-int8", "torch-bf16")  # torch-bf16 only on CPUs with native bf16
+# torch-bf16 only on CPUs with native bf16, openvino only when the extra is installed
+RUNTIMES = ("torch", "onnx", "openvino", "onnx-int8", "torch-bf16")
 STRATEGIES = ("exhaustive", "clustered", "ann")
 
 
@@ -61,6 +62,14 @@ def cpu_info() -> dict:
         f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16") if f in flags
     ]
     return info
+
+
+def _openvino() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
 
 
 def log(*args) -> None:
@@ -261,12 +270,14 @@ def bench_search(models: dict, index_dir: Path, reps: int) -> dict:
 def bench_full(reps: int, pairs: int, cache: Path) -> dict:
     """zse-vit-b16, random weights: encode batch 1 and the head per pair, torch vs onnx vs torch-bf16."""
     import sketchfind
-    from sketchfind.runtime import load_runtime, native_bf16
+    from sketchfind.runtime import available_runtimes, load_runtime, native_bf16
 
     torch.manual_seed(0)
     model = sketchfind.load_model("zse-vit-b16", random_init=True)
     t0 = time.perf_counter()
     nets = {"torch": model, "onnx": load_runtime(model, "onnx", cache_dir=cache)}
+    if "openvino" in available_runtimes():
+        nets["openvino"] = load_runtime(model, "openvino", cache_dir=cache)
     export_s = time.perf_counter() - t0
     if native_bf16():
         nets["torch-bf16"] = load_runtime(model, "torch-bf16")
@@ -380,12 +391,13 @@ def bench_bf16(lite, sketches_per_class: int) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [
-        "# Runtime benchmark: PyTorch eager (fp32, bf16) vs ONNX Runtime (fp32, int8 encoders)",
+        "# Runtime benchmark: PyTorch eager (fp32, bf16) vs ONNX Runtime (fp32, int8 encoders) vs OpenVINO (fp32)",
         "",
         f"{res['machine']['cpu']} ({res['machine'].get('cores')} cores; {', '.join(res['machine'].get('isa', []))}), "
         f"{res['threads']} threads, load average at start {res['machine']['load_start']:.2f}, "
         f"at end {res['machine']['load_end']:.2f}; torch {res['versions']['torch']}, onnxruntime "
-        f"{res['versions']['onnxruntime']}. The machine is shared: absolute times are noisy, the ratios "
+        f"{res['versions']['onnxruntime']}, openvino {res['versions'].get('openvino')}. The machine is shared: "
+        "absolute times are noisy, the ratios "
         "come from runs in alternating blocks (5 rounds per runtime, 2 untimed calls before each block).",
         "",
     ]
@@ -428,7 +440,7 @@ def markdown(res: dict) -> str:
 
 def full_markdown(f: dict, agree: dict | None) -> list[str]:
     """The full-size section: speed per runtime, and torch-bf16's agreement with fp32 and the goldens."""
-    names = [n for n in ("torch", "onnx", "torch-bf16") if n in f["encode_ms"]]
+    names = [n for n in ("torch", "onnx", "openvino", "torch-bf16") if n in f["encode_ms"]]
     lines = ["## zse-vit-b16 (full size)", "", "| | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
     lines.append("| encode, batch 1 (ms) | " + " | ".join(f"{f['encode_ms'][n]:.1f}" for n in names) + " |")
     lines.append(
@@ -557,7 +569,7 @@ def main() -> None:
     import onnxruntime
 
     import sketchfind
-    from sketchfind.runtime import load_runtime, native_bf16, set_threads
+    from sketchfind.runtime import available_runtimes, load_runtime, native_bf16, set_threads
 
     set_threads(args.threads)
     reps = 15 if args.quick else 50
@@ -565,13 +577,13 @@ def main() -> None:
         "threads": args.threads,
         "quick": args.quick,
         "machine": {**cpu_info(), "load_start": os.getloadavg()[0]},
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "openvino": _openvino()},
         "bf16_native": native_bf16(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lite = sketchfind.load_model()
-        names = [r for r in RUNTIMES if r != "torch-bf16" or res["bf16_native"]]
+        names = [r for r in RUNTIMES if r in available_runtimes()]
         models = {name: load_runtime(lite, name, cache_dir=tmp / "cache") for name in names}
         if "query" not in skip:
             res["query"] = bench_query(models, reps)

@@ -116,7 +116,7 @@ def test_uncalibrated_weights_run_fp32_under_auto_and_refuse_int8(tmp_path, monk
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning: fp32 is simply the runtime for such weights
         auto = load_runtime(model, "auto", cache_dir=tmp_path / "onnx")
-    assert isinstance(auto, OnnxModel) and auto.runtime == "onnx"
+    assert isinstance(auto, OnnxModel) and auto.runtime == "openvino"  # fp32 graphs, on the fastest runtime
 
 
 def test_calibration_and_int8_cache_reused_and_rebuilt(tmp_path, monkeypatch):

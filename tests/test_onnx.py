@@ -1,4 +1,5 @@
-"""The ONNX Runtime path: parity with PyTorch on real sketchy-mini images, the export cache, search rankings."""
+"""The exported graphs on ONNX Runtime and on OpenVINO: parity with PyTorch on real sketchy-mini images, the export
+cache, search rankings."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sketchfind.errors import SketchfindError  # noqa: E402
 from sketchfind.index import build_index  # noqa: E402
 from sketchfind.models import load_model  # noqa: E402
 from sketchfind.preprocess import preprocess_photo, preprocess_sketch  # noqa: E402
-from sketchfind.runtime import OnnxModel, cached_export, load_runtime, resolve_runtime  # noqa: E402
+from sketchfind.runtime import OnnxModel, OpenVinoModel, cached_export, load_runtime, resolve_runtime  # noqa: E402
 from sketchfind.runtime import export as export_module  # noqa: E402
 from sketchfind.search import Searcher  # noqa: E402
 
@@ -40,31 +41,61 @@ def lite_onnx(lite, onnx_cache):
     return load_runtime(lite, "onnx", cache_dir=onnx_cache)
 
 
+@pytest.fixture(scope="module", params=["onnx", "openvino"])
+def lite_graphs(request, lite, onnx_cache):
+    """zse-lite0's exported graphs, run by ONNX Runtime and by OpenVINO."""
+    return load_runtime(lite, request.param, cache_dir=onnx_cache)
+
+
 def _images(kind: str, per_class: int, pre) -> torch.Tensor:
     files = [f for c in CLASSES for f in sorted((SKETCHY / kind / c).iterdir())[:per_class]]
     fn = preprocess_sketch if kind == "sketches" else preprocess_photo
     return torch.stack([fn(f, pre) for f in files])
 
 
-def test_lite_encoders_and_head_match_pytorch_on_real_images(lite, lite_onnx):
-    assert isinstance(lite_onnx, OnnxModel) and lite_onnx.cfg == lite.cfg
+def test_lite_encoders_and_head_match_pytorch_on_real_images(lite, lite_graphs):
+    assert isinstance(lite_graphs, OnnxModel) and lite_graphs.cfg == lite.cfg
     sketches = _images("sketches", 2, lite.cfg.preprocess)  # 12
     photos = _images("photos", 4, lite.cfg.preprocess)  # 24
     with torch.inference_mode():
-        for images, modality in ((sketches, "sketch"), (photos, "photo")):
+        for images, modality in ((sketches, "sketch"), (photos, "photo"), (sketches[:1], "sketch")):
             want_tokens, want_global = lite.encode_with_global(images, modality)
-            # channels-last input, as build_index and the Searcher pass it
-            got_tokens, got_global = lite_onnx.encode_with_global(
-                images.contiguous(memory_format=torch.channels_last), modality
-            )
+            got_tokens, got_global = lite_graphs.encode_with_global(images, modality)  # NCHW, as the Searcher passes
             assert (got_tokens - want_tokens).abs().max() <= TOKENS
             assert (got_global - want_global).abs().max() <= TOKENS
+            # any memory layout: a channels-last batch is copied to NCHW
+            got_tokens = lite_graphs.encode_with_global(images.contiguous(memory_format=torch.channels_last), modality)
+            assert (got_tokens[0] - want_tokens).abs().max() <= TOKENS
         sk, ph = lite.encode_sketch(sketches), lite.encode_photo(photos)
         want = lite.relation_scores(sk, ph)
-        got = lite_onnx.relation_scores(sk, ph, max_pairs=7)  # several chunks, a short last one
+        got = lite_graphs.relation_scores(sk, ph, max_pairs=7)  # several chunks, a short last one
         assert got.shape == want.shape == (12, 24)
         assert (got - want).abs().max() <= SCORES
-        assert torch.equal(lite_onnx.retrieval_embedding(sk), lite.retrieval_embedding(sk))
+        assert torch.equal(lite_graphs.retrieval_embedding(sk), lite.retrieval_embedding(sk))
+
+
+def test_openvino_keeps_a_few_compiled_shapes_and_hands_out_its_own_arrays(lite, onnx_cache):
+    from sketchfind.runtime import openvino_model
+
+    ov = load_runtime(lite, "openvino", cache_dir=onnx_cache)
+    assert isinstance(ov, OpenVinoModel) and ov.runtime == "openvino"
+    photos = _images("photos", 2, lite.cfg.preprocess)  # 12
+    with torch.inference_mode():
+        want = lite.encode_photo(photos)
+        first = ov.encode_photo(photos[:3])
+        kept = first.clone()
+        for n in (1, 2, 4, 5, 6, 12):  # more batch sizes than are kept compiled
+            assert (ov.encode_photo(photos[:n]) - want[:n]).abs().max() <= TOKENS
+    # each result is a copy: later inferences (OpenVINO reuses its output buffers) leave it as it was
+    assert torch.equal(first, kept)
+    photo_graph = ov.sessions["photo"]
+    assert len(photo_graph.requests) == openvino_model.KEEP_SHAPES
+    assert list(photo_graph.requests)[-1] == (("images", (12, 3, 224, 224)),)  # the latest size is kept
+    with torch.inference_mode():
+        tokens = lite.encode_photo(photos)
+        scores = ov.relation_scores(tokens[:2], tokens, max_pairs=5)  # chunks of 5, 5 and 2 pairs
+        assert (scores - lite.relation_scores(tokens[:2], tokens)).abs().max() <= SCORES
+    assert list(ov.sessions["head"].requests) == [None]  # the head is compiled once, with a dynamic batch
 
 
 def test_same_padding_is_folded_into_the_convolutions(lite, lite_onnx, onnx_cache):
@@ -107,9 +138,18 @@ def test_cache_is_reused_keyed_by_weights_and_rebuilt_when_damaged(tmp_path, mon
 
 
 def test_runtime_choice(monkeypatch):
+    import importlib.util
+
     monkeypatch.delenv("SKETCHFIND_RUNTIME", raising=False)
-    assert resolve_runtime("auto") == resolve_runtime(None) == "onnx"  # the faster one, when installed
-    assert resolve_runtime("torch") == "torch"
+    assert resolve_runtime("auto") == resolve_runtime(None) == "openvino"  # the fastest, when installed
+    assert resolve_runtime("torch") == "torch" and resolve_runtime("onnx") == "onnx"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else find_spec(name))
+    assert resolve_runtime("auto") == "onnx"  # without the openvino extra
+    with pytest.raises(SketchfindError, match=r"sketchfind\[openvino\]"):
+        resolve_runtime("openvino")
+    monkeypatch.undo()
+    monkeypatch.delenv("SKETCHFIND_RUNTIME", raising=False)
     monkeypatch.setenv("SKETCHFIND_RUNTIME", "torch")
     assert resolve_runtime(None) == "torch"
     with pytest.raises(SketchfindError, match="unknown runtime"):
@@ -126,12 +166,14 @@ def lite_index(lite, tmp_path_factory):
     return root / "idx"
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 @pytest.mark.parametrize("strategy", ["exhaustive", "clustered", "ann"])
-def test_search_ranks_alike_with_either_runtime(lite, lite_index, strategy):
+def test_search_ranks_alike_with_either_runtime(lite, lite_index, strategy, runtime):
     queries = [sorted((SKETCHY / "sketches" / c).iterdir())[0] for c in CLASSES]
-    eager, ort = (Searcher.open(lite_index, lite, runtime=r) for r in ("torch", "onnx"))
+    eager, ort = (Searcher.open(lite_index, lite, runtime=r) for r in ("torch", runtime))
     with eager, ort:
         assert isinstance(ort.model, OnnxModel) and not isinstance(eager.model, OnnxModel)
+        assert ort.model.runtime == runtime
         for query in queries:
             want = eager.search(query, k=None, strategy=strategy).hits
             got = ort.search(query, k=None, strategy=strategy).hits
@@ -142,9 +184,12 @@ def test_search_ranks_alike_with_either_runtime(lite, lite_index, strategy):
             np.testing.assert_allclose([torch_score[h.photo_id] for h in got], [h.score for h in want], atol=SCORES)
 
 
-def test_an_index_built_through_onnx_searches_like_one_built_through_torch(lite, tmp_path):
-    copy_photos(tmp_path / "photos", classes=CLASSES[:3], per_class=6)
-    report = build_index([tmp_path / "photos"], tmp_path / "idx", lite, runtime="onnx", token_storage="fp32")
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_an_index_built_through_exported_graphs_searches_like_one_built_through_torch(lite, tmp_path, runtime):
+    copy_photos(tmp_path / "photos", classes=CLASSES[:3], per_class=6)  # batches of 4, 4, 4, 4 and 2
+    report = build_index(
+        [tmp_path / "photos"], tmp_path / "idx", lite, runtime=runtime, token_storage="fp32", batch_size=4
+    )
     assert len(report.new) == 18
     query = sorted((SKETCHY / "sketches" / "swan").iterdir())[0]
     with Searcher.open(tmp_path / "idx", lite, runtime="torch") as s:
@@ -156,8 +201,9 @@ def test_an_index_built_through_onnx_searches_like_one_built_through_torch(lite,
 
 
 @pytest.mark.slow
-def test_full_size_model_passes_the_official_goldens_through_onnx():
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_full_size_model_passes_the_official_goldens_through_the_exported_graphs(runtime):
     from sketchfind.reference import run_checks
 
-    failed = [(c.name, c.max_abs_diff) for c in run_checks(REFERENCE, runtime="onnx") if not c.passed]
+    failed = [(c.name, c.max_abs_diff) for c in run_checks(REFERENCE, runtime=runtime) if not c.passed]
     assert not failed

@@ -45,8 +45,8 @@ Runtime = Annotated[
     str | None,
     typer.Option(
         "--runtime",
-        help="torch | onnx | onnx-int8 | torch-bf16 | auto (default: the fastest that serves the weights and keeps "
-        "the ranking)",
+        help="torch | onnx | openvino | onnx-int8 | torch-bf16 | auto (default: the fastest installed that serves "
+        "the weights and keeps the ranking)",
         envvar="SKETCHFIND_RUNTIME",
     ),
 ]
@@ -611,7 +611,7 @@ def export_cmd(
 @friendly
 def check_reference(
     reference: Annotated[Path, typer.Argument(help="the zse-sbir reference folder (shared/reference/zse-sbir)")],
-    runtime: Annotated[str, typer.Option(help="torch | onnx: which runtime encodes and scores")] = "torch",
+    runtime: Annotated[str, typer.Option(help="torch | onnx | openvino: which runtime encodes and scores")] = "torch",
 ) -> None:
     """Compare the model, preprocessing and metrics with the official ZSE-SBIR goldens."""
     from rich.table import Table

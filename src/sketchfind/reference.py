@@ -57,7 +57,8 @@ def reference_model(reference: str | Path):
 
 def run_checks(reference: str | Path, runtime: str = "torch") -> Iterator[Check]:
     """Yields one Check per golden, computed through the public model / preprocessing / metrics API; with
-    ``runtime="onnx"`` the encoders and relation scores run on the exported graphs (the internals stay torch)."""
+    ``runtime="onnx"`` or ``"openvino"`` the encoders and relation scores run on the exported graphs (the internals
+    stay torch)."""
     from .metrics import retrieval_metrics
     from .preprocess import preprocess_photo, preprocess_sketch, read_sketch_rgb, sketch_steps
     from .runtime import load_runtime

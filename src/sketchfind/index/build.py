@@ -283,9 +283,9 @@ def build_index(
     ``model=None``: the model an existing index was built with, or the default model for a new one.
     ``embedder`` ('default' | 'clip'), ``token_storage`` (int6 default) and ``ann_type`` ('auto', the
     default: exact below :data:`~sketchfind.index.ann.APPROX_FROM` photos, tuned approximate above; or a
-    FAISS factory string) are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'onnx-int8' |
-    'torch-bf16' | 'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`; the index
-    does not depend on it: any runtime searches it). ``backend`` ('faiss' | 'milvus'), ``milvus_uri`` and
+    FAISS factory string) are chosen when the index is created. ``runtime``: 'torch' | 'onnx' | 'openvino' |
+    'onnx-int8' | 'torch-bf16' | 'auto' (None: ``$SKETCHFIND_RUNTIME``, else auto; see :mod:`sketchfind.runtime`;
+    the index does not depend on it: any runtime searches it). ``backend`` ('faiss' | 'milvus'), ``milvus_uri`` and
     ``collection`` choose where ann's first stage searches (recorded in the index; default: what it records, else
     FAISS); a Milvus collection is brought in step at the end.
     ``finish=False`` only commits: compaction, the search structures and the Milvus collection are left to

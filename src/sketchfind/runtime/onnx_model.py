@@ -27,25 +27,31 @@ class OnnxModel(Encodes):
     runtime = "onnx"
 
     def __init__(self, model: ZSEModel, paths: dict[str, Path], threads: int | None = None, runtime: str = "onnx"):
-        import onnxruntime as ort
-
         self.torch_model = model
         self.runtime = runtime  # "onnx", or "onnx-int8" when the encoder graphs are the quantised ones
         self.cfg = model.cfg
         self.weights_metadata = getattr(model, "weights_metadata", {})
+        # name -> something with ONNX Runtime's ``run(None, feeds) -> [outputs]``
+        self.sessions = self.open_sessions(paths, threads or torch.get_num_threads())
+        # pairs per head call: the PyTorch chunk size (~64 MB of activations)
+        cfg = self.cfg
+        self.max_pairs = max(1, (1 << 24) // (cfg.num_tokens * max(cfg.width, cfg.ca_ff)))
+
+    @staticmethod
+    def open_sessions(paths: dict[str, Path], threads: int) -> dict:
+        """ONNX Runtime sessions for the graphs ``paths`` names ("sketch", "photo", "head")."""
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         # idle threads must not spin: they would burn the CPU that torch, FAISS and the other sessions need
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # incl. NCHWc conv layouts
-        self.sessions = {
+        return {
             name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             for name, path in paths.items()
         }
-        # pairs per head call: the PyTorch chunk size (~64 MB of activations)
-        cfg = self.cfg
-        self.max_pairs = max(1, (1 << 24) // (cfg.num_tokens * max(cfg.width, cfg.ca_ff)))
 
     def __getattr__(self, name: str):
         if name == "torch_model":  # not set yet (during unpickling or a failed __init__)

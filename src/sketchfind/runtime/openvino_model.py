@@ -1,0 +1,76 @@
+"""``OpenVinoModel``: the exported ONNX graphs (:mod:`.export`) run by OpenVINO's CPU plugin instead of ONNX Runtime.
+
+The same graphs, the same API as :class:`~.onnx_model.OnnxModel` (it only opens other sessions), the same values
+(fp32 throughout: OpenVINO would compute in bf16 on CPUs with AMX unless told otherwise). On the 2-core Xeon
+(``benchmarks/results/runtime.md``) a batch-1 sketch encoding takes ~3.5 ms instead of ~4.9 ms, and a query
+that follows a pause does not pay ONNX Runtime's slow wake-up. The encoders are compiled for each batch size they
+meet (static shapes: the sketch encoder ~3.5 ms vs ~4.0 ms with a dynamic batch; a build meets two sizes, 32 and
+its last batch), a few sizes kept; the relation head keeps its dynamic batch, whose chunks vary in size.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from .onnx_model import OnnxModel
+
+STATIC = frozenset({"sketch", "photo"})  # graphs compiled per input shape (the head stays dynamic)
+KEEP_SHAPES = 4  # compiled shapes kept per graph (the least recently used one goes)
+
+
+class _Compiled:
+    """One graph behind ONNX Runtime's ``run(None, feeds)``: OpenVINO infer requests, one per compiled shape.
+    Calls are serialised (an infer request runs one inference at a time) and outputs are copied out of
+    OpenVINO's buffers, which the next inference reuses."""
+
+    def __init__(self, core, path: Path, config: dict, static: bool):
+        self.core, self.config, self.static = core, config, static
+        self.model = core.read_model(str(path))
+        self.requests: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def _request(self, shapes: tuple):
+        key = shapes if self.static else None
+        request = self.requests.get(key)
+        if request is None:
+            model = self.model
+            if self.static:
+                model = model.clone()
+                model.reshape({name: list(shape) for name, shape in shapes})
+            request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            self.requests[key] = request
+            if len(self.requests) > KEEP_SHAPES:
+                self.requests.popitem(last=False)
+        self.requests.move_to_end(key)
+        return request
+
+    def run(self, _outputs, feeds: dict) -> list[np.ndarray]:
+        with self.lock:
+            request = self._request(tuple((name, x.shape) for name, x in feeds.items()))
+            request.infer(feeds)
+            return [np.array(request.get_tensor(port).data, copy=True) for port in request.model_outputs]
+
+
+class OpenVinoModel(OnnxModel):
+    """The sketch encoder, photo encoder and pair head of one model on OpenVINO (CPU, fp32)."""
+
+    runtime = "openvino"
+
+    def __init__(self, model, paths: dict[str, Path], threads: int | None = None):
+        super().__init__(model, paths, threads, runtime="openvino")
+
+    @staticmethod
+    def open_sessions(paths: dict[str, Path], threads: int) -> dict:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "f32",  # not bf16, the default on AMX CPUs: the same values as PyTorch
+            "PERFORMANCE_HINT": "LATENCY",  # one stream: a call uses every thread
+        }
+        return {name: _Compiled(core, path, config, name in STATIC) for name, path in paths.items()}
