@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import json
 import os
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from sketchfind.index import IndexStore, build_index, index_info, recluster, rem
 from sketchfind.index.codec import TOKEN_KINDS, GlobalCodec, TokenCodec
 from sketchfind.models import create_model
 
-from .index_helpers import copy_photos, tiny, write_corrupt_files
+from .index_helpers import CLASSES, copy_photos, sketches, tiny, write_corrupt_files
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,51 @@ def test_other_model_is_refused(model, gallery, tmp_path):
         build_index([gallery[0]], out, other)
     with pytest.raises(IndexStoreError, match="token storage"):
         build_index([gallery[0]], out, model, token_storage="fp16")
+
+
+def test_a_model_with_the_same_encoder_and_another_head_opens_the_index(model, gallery, tmp_path, monkeypatch):
+    from sketchfind.index import build
+    from sketchfind.search import Searcher
+
+    out = tmp_path / "idx"
+    build_index([gallery[0]], out, model)
+    head = copy.deepcopy(model)  # a relation network trained again on the same encoder
+    with torch.no_grad():
+        head.relation.out.bias.add_(0.5)
+        head.cross.sketch_layer.q.weight.mul_(1.1)
+    sketch = sketches(CLASSES, 1)[0]
+    with Searcher.open(out, model) as a, Searcher.open(out, head) as b:
+        query = a.encode_query(sketch)
+        assert torch.equal(query, b.encode_query(sketch))  # the same tokens, [Ret] ranking and index
+        ids = a.photo_ids()
+        tokens = a.photo_tokens(ids)
+        assert [h.photo_id for h in a.search(sketch, k=None, strategy="ann").hits] == [
+            h.photo_id for h in b.search(sketch, k=None, strategy="ann").hits
+        ]
+        # ... scored by each model's own head
+        got = b.search(sketch, k=None, strategy="exhaustive").hits
+        with torch.inference_mode():
+            want = head.relation_scores(query, tokens)[0].numpy()
+        by_id = dict(zip(ids, want, strict=True))
+        np.testing.assert_allclose([h.score for h in got], [by_id[h.photo_id] for h in got], atol=1e-5)
+    assert len(build_index([gallery[0]], out, head).unchanged) == len(gallery[1])  # nothing re-encoded
+    encoder = copy.deepcopy(model)  # any change before the head: another index
+    with torch.no_grad():
+        next(encoder.encoder.parameters()).mul_(1.01)
+    with pytest.raises(IndexStoreError, match="other 'zse-tiny' weights"):
+        Searcher.open(out, encoder)
+    # an index written before the encoder fingerprint was recorded: all the weights must match ...
+    with sqlite3.connect(out / "index.sqlite") as conn:
+        recorded = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()[0])
+        del recorded["encoder_fingerprint"]
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'model'", (json.dumps(recorded),))
+    conn.close()
+    Searcher.open(out, model).close()
+    with pytest.raises(IndexStoreError, match="other 'zse-tiny' weights"):
+        Searcher.open(out, head)
+    # ... unless they are a release's whose encoder is known
+    monkeypatch.setitem(build.RELEASED_ENCODERS, recorded["fingerprint"], build.encoder_fingerprint(model))
+    Searcher.open(out, head).close()
 
 
 def test_remove_by_id_path_and_folder(model, gallery, tmp_path):

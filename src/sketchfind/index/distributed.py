@@ -364,11 +364,13 @@ def _model_payload(model, emb, store: IndexStore, runtime: str, threads: int, gp
     """What an encoder actor needs to encode exactly as this process would: the weights themselves (a
     remote node may not have the driver's weights file), the fingerprint they must have, the runtime,
     the embedder and the index's codecs."""
+    from ..models.factory import model_fingerprint
+
     torch_model = getattr(model, "torch_model", model)  # an OnnxModel carries the PyTorch model
     return {
         "config": torch_model.cfg.to_dict(),
         "state": {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()},
-        "fingerprint": store.meta["model"]["fingerprint"],
+        "fingerprint": model_fingerprint(torch_model),
         "runtime": runtime,
         "threads": threads,
         "gpu": gpu,

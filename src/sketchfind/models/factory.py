@@ -162,10 +162,25 @@ def load_model(
     return model.eval()
 
 
+# the query-time head: it reads stored photo tokens and never produces any, so an index stays valid when only
+# these change (e.g. a relation network trained again on the same encoder, ``train --train-only relation``)
+HEAD_PREFIXES = ("cross.", "relation.")
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Short sha256 of every parameter and buffer: two models with equal fingerprints encode alike."""
+    return _fingerprint(model.state_dict().items())
+
+
+def encoder_fingerprint(model: torch.nn.Module) -> str:
+    """:func:`model_fingerprint` without the cross-attention + relation head (:data:`HEAD_PREFIXES`): what
+    decides an index's photo tokens, global and [Ret] embeddings, i.e. whether the index fits the model."""
+    return _fingerprint((k, v) for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIXES))
+
+
+def _fingerprint(items) -> str:
     digest = hashlib.sha256()
-    for key, value in model.state_dict().items():
+    for key, value in items:
         digest.update(key.encode())
         digest.update(value.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
