@@ -7,10 +7,13 @@ explanation view, and save screenshots under test-artifacts/browser/.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
 import shutil
+import threading
+import time
 
 import pytest
 import torch
@@ -169,6 +172,88 @@ def test_draw_undo_redo_touch_explain_and_errors(browser, tiny_server, artifacts
 # ----------------------------------------------------------------------------- toolbar, captions, scores (tiny model)
 
 LONG_LABEL = "a_class_folder_name_far_too_long_to_fit_under_any_thumbnail"
+
+
+SLOW_SEARCH_S = 0.8  # as `exhaustive` on a gallery of a few thousand photos
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """The tiny model behind searches that take SLOW_SEARCH_S each; yields (url, the queries searched)."""
+    torch.manual_seed(0)
+    model = sketchfind.load_model("zse-tiny", random_init=True)
+    index = build_test_index(tmp_path_factory.mktemp("slow-index"), model, photo_paths(["airplane", "cat"], 4))
+    searched = []
+    lock = threading.Lock()
+    gate = threading.Event()  # cleared by a test: searches wait at it
+    gate.set()
+
+    def factory(settings):
+        searcher = Searcher.open(settings.index, model=model)
+        search_tokens = searcher.search_tokens
+
+        def slow(query, *args, **kwargs):
+            with lock:
+                searched.append(query.clone())
+            gate.wait(timeout=60)
+            time.sleep(SLOW_SEARCH_S)
+            return search_tokens(query, *args, **kwargs)
+
+        searcher.search_tokens = slow
+        return searcher
+
+    app = create_app(Settings(index=index), searcher_factory=factory)
+    with live_server(app) as url:
+        yield url, searched, model, gate
+
+
+def test_strokes_faster_than_the_search_send_one_request_at_a_time(browser, slow_server, artifacts):
+    """Each lifted pen asks for a search; while one is out the page waits and then sends only the newest sketch,
+    so the server never gets a pile of searches nobody will see (nor answers 429), and what it searches last is
+    the whole drawing."""
+    url, searched, model, _ = slow_server
+    page, errors = _page(browser, url)
+    strokes = sketch_strokes(sorted((SKETCHY / "sketches" / "airplane").glob("*.png"))[0])
+    assert len(strokes) >= 6
+    searched.clear()
+    draw(page, strokes)  # a stroke every few tens of ms: many end while a search is out
+    _settle(page)
+    state = page.evaluate("({requests: window.sketchfind.requests, maxInFlight: window.sketchfind.maxInFlight})")
+    assert state["maxInFlight"] == 1
+    assert 2 <= state["requests"] < len(strokes) and state["requests"] == len(searched)
+    assert "error" not in (page.get_attribute("#status", "class") or "")
+    assert page.locator("#grid .hit").count() == 8
+    # the last search was the finished drawing: the canvas as it is now, encoded here, gives its query
+    data_url = page.evaluate("document.getElementById('canvas').toDataURL('image/png')")
+    final = base64.b64decode(data_url.split(",", 1)[1])
+    from sketchfind.preprocess import sketch_array, to_tensor
+
+    with torch.inference_mode():
+        want = model.encode_sketch(to_tensor(sketch_array(final, model.cfg.preprocess), model.cfg.preprocess)[None])
+    torch.testing.assert_close(searched[-1], want, atol=1e-5, rtol=1e-5)
+    page.screenshot(path=str(artifacts / "slow-search.png"))
+    assert errors == []
+
+
+def test_a_busy_server_is_asked_again_not_reported_as_an_error(browser, slow_server):
+    """Three tabs of one client search at once: the server takes two model requests per client and answers
+    the third 429 with Retry-After; that tab searches again after it instead of showing an error."""
+    url, _, _, gate = slow_server
+    pages = [_page(browser, url) for _ in range(3)]
+    strokes = sketch_strokes(sorted((SKETCHY / "sketches" / "cat").glob("*.png"))[0])
+    gate.clear()  # the first two searches wait in the server
+    try:
+        for page, _ in pages:
+            draw(page, strokes[:1])
+        pages[2][0].wait_for_function("document.getElementById('status').textContent.includes('busy')", timeout=30_000)
+    finally:
+        gate.set()
+    for page, errors in pages:
+        _wait_for_search(page, 1)
+        assert page.locator("#grid .hit").count() == 8
+        assert "error" not in (page.get_attribute("#status", "class") or "")
+        assert errors == []
+    assert pages[2][0].evaluate("window.sketchfind.requests") == 2  # refused once, then sent again
 
 
 @pytest.fixture(scope="module")

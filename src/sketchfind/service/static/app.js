@@ -20,7 +20,8 @@ const state = {
   pointerId: null,
   uploaded: null,   // a sketch file being searched as-is (until the next stroke)
   timer: null,
-  controller: null,
+  inFlight: false,  // a search request is out: the page sends one at a time (see search())
+  queued: null,     // {png, retries}: the search to send when it answers (the newest sketch wins)
   seq: 0,
   strokeEnd: 0,     // performance.now() when the last stroke ended
   photos: null,     // how many photos the index holds (from /api/info)
@@ -30,8 +31,10 @@ const state = {
 // idle: no search pending or in flight (set false when a stroke ends, true once its results are shown)
 // answers: searches that ended (results, an error or the empty state), for tests waiting on one
 // lastTrace: where the last search's time went, ms after the stroke ended (see trace())
+// requests: search requests sent; maxInFlight: the most that were out at once (1: one at a time)
 window.sketchfind = {
   searches: 0, answers: 0, lastLatencyMs: null, lastServerMs: null, lastResults: [], lastTrace: null, idle: true,
+  requests: 0, maxInFlight: 0,
 };
 
 function answered(seq) {
@@ -261,7 +264,6 @@ function loadImage(url) {
 function scheduleSearch() {
   window.sketchfind.idle = false;
   state.seq += 1;  // the sketch changed: an answer still in flight is for an older sketch
-  if (state.controller) state.controller.abort();
   clearTimeout(state.timer);
   // toBlob copies the canvas when called: this PNG is the sketch as it is now, whatever is drawn next
   const png = state.uploaded || !hasInk() ? null : canvasBlob();
@@ -278,18 +280,46 @@ function trace(marks, name) {
   marks[name] = performance.now() - state.strokeEnd;
 }
 
-async function search(png = null) {  // png: the canvas already being encoded (scheduleSearch)
+// One search request at a time. A request the page gives up on still costs the server its whole search (the
+// model runs to the end), and the server answers 429 beyond two at once from one client: so while one is out,
+// the newest sketch waits and goes as soon as it answers (an answer for an older sketch is not shown).
+async function search(png = null, retries = 0) {  // png: the canvas already being encoded (scheduleSearch)
+  if (state.inFlight) {
+    state.queued = { png, retries };
+    return;
+  }
+  state.inFlight = true;
+  try {
+    await sendSearch(png, retries);
+  } finally {
+    state.inFlight = false;
+    const next = state.queued;
+    state.queued = null;
+    if (next) search(next.png, next.retries);
+  }
+}
+
+// search requests out now; window.sketchfind counts them for the tests
+let requestsOut = 0;
+async function counted(request) {
+  requestsOut += 1;
+  window.sketchfind.requests += 1;
+  window.sketchfind.maxInFlight = Math.max(window.sketchfind.maxInFlight, requestsOut);
+  try { return await request; } finally { requestsOut -= 1; }
+}
+
+const BUSY_RETRIES = 3;  // a 429 (this client's other tabs are searching too): tried again after Retry-After
+
+async function sendSearch(png, retries) {
   const seq = ++state.seq;
   const marks = {};
   trace(marks, "fired");
-  if (state.controller) state.controller.abort();  // a newer sketch makes the older request moot
   window.sketchfind.idle = false;
   if (!state.uploaded && !hasInk()) {
     showEmpty();
     answered(seq);
     return;
   }
-  const controller = (state.controller = new AbortController());
   setStatus("Searching…", "busy");
   const form = new FormData();
   const sketch = state.uploaded || (await (png || canvasBlob()));
@@ -299,14 +329,20 @@ async function search(png = null) {  // png: the canvas already being encoded (s
   trace(marks, "encoded");
   let body;
   try {
-    const response = await fetch("/api/search", { method: "POST", body: form, signal: controller.signal });
+    const response = await counted(fetch("/api/search", { method: "POST", body: form }));
     trace(marks, "response");
     body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new ApiError(response.status, body);
+    if (!response.ok) throw new ApiError(response.status, body, response.headers.get("Retry-After"));
     trace(marks, "parsed");
     window.sketchfind.lastResponseMs = marks.parsed;
   } catch (error) {
-    if (error.name === "AbortError" || seq !== state.seq) return;
+    if (seq !== state.seq) return;  // a newer sketch is on its way
+    if (error instanceof ApiError && error.status === 429 && retries < BUSY_RETRIES) {
+      setStatus("The server is busy — searching again in a moment…", "busy");
+      await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(Number(error.retryAfter) || 1, 5)));
+      if (seq === state.seq && !state.queued) state.queued = { png: sketch, retries: retries + 1 };
+      return;
+    }
     showError(error);
     answered(seq);
     return;
@@ -317,10 +353,11 @@ async function search(png = null) {  // png: the canvas already being encoded (s
 }
 
 class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     super(body && body.detail ? body.detail : `the server answered ${status}`);
     this.status = status;
     this.code = body && body.code;
+    this.retryAfter = retryAfter;
   }
 }
 
