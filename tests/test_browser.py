@@ -179,7 +179,8 @@ SLOW_SEARCH_S = 0.8  # as `exhaustive` on a gallery of a few thousand photos
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
-    """The tiny model behind searches that take SLOW_SEARCH_S each; yields (url, the queries searched)."""
+    """The tiny model behind searches that take SLOW_SEARCH_S each; yields (url, the queries searched, the model,
+    a gate the searches wait at while a test holds it cleared)."""
     torch.manual_seed(0)
     model = sketchfind.load_model("zse-tiny", random_init=True)
     index = build_test_index(tmp_path_factory.mktemp("slow-index"), model, photo_paths(["airplane", "cat"], 4))
@@ -226,10 +227,10 @@ def test_strokes_faster_than_the_search_send_one_request_at_a_time(browser, slow
     # the last search was the finished drawing: the canvas as it is now, encoded here, gives its query
     data_url = page.evaluate("document.getElementById('canvas').toDataURL('image/png')")
     final = base64.b64decode(data_url.split(",", 1)[1])
-    from sketchfind.preprocess import sketch_array, to_tensor
+    from sketchfind.preprocess import preprocess_sketch
 
     with torch.inference_mode():
-        want = model.encode_sketch(to_tensor(sketch_array(final, model.cfg.preprocess), model.cfg.preprocess)[None])
+        want = model.encode_sketch(preprocess_sketch(final, model.cfg.preprocess)[None])
     torch.testing.assert_close(searched[-1], want, atol=1e-5, rtol=1e-5)
     page.screenshot(path=str(artifacts / "slow-search.png"))
     assert errors == []
