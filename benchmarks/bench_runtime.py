@@ -15,12 +15,15 @@ Sections:
            cross-attention + relation head per pair, for torch, onnx and torch-bf16; then torch-bf16 vs fp32 with
            the reference's deterministic weights: tokens and relation scores vs the goldens, and the rankings of
            unseen-25 sketches over their photos (those weights are synthetic: agreement only, not accuracy)
+  openvino_bf16  openvino-bf16 (the sketch encoder in bf16) vs fp32, zse-lite0 (shipped weights): unseen-25
+           sketches ranked by ann over their photos and over every sketchy-mini photo, and by the relation
+           network (2 sketches per class) over their photos (top-10 overlap, mAP diff)
   bf16     torch-bf16 vs fp32 PyTorch, zse-lite0 (shipped weights), unseen-25: the ann ranking of every sketch
            over every photo and the exhaustive relation ranking of 2 sketches per class (top-10 overlap, mAP
            diff), with both sides in bf16 and with photos indexed in fp32 (an index built by another runtime)
 Runtimes are timed in alternating blocks of consecutive calls (``alternate``) so that load from other processes hits
 all alike, and no runtime pays for the threads another left spinning; on a CPU with native
-bf16, torch-bf16 joins torch, onnx and onnx-int8 in the query, build and search sections.
+bf16, torch-bf16 and openvino-bf16 join torch, onnx, openvino and onnx-int8 in the query, build and search sections.
 Results: benchmarks/results/runtime.{json,md}.
 """
 
@@ -42,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 SKETCHY = HERE.parents[1] / "shared" / "data" / "sketchy-mini"
 REFERENCE = HERE.parents[1] / "shared" / "reference" / "zse-sbir"
 # torch-bf16 only on CPUs with native bf16, openvino only when the extra is installed
-RUNTIMES = ("torch", "onnx", "openvino", "onnx-int8", "torch-bf16")
+RUNTIMES = ("torch", "onnx", "openvino", "openvino-bf16", "onnx-int8", "torch-bf16")
 STRATEGIES = ("exhaustive", "clustered", "ann")
 
 
@@ -389,6 +392,92 @@ def bench_bf16(lite, sketches_per_class: int) -> dict:
     return res
 
 
+def bench_openvino_bf16(lite, sketches_per_class: int) -> dict:
+    """openvino-bf16 (the sketch encoder in bf16; photos and the head fp32) vs fp32 PyTorch, zse-lite0: unseen-25
+    sketches ranked by ann over the unseen-25 photos and over every sketchy-mini photo (the mixed gallery), and
+    by the relation network (exhaustive; ``sketches_per_class`` per class) over the unseen-25 photos."""
+    from sketchfind.datasets import scan_root
+    from sketchfind.evaluate import encode_files
+    from sketchfind.protocols import first_per_class
+    from sketchfind.rerank import RankSettings, pipeline_scores
+    from sketchfind.runtime import load_runtime
+
+    half = load_runtime(lite, "openvino-bf16")
+    settings = RankSettings.from_metadata(lite.weights_metadata)
+    sk_files, qlabels, ph_files, glabels = split_files("unseen")
+    everything = scan_root(SKETCHY)
+    all_photos, all_labels = everything.flat("photos")
+    unseen_ids = {c: i for i, c in enumerate(sorted({f.parent.name for f in sk_files}))}
+    # mixed gallery labels: unseen classes keep their ids, every other class gets one of its own
+    names = {f.parent.name for f in all_photos}
+    ids = unseen_ids | {c: len(unseen_ids) + i for i, c in enumerate(sorted(names - set(unseen_ids)))}
+    q_mixed = np.array([ids[f.parent.name] for f in sk_files])
+    g_mixed = np.array([ids[f.parent.name] for f in all_photos])
+    del all_labels
+    with torch.inference_mode():
+        sketches = {
+            name: encode_files(net, sk_files, "sketch", desc=f"unseen sketches, {name}")[0].numpy()
+            for name, net in (("torch", lite), ("openvino-bf16", half))
+        }
+        photos = encode_files(lite, all_photos, "photo", desc="every photo, fp32")[0].numpy()
+    position = {f: i for i, f in enumerate(all_photos)}
+    unseen_photos = photos[[position[f] for f in ph_files]]
+
+    def ann(sk, ph):
+        return pipeline_scores(sk[:, 0], ph[:, 0], None, settings)
+
+    a32, a16 = sketches["torch"], sketches["openvino-bf16"]
+    cos = np.sum(unit(a32[:, 0]) * unit(a16[:, 0]), axis=-1)
+    res = {"sketches": len(sk_files), "photos": len(ph_files), "all_photos": len(all_photos)}
+    res["settings"] = {k: getattr(settings, k) for k in ("rerank_k", "fusion", "qe_top", "qe_weight")}
+    res["sketch"] = {
+        "ret_cosine_min": float(cos.min()),
+        "ret_cosine_mean": float(cos.mean()),
+        "token_rel_error_max": float((np.linalg.norm(a16 - a32, axis=-1) / np.linalg.norm(a32, axis=-1)).max()),
+    }
+    res["ann"] = agreement(ann(a32, unseen_photos), ann(a16, unseen_photos), qlabels, glabels)
+    log("openvino-bf16 ann", res["ann"])
+    res["ann_mixed"] = agreement(ann(a32, photos), ann(a16, photos), q_mixed, g_mixed)
+    log("openvino-bf16 ann, mixed gallery", res["ann_mixed"])
+    pick = first_per_class(qlabels, sketches_per_class)
+    p32 = torch.from_numpy(unseen_photos)
+    with torch.inference_mode():
+        fp32 = lite.relation_scores(torch.from_numpy(a32[pick]), p32).numpy()
+        bf16 = half.relation_scores(torch.from_numpy(a16[pick]), p32).numpy()
+    res["exhaustive"] = agreement(fp32, bf16, qlabels[pick], glabels)
+    res["exhaustive"]["queries"] = len(pick)
+    res["exhaustive"]["max_abs_score_diff"] = float(np.abs(fp32 - bf16).max())
+    log("openvino-bf16 exhaustive", res["exhaustive"])
+    return res
+
+
+def openvino_bf16_markdown(b: dict) -> list[str]:
+    """The openvino-bf16 vs fp32 section (zse-lite0)."""
+    s, e = b["sketch"], b["exhaustive"]
+    lines = [
+        "## openvino-bf16 vs fp32, zse-lite0 (shipped weights; unseen-25 sketches)",
+        "",
+        "The sketch encoder in bf16, photos encoded in fp32 (an index built by any fp32 runtime; openvino-bf16 "
+        "builds the same), the relation head fp32. Sketch [Ret] cosine to fp32 min "
+        f"{s['ret_cosine_min']:.4f} / mean {s['ret_cosine_mean']:.5f}, largest token error "
+        f"{100 * s['token_rel_error_max']:.1f}% of the token's norm. ann settings {b['settings']}.",
+        "",
+        "| ranking | queries x photos | top-10 overlap | mAP@all fp32 | mAP@all openvino-bf16 | diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = (
+        ("ann, unseen-25 photos", b["ann"], b["sketches"], b["photos"]),
+        ("ann, every photo (mixed gallery)", b["ann_mixed"], b["sketches"], b["all_photos"]),
+        ("exhaustive (relation network)", e, e["queries"], b["photos"]),
+    )
+    for name, a, q, n in rows:
+        lines.append(
+            f"| {name} | {q} x {n} | {a['top10_overlap']:.3f} | {a['map_all_fp32']:.4f} | {a['map_all']:.4f} "
+            f"| {a['map_diff']:+.4f} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(res: dict) -> str:
     lines = [
         "# Runtime benchmark: PyTorch eager (fp32, bf16) vs ONNX Runtime (fp32, int8 encoders) vs OpenVINO (fp32)",
@@ -431,6 +520,8 @@ def markdown(res: dict) -> str:
         lines.append(f"\n(gallery: {res.get('search_gallery')} photos; index built by the torch runtime)\n")
     if "full" in res:
         lines += full_markdown(res["full"], res.get("full_bf16"))
+    if "openvino_bf16" in res:
+        lines += openvino_bf16_markdown(res["openvino_bf16"])
     if "bf16" in res:
         lines += bf16_markdown(res["bf16"])
     elif not res["bf16_native"]:
@@ -562,7 +653,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and photos")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: query,int8,build,search,full,bf16")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: query,int8,build,search,full,openvino_bf16,bf16"
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -599,6 +692,9 @@ def main() -> None:
             res["search_gallery"] = res["build"]["torch"]["photos"]
         if "search" not in skip:
             res["search"] = bench_search(models, index_dir, reps)
+            write(res, args.out)
+        if "openvino_bf16" not in skip and "openvino-bf16" in available_runtimes():
+            res["openvino_bf16"] = bench_openvino_bf16(lite, 1 if args.quick else 2)
             write(res, args.out)
         if "bf16" not in skip and res["bf16_native"]:
             res["bf16"] = bench_bf16(lite, 1 if args.quick else 2)

@@ -45,8 +45,8 @@ Runtime = Annotated[
     str | None,
     typer.Option(
         "--runtime",
-        help="torch | onnx | openvino | onnx-int8 | torch-bf16 | auto (default: the fastest installed that serves "
-        "the weights and keeps the ranking)",
+        help="torch | onnx | openvino | openvino-bf16 | onnx-int8 | torch-bf16 | auto (default: the fastest installed "
+        "that serves the weights and keeps the ranking)",
         envvar="SKETCHFIND_RUNTIME",
     ),
 ]

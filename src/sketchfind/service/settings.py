@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     default_k: int = Field(20, ge=1)
     max_k: int = Field(200, ge=1)
     strategy: str | None = None  # default search strategy; None = the Searcher's default
-    # torch | onnx | openvino | onnx-int8 | torch-bf16 | auto; None = auto (sketchfind.runtime)
+    # torch | onnx | openvino | openvino-bf16 | onnx-int8 | torch-bf16 | auto; None = auto (sketchfind.runtime)
     runtime: str | None = None
     backend: str | None = None  # faiss | milvus; None = what the index records
     milvus_uri: str | None = None  # Milvus server URL or Milvus Lite .db file (implies backend milvus)
