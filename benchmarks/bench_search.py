@@ -409,7 +409,8 @@ def markdown(res: dict) -> str:
         f"torch threads {res['machine']['torch_threads']}, load average at start "
         f"{', '.join(f'{v:.1f}' for v in res['machine']['load_avg_start'])}; {res['machine']['date']}.",
         f"Model: {res['settings']['model']} ({res['settings']['weights'] or 'random init'}); "
-        f"ann as the weights ship it: {res['settings'].get('ann_settings')}; k = 100.",
+        f"ann as the weights ship it: {res['settings'].get('ann_settings')}; k = 100; "
+        f"runtime {res['settings'].get('runtime', 'not recorded')}.",
         "",
     ]
     if res.get("scaling"):
@@ -548,6 +549,9 @@ def main() -> None:
     from sketchfind.rerank import RankSettings
 
     res["settings"]["ann_settings"] = RankSettings.from_metadata(timing_model.weights_metadata).__dict__
+    from sketchfind.runtime import resolve_runtime
+
+    res["settings"]["runtime"] = resolve_runtime(None, args.model)  # SKETCHFIND_RUNTIME, else auto's choice
     if "scaling" not in skip:
         res["scaling"] = scaling(args, timing_model)
         res["ratios"] = ratios(res["scaling"])

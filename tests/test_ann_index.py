@@ -142,6 +142,58 @@ def test_a_real_small_index_ranks_as_before(tmp_path):
             assert ranked[0] == ranked[1]
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+def test_the_split_exact_scan_returns_what_the_whole_scan_returns(parts):
+    x = mixture(5000)
+    x[4000:4010] = x[10]  # exact ties across the parts: same codes, same score
+    whole = faiss.index_factory(x.shape[1], "SQ8", faiss.METRIC_INNER_PRODUCT)
+    whole.train(x)
+    whole.add(x)
+    split = ann.ParallelScan(faiss.clone_index(whole), parts)
+    assert split.ntotal == 5000 and sum(part.ntotal for _, part in split.parts) == 5000
+    queries = np.concatenate([mixture(8, seed=9), x[10:11]])
+    for k in (1, 10, 300, 5000, 5003):  # the whole gallery, and more than it holds (padded as FAISS pads)
+        want_scores, want_ids = whole.search(queries, k)
+        got_scores, got_ids = split.search(queries, k)
+        assert got_ids.shape == want_ids.shape == (9, k)
+        np.testing.assert_array_equal(got_scores, want_scores)  # the same scores in the same order
+        for got, want, scores in zip(got_ids, want_ids, got_scores, strict=True):
+            assert sorted(got[got >= 0]) == sorted(want[want >= 0])
+            # equal scores in position order (FAISS's heap leaves their order unspecified)
+            same = scores[1:] == scores[:-1]
+            assert (got[1:][same & (got[1:] >= 0)] > got[:-1][same & (got[1:] >= 0)]).all()
+        assert (got_ids[:, 5000:] == -1).all()
+    tied = split.search(x[10:11], 11)[1][0]
+    assert sorted(tied) == [10, *range(4000, 4010)]
+    ids = np.array([4999, 0, 2500, 1667, 3334, 17])  # every part, out of order
+    np.testing.assert_array_equal(split.reconstruct_batch(ids), whole.reconstruct_batch(ids))
+
+
+def test_searchers_split_large_exact_scans_over_their_threads(monkeypatch, tmp_path):
+    import torch
+
+    from sketchfind.index import build_index
+    from sketchfind.search import Searcher
+
+    model = tiny()
+    copy_photos(tmp_path / "photos", per_class=6)
+    build_index([tmp_path / "photos"], tmp_path / "idx", model)
+    with Searcher.open(tmp_path / "idx", model) as whole:
+        assert isinstance(whole.state.first_stage, faiss.Index)  # below PARALLEL_FROM photos
+        want = [[(h.path, h.score) for h in whole.search(s, k=None).hits] for s in sketches(per_class=1)]
+    monkeypatch.setattr(ann, "PARALLEL_FROM", 10)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with Searcher.open(tmp_path / "idx", model) as split:
+        assert isinstance(split.state.first_stage, ann.ParallelScan) and len(split.state.first_stage.parts) == 2
+        got = [[(h.path, h.score) for h in split.search(s, k=None).hits] for s in sketches(per_class=1)]
+        for strategy in ("ann", "clustered"):
+            assert split.search(sketches(per_class=1)[0], k=5, strategy=strategy).hits
+    assert got == want
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    with Searcher.open(tmp_path / "idx", model) as one_thread:
+        assert isinstance(one_thread.state.first_stage, faiss.Index)
+
+
 def test_ann_param_pairs_from_the_command_line():
     from sketchfind.cli import parse_ann_params
     from sketchfind.errors import SketchfindError

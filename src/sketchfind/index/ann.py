@@ -1,7 +1,8 @@
 """The first stage's FAISS index over [Ret] embeddings, chosen by gallery size (``ann_type="auto"``).
 
 Below :data:`APPROX_FROM` photos it is the exact inner-product scan over 8-bit codes (``SQ8``): a few ms
-per query and nothing to tune. From there on it is an approximate index, chosen autofaiss-style:
+per query and nothing to tune (a Searcher splits it over its threads from :data:`PARALLEL_FROM` photos:
+:class:`ParallelScan`). From there on it is an approximate index, chosen autofaiss-style:
 :data:`CANDIDATES` are listed fastest first (as measured by ``benchmarks/bench_first_stage.py`` at the
 recall target); those whose estimated size exceeds :data:`MEMORY_BUDGET` are skipped, and each of the
 others in turn is trained on a sample of the gallery, its search parameter (``nprobe`` / ``efSearch``)
@@ -33,6 +34,8 @@ log = logging.getLogger("sketchfind")
 AUTO = "auto"  # the default ann_type: exact below APPROX_FROM photos, approximate above
 EXACT_TYPE = "SQ8"  # exact scan over 8-bit codes: 128 B/photo, ~1 ms per 70k photos
 APPROX_FROM = 200_000  # photos; below, the exact scan costs a few ms (benchmarks/results/first_stage.md)
+PARALLEL_FROM = 20_000  # photos; from here on the exact scan is split over the threads (ParallelScan): below,
+# handing a part to another thread costs about what it saves
 RECALL_K = 100
 RECALL_TARGET = 0.95  # recall@100 against the exact ranking, for the queries ann ranks with
 # tuning queries are gallery vectors, which find their neighbours more easily than a sketch's expanded
@@ -144,6 +147,89 @@ def search_whole(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.nd
     if ivf is not None:
         return index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=ivf.nlist))
     return index.search(queries, k)
+
+
+class ParallelScan:
+    """The exact scan split into contiguous parts that several threads search at once.
+
+    FAISS scans the codes for one query on one thread, so on a 2-core machine half the CPU idles through
+    the two scans of an ann query (its query expansion, then the expanded query). Each part is an index of
+    the same kind with the same trained quantiser over its slice of the codes (moved there: the memory stays
+    that of one index); the other parts are searched in worker threads while the calling thread searches the
+    first (FAISS releases the GIL), and the results are merged. Scores are computed exactly as by the whole
+    index, so the same photos come back with the same scores (equal scores are ordered by position).
+    At 70k photos a scan takes ~1.2 ms, and ~0.65 ms on two threads (``benchmarks/results/search.md``).
+    """
+
+    def __init__(self, index: faiss.Index, parts: int):
+        n = index.ntotal
+        self.ntotal, self.d = n, index.d
+        codes = faiss.vector_to_array(index.codes).reshape(n, index.code_size)
+        index.reset()  # the codes live in the parts from here on
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+        self.parts = []
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            part = faiss.clone_index(index)  # the trained quantiser, no codes
+            part.add_sa_codes(codes[start:stop])
+            self.parts.append((int(start), part))
+        del codes
+        self.starts = bounds[:-1]
+        self.pool = _scan_pool(parts - 1)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the k best, as ``faiss.Index.search`` (rows padded with -inf scores and id -1)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        (_, first), *rest = self.parts
+        pending = [self.pool.submit(part.search, queries, min(k, part.ntotal)) for _, part in rest if part.ntotal]
+        results = [first.search(queries, min(k, first.ntotal))] if first.ntotal else []
+        results += [f.result() for f in pending]
+        starts = [start for start, part in self.parts if part.ntotal]
+        scores = np.concatenate([d for d, _ in results], axis=1)
+        ids = [np.where(i >= 0, i + start, -1) for (_, i), start in zip(results, starts, strict=True)]
+        ids = np.concatenate(ids, axis=1)
+        ids = np.where(ids >= 0, ids, np.iinfo(np.int64).max)  # padding last among equal (-inf) scores
+        order = np.lexsort((ids, -scores), axis=1)[:, :k] if len(queries) else np.zeros((0, 0), np.int64)
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        ids[ids == np.iinfo(np.int64).max] = -1
+        if scores.shape[1] < k:  # fewer photos than asked for, as FAISS pads
+            pad = k - scores.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.finfo(np.float32).max)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, ids
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        """(n, D) decoded vectors of these positions."""
+        ids = np.asarray(ids, np.int64)
+        which = np.searchsorted(self.starts, ids, side="right") - 1
+        out = np.empty((len(ids), self.d), np.float32)
+        for p, (start, part) in enumerate(self.parts):
+            rows = np.flatnonzero(which == p)
+            if len(rows):
+                out[rows] = part.reconstruct_batch(ids[rows] - start)
+        return out
+
+
+_pool = None
+
+
+def _scan_pool(workers: int):
+    """The process's scan threads (grown to ``workers`` when a larger split asks for more)."""
+    global _pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _pool is None or _pool._max_workers < workers:
+        _pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="sketchfind-scan")
+    return _pool
+
+
+def split_scan(index: faiss.Index | None, threads: int) -> faiss.Index | ParallelScan | None:
+    """``index`` as a :class:`ParallelScan` over ``threads`` parts when it is an exact scan of at least
+    :data:`PARALLEL_FROM` photos and there is more than one thread; else the index itself."""
+    if index is None or threads < 2 or index.ntotal < PARALLEL_FROM or is_approximate(index):
+        return index
+    if not isinstance(faiss.downcast_index(index), faiss.IndexFlatCodes):
+        return index
+    return ParallelScan(index, threads)
 
 
 def first_stage(index: faiss.Index, queries: np.ndarray, want: int, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,8 @@ class Artefacts:
     """The derived search structures of one store generation."""
 
     generation: int
-    ann: faiss.Index | None  # over L2-normalised [Ret] embeddings, position i = snapshot.ids[i]
+    ann: faiss.Index | None  # over L2-normalised [Ret] embeddings, position i = snapshot.ids[i]; a Searcher may
+    # hold it as an ann.ParallelScan
     clusters: Clusters | None
     info: dict
 
