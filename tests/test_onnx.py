@@ -184,6 +184,19 @@ def test_search_ranks_alike_with_either_runtime(lite, lite_index, strategy, runt
             np.testing.assert_allclose([torch_score[h.photo_id] for h in got], [h.score for h in want], atol=SCORES)
 
 
+def test_warm_up_compiles_what_the_first_query_needs_and_changes_no_result(lite, lite_index):
+    query = sorted((SKETCHY / "sketches" / "cup").iterdir())[0]
+    with Searcher.open(lite_index, lite, runtime="openvino") as cold:
+        want = [(h.photo_id, h.score) for h in cold.search(query, k=10).hits]
+    with Searcher.open(lite_index, lite, runtime="openvino") as warm:
+        sessions = warm.model.sessions
+        assert not sessions["sketch"].requests and not sessions["head"].requests  # compiled on first use
+        warm.warm_up()
+        assert list(sessions["sketch"].requests) == [(("images", (1, 3, 224, 224)),)]  # a query's shape
+        assert list(sessions["head"].requests) == [None]  # clustered and exhaustive: the head's dynamic batch
+        assert [(h.photo_id, h.score) for h in warm.search(query, k=10).hits] == want
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 def test_an_index_built_through_exported_graphs_searches_like_one_built_through_torch(lite, tmp_path, runtime):
     copy_photos(tmp_path / "photos", classes=CLASSES[:3], per_class=6)  # batches of 4, 4, 4, 4 and 2

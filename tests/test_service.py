@@ -88,6 +88,16 @@ def test_searcher_loaded_once_at_start_up(client, opened):
     assert len(opened) == 1
 
 
+def test_the_searcher_is_warmed_up_before_the_first_request(index_dir, model):
+    searcher, calls = Searcher.open(index_dir, model=model), []
+    warm_up = searcher.warm_up
+    searcher.warm_up = lambda: (calls.append("warm-up"), warm_up())
+    with TestClient(create_app(Settings(index=index_dir), searcher_factory=lambda s: searcher)) as client:
+        assert calls == ["warm-up"]  # during start-up
+        assert _ids(client.post("/api/search", files={"sketch": ("s.png", SKETCH, "image/png")}))
+    assert calls == ["warm-up"]
+
+
 def test_page_loads_nothing_from_other_hosts(client):
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text

@@ -432,6 +432,20 @@ class Searcher:
         with torch.inference_mode():
             return self.model.encode_sketch(image)
 
+    def warm_up(self) -> None:
+        """Searches a drawn circle once, results unused, so that the first real query does not pay for what runs
+        only once: OpenVINO compiles each graph for the input shape it first meets (~0.25 s for the sketch
+        encoder of zse-lite0), allocators and the index's pages warm up. The service calls it at start-up."""
+        side = self.model.cfg.image_size
+        yy, xx = np.mgrid[:side, :side]
+        ring = np.abs(np.hypot(yy - side / 2, xx - side / 2) - side / 3) < 2
+        circle = np.where(ring[:, :, None], np.uint8(0), np.uint8(255)).repeat(3, axis=2)
+        query = self._encode_array(circle)
+        with torch.inference_mode():
+            self.model.relation_scores(query, query)  # the cross-attention + relation head (clustered, exhaustive)
+        if len(self):
+            self.search_tokens(query, 1, "ann")
+
     def search(self, source, k: int | None = 20, strategy: str | None = None) -> SearchResult:
         """Ranks the gallery for one sketch: the best ``k`` photos (``k=None``: the whole gallery)."""
         start = time.perf_counter()

@@ -83,6 +83,8 @@ def create_app(settings: Settings | None = None, searcher_factory: Callable[[Set
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         searcher = factory(settings)
+        if hasattr(searcher, "warm_up"):  # before the first request: it would wait for what runs only once
+            searcher.warm_up()
         thumbnails = ThumbnailCache(settings.thumbnail_cache)
         app.state.sketchfind = ServiceState(searcher, settings, thumbnails)
         warming = start_warming(thumbnails, searcher, settings.thumbnail_size) if settings.warm_thumbnails else None
