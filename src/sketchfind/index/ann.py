@@ -158,7 +158,8 @@ class ParallelScan:
     that of one index); the other parts are searched in worker threads while the calling thread searches the
     first (FAISS releases the GIL), and the results are merged. Scores are computed exactly as by the whole
     index, so the same photos come back with the same scores (equal scores are ordered by position).
-    At 70k photos a scan takes ~1.2 ms, and ~0.65 ms on two threads (``benchmarks/results/search.md``).
+    At 70k photos a scan takes ~1.2 ms on one thread; split over two, an ann query is 0.6-1 ms faster
+    (in-process A/B, ``benchmarks/README.md``).
     """
 
     def __init__(self, index: faiss.Index, parts: int):

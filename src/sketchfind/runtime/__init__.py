@@ -10,7 +10,7 @@
 * ``"openvino-bf16"``: an :class:`OpenVinoBf16Model`, ``openvino`` with the sketch encoder in bf16 (CPUs with
   native bf16 only): a query sketch encoded ~1.8x faster, photos and the relation head unchanged (the same
   index as ``openvino`` builds). What auto picks for the models in :data:`OPENVINO_BF16_AUTO`, whose ranking it
-  keeps (zse-lite0: ann top-10 overlap with fp32 >= 0.9, mAP@all within 0.005);
+  keeps (zse-lite0 on unseen-25: ann and exhaustive top-10 overlap with fp32 >= 0.9, mAP@all within 0.005);
 * ``"onnx-int8"``: an :class:`OnnxModel` whose sketch and photo encoders run a statically quantised
   backbone (:mod:`sketchfind.runtime.quantize`; the relation head stays fp32). It needs an int8
   calibration for the weights: the shipped weights carry one.

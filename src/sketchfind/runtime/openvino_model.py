@@ -83,11 +83,11 @@ class OpenVinoModel(OnnxModel):
 
 class OpenVinoBf16Model(OpenVinoModel):
     """:class:`OpenVinoModel` with the sketch encoder computed in bf16 (CPUs with native bf16 only: AMX or
-    AVX512-BF16). A query sketch is encoded ~1.8x faster (zse-lite0 on the 2-core Xeon: ~2.7 ms instead of
-    ~4.9 ms), its [Ret] within cosine 0.997 of fp32. Photos and the relation head stay fp32, so an index built
-    with this runtime is the one ``openvino`` builds, and exhaustive and clustered score as they do there;
-    ann's ranking moves a little (zse-lite0, 625 sketches x all 3,125 sketchy-mini photos: top-10 overlap with
-    fp32 0.92, mAP@all 0.6125 -> 0.6152; benchmarks/results/runtime.md for unseen-25)."""
+    AVX512-BF16). A query sketch is encoded ~1.7x faster (zse-lite0 on the 2-core Xeon: ~2.6 ms instead of
+    ~4.4 ms), its [Ret] within cosine 0.995 of fp32. Photos and the relation head stay fp32, so an index built
+    with this runtime is the one ``openvino`` builds; rankings move a little with the query's tokens (zse-lite0,
+    unseen-25 against fp32: ann top-10 overlap 0.933, mAP@all 0.6833 -> 0.6811; exhaustive 0.936; ann over
+    every sketchy-mini photo 0.886; benchmarks/results/runtime.md)."""
 
     runtime = "openvino-bf16"
     bf16_graphs = frozenset({"sketch"})
