@@ -19,6 +19,7 @@ from sketchfind.errors import ConfigError, IndexStoreError
 from sketchfind.index import IndexStore, build_index, index_info, recluster, remove_photos
 from sketchfind.index.codec import TOKEN_KINDS, GlobalCodec, TokenCodec
 from sketchfind.models import create_model
+from sketchfind.models.factory import save_weights
 
 from .index_helpers import CLASSES, copy_photos, sketches, tiny, write_corrupt_files
 
@@ -183,8 +184,15 @@ def test_a_model_with_the_same_encoder_and_another_head_opens_the_index(model, g
     encoder = copy.deepcopy(model)  # any change before the head: another index
     with torch.no_grad():
         next(encoder.encoder.parameters()).mul_(1.01)
-    with pytest.raises(IndexStoreError, match="other 'zse-tiny' weights"):
+    with pytest.raises(IndexStoreError, match="other 'zse-tiny' weights") as refused:
         Searcher.open(out, encoder)
+    # built with shipped weights (no file recorded) that a newer release replaced: the way out is to index again
+    assert "index the photos again into a new --index folder" in str(refused.value)
+    weights = tmp_path / "tiny.safetensors"
+    save_weights(model, weights)
+    build_index([gallery[0]], tmp_path / "from-file", model, weights=weights)
+    with pytest.raises(IndexStoreError, match="pass the weights it was built with$"):
+        Searcher.open(tmp_path / "from-file", encoder)
     # an index written before the encoder fingerprint was recorded: all the weights must match ...
     with sqlite3.connect(out / "index.sqlite") as conn:
         recorded = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()[0])

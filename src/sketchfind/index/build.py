@@ -125,9 +125,12 @@ def check_model(recorded: dict, model: ZSEModel, index_dir: str | Path) -> None:
     else:
         same = recorded["fingerprint"] == model_fingerprint(model)
     if not same:
+        hint = "pass the weights it was built with"
+        if not recorded.get("weights"):  # the weights a sketchfind release shipped, replaced since
+            hint += ", or index the photos again into a new --index folder (or remove this one)"
         raise IndexStoreError(
             f"{index_dir} was built with other {recorded['name']!r} weights "
-            f"(fingerprint {recorded['fingerprint']}); pass the weights it was built with"
+            f"(fingerprint {recorded['fingerprint']}); {hint}"
         )
 
 
