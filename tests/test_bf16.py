@@ -30,7 +30,7 @@ TOKEN_REL, RET_COSINE, SCORES = 0.02, 0.9999, 1e-2
 # relation scores within 4.5e-4 (the README's bound for fp16, the official evaluation precision: 1e-3)
 GOLDEN_TOKEN_REL, GOLDEN_SCORES = 0.02, 1e-3
 # openvino-bf16 computes zse-lite0's whole sketch encoder in bf16, its EfficientNet included: on 24 sketchy-mini
-# sketches the largest token error is 13.5% of the token's norm, [Ret] cosine >= 0.9965
+# sketches the largest token error is 18.9% of the token's norm, [Ret] cosine >= 0.9967
 OV_TOKEN_REL, OV_RET_COSINE = 0.25, 0.99
 OVERLAP = 0.9  # top-10 overlap with the all-fp32 search, the bar auto uses (unseen-25 ann: 0.998)
 

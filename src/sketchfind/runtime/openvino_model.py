@@ -84,10 +84,10 @@ class OpenVinoModel(OnnxModel):
 class OpenVinoBf16Model(OpenVinoModel):
     """:class:`OpenVinoModel` with the sketch encoder computed in bf16 (CPUs with native bf16 only: AMX or
     AVX512-BF16). A query sketch is encoded ~1.7x faster (zse-lite0 on the 2-core Xeon: ~2.6 ms instead of
-    ~4.4 ms), its [Ret] within cosine 0.995 of fp32. Photos and the relation head stay fp32, so an index built
+    ~4.4 ms), its [Ret] within cosine 0.99 of fp32. Photos and the relation head stay fp32, so an index built
     with this runtime is the one ``openvino`` builds; rankings move a little with the query's tokens (zse-lite0,
-    unseen-25 against fp32: ann top-10 overlap 0.933, mAP@all 0.6833 -> 0.6811; exhaustive 0.936; ann over
-    every sketchy-mini photo 0.886; benchmarks/results/runtime.md)."""
+    unseen-25 against fp32: ann top-10 overlap 0.926, mAP@all 0.7078 -> 0.7089; exhaustive 0.938; ann over
+    every sketchy-mini photo 0.871; benchmarks/results/runtime.md)."""
 
     runtime = "openvino-bf16"
     bf16_graphs = frozenset({"sketch"})
