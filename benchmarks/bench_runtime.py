@@ -406,14 +406,13 @@ def bench_openvino_bf16(lite, sketches_per_class: int) -> dict:
     settings = RankSettings.from_metadata(lite.weights_metadata)
     sk_files, qlabels, ph_files, glabels = split_files("unseen")
     everything = scan_root(SKETCHY)
-    all_photos, all_labels = everything.flat("photos")
+    all_photos, _ = everything.flat("photos")  # labelled below by class name
     unseen_ids = {c: i for i, c in enumerate(sorted({f.parent.name for f in sk_files}))}
     # mixed gallery labels: unseen classes keep their ids, every other class gets one of its own
     names = {f.parent.name for f in all_photos}
     ids = unseen_ids | {c: len(unseen_ids) + i for i, c in enumerate(sorted(names - set(unseen_ids)))}
     q_mixed = np.array([ids[f.parent.name] for f in sk_files])
     g_mixed = np.array([ids[f.parent.name] for f in all_photos])
-    del all_labels
     with torch.inference_mode():
         sketches = {
             name: encode_files(net, sk_files, "sketch", desc=f"unseen sketches, {name}")[0].numpy()

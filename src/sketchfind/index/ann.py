@@ -210,16 +210,17 @@ class ParallelScan:
         return out
 
 
-_pool = None
+_pool, _pool_workers = None, 0
 
 
 def _scan_pool(workers: int):
     """The process's scan threads (grown to ``workers`` when a larger split asks for more)."""
-    global _pool
+    global _pool, _pool_workers
     from concurrent.futures import ThreadPoolExecutor
 
-    if _pool is None or _pool._max_workers < workers:
-        _pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="sketchfind-scan")
+    if _pool is None or _pool_workers < workers:
+        _pool_workers = max(1, workers)
+        _pool = ThreadPoolExecutor(_pool_workers, thread_name_prefix="sketchfind-scan")
     return _pool
 
 
