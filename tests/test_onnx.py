@@ -77,7 +77,7 @@ def test_lite_encoders_and_head_match_pytorch_on_real_images(lite, lite_graphs):
 def test_openvino_keeps_a_few_compiled_shapes_and_hands_out_its_own_arrays(lite, onnx_cache):
     from sketchfind.runtime import openvino_model
 
-    ov = load_runtime(lite, "openvino", cache_dir=onnx_cache)
+    ov = load_runtime(lite, "openvino", cache_dir=onnx_cache, threads=1)  # one thread: every batch in one call
     assert isinstance(ov, OpenVinoModel) and ov.runtime == "openvino"
     photos = _images("photos", 2, lite.cfg.preprocess)  # 12
     with torch.inference_mode():
@@ -89,13 +89,40 @@ def test_openvino_keeps_a_few_compiled_shapes_and_hands_out_its_own_arrays(lite,
     # each result is a copy: later inferences (OpenVINO reuses its output buffers) leave it as it was
     assert torch.equal(first, kept)
     photo_graph = ov.sessions["photo"]
-    assert len(photo_graph.requests) == openvino_model.KEEP_SHAPES
+    assert len(photo_graph.requests) == openvino_model.KEEP_SHAPES and photo_graph.queue is None
     assert list(photo_graph.requests)[-1] == (("images", (12, 3, 224, 224)),)  # the latest size is kept
     with torch.inference_mode():
         tokens = lite.encode_photo(photos)
         scores = ov.relation_scores(tokens[:2], tokens, max_pairs=5)  # chunks of 5, 5 and 2 pairs
         assert (scores - lite.relation_scores(tokens[:2], tokens)).abs().max() <= SCORES
     assert list(ov.sessions["head"].requests) == [None]  # the head is compiled once, with a dynamic batch
+
+
+def test_openvino_runs_large_batches_as_micro_batches_on_one_stream_per_thread(lite, onnx_cache):
+    from sketchfind.runtime import openvino_model
+
+    ov = load_runtime(lite, "openvino", cache_dir=onnx_cache, threads=2)
+    photo_graph = ov.sessions["photo"]
+    assert photo_graph.streams == 2 and ov.sessions["head"].streams == 1  # the head's batches vary in size
+    photos = _images("photos", 3, lite.cfg.preprocess)[:17]  # odd: the last micro-batch is padded
+    sketches = _images("sketches", 1, lite.cfg.preprocess)  # 6
+    with torch.inference_mode():
+        want_tokens, want_global = lite.encode_with_global(photos, "photo")
+        tokens, global_emb = ov.encode_with_global(photos, "photo")
+        kept = tokens.clone()
+        assert tokens.shape == want_tokens.shape and global_emb.shape == want_global.shape
+        assert (tokens - want_tokens).abs().max() <= TOKENS and (global_emb - want_global).abs().max() <= TOKENS
+        for n in (openvino_model.SPLIT_FROM, 5, 12):  # the same queue for every large batch, rows in order
+            got = ov.encode_photo(photos[:n])
+            assert got.shape[0] == n and (got - want_tokens[:n]).abs().max() <= TOKENS
+        small = ov.encode_photo(photos[: openvino_model.SPLIT_FROM - 1])  # a small batch: one call on both threads
+        assert (small - want_tokens[: openvino_model.SPLIT_FROM - 1]).abs().max() <= TOKENS
+        assert (ov.encode_sketch(sketches) - lite.encode_sketch(sketches)).abs().max() <= TOKENS
+    assert torch.equal(tokens, kept)  # a copy: the micro-batches' buffers are reused by later batches
+    shape = [openvino_model.MICRO_BATCH, 3, 224, 224]
+    assert photo_graph.queue is not None and len(photo_graph.queue) == 4  # two requests per stream
+    assert [list(p.get_shape()) for p in photo_graph.queue[0].model_inputs] == [shape]
+    assert list(photo_graph.requests) == [(("images", (openvino_model.SPLIT_FROM - 1, 3, 224, 224)),)]
 
 
 def test_same_padding_is_folded_into_the_convolutions(lite, lite_onnx, onnx_cache):
