@@ -3,6 +3,8 @@
     python benchmarks/bench_ray.py --photos 500                       # a few minutes on 2 cores
     python benchmarks/bench_ray.py --photos 48 --repeats 1 --out /tmp/ray_build   # a quick check
     python benchmarks/bench_ray.py --photos 3125 --repeats 1 --out benchmarks/results/ray_build_3125  # all photos
+    python benchmarks/bench_ray.py --photos 25000 --repeats 1 --decode auto,tasks \
+        --out benchmarks/results/ray_build_25000  # decoding in the actor vs in tasks
 
 The photos are N sketchy-mini photos spread over its 125 classes. Each method builds a fresh index of them
 with the default model (the shipped zse-lite0 weights) and the default runtime; the order alternates over
@@ -11,8 +13,8 @@ with the default model (the shipped zse-lite0 weights) and the default runtime; 
 Reported per method (median over the repeats):
   wall      photos / seconds of the whole ``build_index`` call: model, scan, decode, encode, commit,
             clustering; for Ray also starting the local Ray and its encoder actor
-  steady    photos after the first commit / time from the first to the last commit: the pipeline's rate
-            once it runs, without the start-up
+  steady    photos committed between the commits that pass 10% and 90% of the photos / the time between
+            them: the pipeline's rate once it runs, without the start-up and the end
   start-up  seconds until the first batch is committed
   Ray's start-up breakdown (BuildReport.ray_seconds): import and start of Ray (in the background, while the
             driver loads the model and plans), how long the driver then waited for it, the first batch
@@ -94,19 +96,20 @@ def build(method: str, photos: Path, out: Path, args, clock: CommitClock) -> dic
     from sketchfind.index.distributed import RaySettings
 
     shutil.rmtree(out, ignore_errors=True)
-    ray = RaySettings(cpus=args.cpus, actors=args.actors) if method == "ray" else None
+    on_ray = method.startswith("ray")
+    ray = RaySettings(cpus=args.cpus, actors=args.actors, decode=method.split("-")[1]) if on_ray else None
     clock.times.clear()
     start = time.perf_counter()
     report = build_index([photos], out, batch_size=args.batch_size, workers=args.cpus, ray=ray)
     wall = time.perf_counter() - start
-    first, last = clock.times[0][0], clock.times[-1][0]
-    after_first = sum(n for _, n in clock.times[1:])
+    first = clock.times[0][0]
+    steady = _middle_rate(clock.times)
     row = {
         "method": method,
         "photos": len(report.new),
         "seconds": wall,
         "photos_per_s": len(report.new) / wall,
-        "steady_photos_per_s": after_first / (last - first) if last > first else float("nan"),
+        "steady_photos_per_s": steady,
         "startup_seconds": first - start,
         "encode_seconds": report.encode_seconds,
         "skipped": len(report.skipped),
@@ -114,6 +117,19 @@ def build(method: str, photos: Path, out: Path, args, clock: CommitClock) -> dic
     }
     log(method, {k: _rounded(v) for k, v in row.items()})
     return row
+
+
+def _middle_rate(times: list[tuple[float, int]]) -> float:
+    """Photos per second between the commits that pass 10% and 90% of the photos: the pipeline's rate once it
+    runs, without the start-up and the end (commits may come in bursts: an actor that decodes its own files
+    hands back 256 of them at once)."""
+    total, done, marks = sum(n for _, n in times), 0, []
+    for t, n in times:
+        done += n
+        marks.append((t, done))
+    lo = next((t, d) for t, d in marks if d >= 0.1 * total)
+    hi = next((t, d) for t, d in marks if d >= 0.9 * total)
+    return (hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0] else float("nan")
 
 
 def compare(single: Path, on_ray: Path) -> dict:
@@ -180,26 +196,32 @@ def markdown(result: dict) -> str:
             f"| {row['method']} | {row['photos']} | {row['seconds']:.1f} | {row['photos_per_s']:.1f} | "
             f"{row['steady_photos_per_s']:.1f} | {row['startup_seconds']:.1f} | {row['encode_seconds']:.1f} |"
         )
-    stages = result["summary"][1]["ray_seconds"]
-    if stages:
-        lines += [
-            "",
-            "Ray's fixed costs (median s): "
-            + ", ".join(f"{STAGES[k]} {v:.1f}" for k, v in stages.items() if k in STAGES)
-            + ". Import and start run in the background while the driver loads the model and plans; the "
-            "shutdown runs beside clustering and the FAISS index.",
-        ]
-    r, c = result["ratio"], result["comparison"]
+    for row in result["summary"][1:]:
+        stages = row["ray_seconds"]
+        if stages:
+            lines += [
+                "",
+                f"{row['method']}: Ray's fixed costs (median s): "
+                + ", ".join(f"{STAGES[k]} {v:.1f}" for k, v in stages.items() if k in STAGES)
+                + ".",
+            ]
     lines += [
         "",
-        f"Ray / single process: **{r['wall']:.0%}** of the photos/s end to end, **{r['steady']:.0%}** once running "
-        "(target >= 90%).",
-        "",
-        f"Same index: same photos {c['same_photos']}, same ids and order {c['same_ids']}, token code bytes "
-        f"bitwise equal {c['codes_bitwise_equal_share']:.2%}, largest token difference "
-        f"{c.get('max_token_diff', 0):.2g} (one quantisation step: {c.get('quantisation_step', 0):.2g}).",
-        "",
+        "Import and start run in the background while the driver loads the model and plans; the shutdown runs "
+        "beside clustering and the FAISS index. `ray-auto`: on this CPU-only Ray the encoder actor decodes its own "
+        "files (256 per call); `ray-tasks`: CPU tasks decode 32 files each for the actor (how GPU actors are fed).",
     ]
+    for method, r in result["ratio"].items():
+        c = result["comparison"][method]
+        lines += [
+            "",
+            f"{method} / single process: **{r['wall']:.0%}** of the photos/s end to end, **{r['steady']:.0%}** once "
+            "running (target >= 90%). Same index: same photos "
+            f"{c['same_photos']}, same ids and order {c['same_ids']}, token code bytes bitwise equal "
+            f"{c['codes_bitwise_equal_share']:.2%}, largest token difference {c.get('max_token_diff', 0):.2g} (one "
+            f"quantisation step: {c.get('quantisation_step', 0):.2g}).",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -210,6 +232,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray = decoding threads of the single")
     parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument(
+        "--decode", default="auto", help="comma-separated RaySettings.decode values, one Ray method each (auto,tasks)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ray_build")
     args = parser.parse_args()
 
@@ -221,7 +246,7 @@ def main() -> None:
         gallery(work / "photos", args.photos)
         info = machine()
         clock = CommitClock()
-        order = ["single", "ray"]
+        order = ["single", *(f"ray-{d}" for d in args.decode.split(","))]
         rows = []
         for repeat in range(args.repeats):
             for method in order if repeat % 2 == 0 else order[::-1]:
@@ -230,7 +255,7 @@ def main() -> None:
         for method in order:
             mine = [r for r in rows if r["method"] == method]
             summary.append({k: _median(r[k] for r in mine) for k in mine[0]})
-        single, on_ray = summary
+        single = summary[0]
         result = {
             "machine": info,
             "settings": {
@@ -239,16 +264,20 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "cpus": args.cpus,
                 "actors": args.actors,
+                "decode": args.decode,
                 "model": DEFAULT_MODEL,
                 "runtime": resolve_runtime(None),
             },
             "runs": rows,
             "summary": summary,
             "ratio": {
-                "wall": on_ray["photos_per_s"] / single["photos_per_s"],
-                "steady": on_ray["steady_photos_per_s"] / single["steady_photos_per_s"],
+                row["method"]: {
+                    "wall": row["photos_per_s"] / single["photos_per_s"],
+                    "steady": row["steady_photos_per_s"] / single["steady_photos_per_s"],
+                }
+                for row in summary[1:]
             },
-            "comparison": compare(work / "single", work / "ray"),
+            "comparison": {method: compare(work / "single", work / method) for method in order[1:]},
             "load_avg_end": os.getloadavg(),
         }
     finally:

@@ -49,14 +49,28 @@ def gallery(tmp_path_factory) -> tuple[Path, list[Path], list[Path]]:
 
 
 @pytest.fixture(scope="module")
-def built(gallery, local_ray, tmp_path_factory):
-    """(single-process index, its report, Ray index, its report) over the same photos."""
-    out = tmp_path_factory.mktemp("ray-built")
-    single = build_index([gallery[0]], out / "single", tiny(), batch_size=BATCH, workers=1, label_from_folder=True)
-    on_ray = build_index(
-        [gallery[0]], out / "ray", tiny(), batch_size=BATCH, label_from_folder=True, ray=RaySettings(cpus=2)
-    )
-    return out / "single", single, out / "ray", on_ray
+def single_built(gallery, tmp_path_factory):
+    """(single-process index, its report)."""
+    out = tmp_path_factory.mktemp("single-built") / "single"
+    return out, build_index([gallery[0]], out, tiny(), batch_size=BATCH, workers=1, label_from_folder=True)
+
+
+def _ray_build(gallery, out: Path, decode: str):
+    settings = RaySettings(cpus=2, decode=decode)
+    return out, build_index([gallery[0]], out, tiny(), batch_size=BATCH, label_from_folder=True, ray=settings)
+
+
+@pytest.fixture(scope="module")
+def built(single_built, gallery, local_ray, tmp_path_factory):
+    """(single-process index, its report, Ray index, its report) over the same photos; on this CPU-only Ray the
+    encoder actor decodes its own files (``decode="auto"``)."""
+    return *single_built, *_ray_build(gallery, tmp_path_factory.mktemp("ray-built") / "ray", "auto")
+
+
+@pytest.fixture(scope="module")
+def built_with_tasks(single_built, gallery, local_ray, tmp_path_factory):
+    """The same with the files decoded by CPU tasks that feed the actor (how GPU actors are fed)."""
+    return *single_built, *_ray_build(gallery, tmp_path_factory.mktemp("ray-tasks") / "ray", "tasks")
 
 
 def _contents(index_dir: Path) -> dict:
@@ -83,8 +97,9 @@ def _token_step(codec, codes: np.ndarray) -> float:
     return float(scales.max() * np.abs(codec.ln_weight).max())
 
 
-def test_ray_index_equals_the_single_process_index(built):
-    single_dir, single, ray_dir, on_ray = built
+@pytest.mark.parametrize("decoding", ["built", "built_with_tasks"])
+def test_ray_index_equals_the_single_process_index(decoding, request):
+    single_dir, single, ray_dir, on_ray = request.getfixturevalue(decoding)
     a, b = _contents(single_dir), _contents(ray_dir)
     assert b["ids"] == a["ids"] and b["paths"] == a["paths"] and b["labels"] == a["labels"]  # same plan order
     assert sorted(on_ray.new) == sorted(single.new) and on_ray.photos == single.photos == 12
@@ -102,12 +117,21 @@ def test_ray_index_equals_the_single_process_index(built):
                 assert hits2 == hits1, (strategy, sketch)
 
 
-def test_ray_build_reports_unreadable_files_as_skipped(built, gallery):
-    _, single, _, on_ray = built
+@pytest.mark.parametrize("decoding", ["built", "built_with_tasks"])
+def test_ray_build_reports_unreadable_files_as_skipped(decoding, gallery, request):
+    _, single, _, on_ray = request.getfixturevalue(decoding)
     broken = {str(p.resolve()) for p in gallery[2]}
     assert {path for path, _ in on_ray.skipped} == broken
     assert sorted(on_ray.skipped) == sorted(single.skipped)  # same reasons, word for word
     assert on_ray.encode_seconds > 0 and on_ray.seconds > 0
+
+
+def test_decoding_runs_in_the_actors_unless_they_have_gpus():
+    assert RaySettings(cpus=2).decode_in_actors(gpus=0) and not RaySettings(cpus=2).decode_in_actors(gpus=1)
+    assert RaySettings(cpus=2, decode="tasks").decode_in_actors(gpus=0) is False
+    assert RaySettings(cpus=2, decode="actors").decode_in_actors(gpus=1) is True
+    with pytest.raises(ConfigError, match="--ray-decode gpu: choose one of auto, actors, tasks"):
+        RaySettings(cpus=2, decode="gpu")
 
 
 def test_ray_build_is_incremental(built, gallery, local_ray, tmp_path):

@@ -191,11 +191,11 @@ def _model_or_none(model: str | None, weights: Path | None):
     return load_model(model, weights=weights) if (model or weights) else None
 
 
-def _ray_settings(address: str | None, actors: int, cpus: int | None, threads: int | None):
+def _ray_settings(address: str | None, actors: int, cpus: int | None, threads: int | None, decode: str):
     from .index.distributed import RaySettings, check_ray_installed
 
     check_ray_installed()  # no Ray: a clear error before the model is loaded (build_index imports it)
-    return RaySettings(address=address, actors=actors, cpus=cpus, threads=threads)
+    return RaySettings(address=address, actors=actors, cpus=cpus, threads=threads, decode=decode)
 
 
 @app.command("index")
@@ -235,6 +235,13 @@ def index_cmd(
     ray_threads: Annotated[
         int | None, typer.Option(help="--ray: threads per encoder actor (default: local CPUs / actors; 1 on a cluster)")
     ] = None,
+    ray_decode: Annotated[
+        str,
+        typer.Option(
+            help="--ray: where photos are decoded: actors (each encoder actor decodes its own files), tasks (CPU "
+            "tasks feed the actors), auto (actors, tasks when the actors have GPUs)"
+        ),
+    ] = "auto",
 ) -> None:
     """Index photos: only new or changed files when the index exists; unreadable files are skipped."""
     import json
@@ -246,7 +253,7 @@ def index_cmd(
         raise SketchfindError(f"not found: {', '.join(missing)}")
     if ray_address and not ray:
         raise SketchfindError("--ray-address needs --ray")
-    ray_settings = _ray_settings(ray_address, ray_actors, ray_cpus, ray_threads) if ray else None
+    ray_settings = _ray_settings(ray_address, ray_actors, ray_cpus, ray_threads, ray_decode) if ray else None
     result = build_index(
         photos,
         index,

@@ -2,12 +2,17 @@
 :func:`~sketchfind.index.build_index`, with decoding and encoding spread over a Ray cluster.
 
     driver       scan + plan: which files are new or changed (``build._plan``, unchanged)
-    CPU tasks    read, hash, decode, resize 32 files per task (``build._load_one``), as uint8 images
-    actor pool   normalise (``to_tensor``), encode + quantise: each actor builds the model once from the
-                 driver's weights (sent through the object store and checked against the index's
-                 fingerprint), with the same
-                 runtime, preprocessing and codecs as the single-process build; a GPU per actor when
-                 the cluster has GPUs
+    actor pool   each actor builds the model once from the driver's weights (sent through the object store
+                 and checked against the index's fingerprint), with the same runtime, preprocessing and
+                 codecs as the single-process build, and encodes + quantises batches of photos; a GPU per
+                 actor when the cluster has GPUs
+    decoding     read, hash, decode, resize (``build._load_one``):
+                   on CPU actors (``decode="actors"``, the default without GPUs) each actor decodes the 256
+                   files it is given with its own threads while it encodes, as the single-process build
+                   does: only file names go in and quantised tokens come out, no pixels cross processes;
+                   for GPU actors (``decode="tasks"``, the default with GPUs) CPU tasks decode 32 files each
+                   into uint8 images that the actors normalise (``to_tensor``) and encode, so the GPUs do
+                   not wait for the CPUs of their own process
     driver       commits each encoded batch with ``IndexStore.commit_batch``, in plan order
 
 The driver stays the only writer, so the guarantees of the single-process build hold unchanged: only
@@ -32,6 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,9 +49,12 @@ from .build import BuildReport, _load_one, commit_encoded, encode_photos, note_u
 from .store import IndexStore
 
 LOCAL_OBJECT_STORE_MB = 512  # shared memory of a local Ray's object store: a few batches of photo tensors
+ACTOR_FILES = 256  # files per call of an actor that decodes its own: the first model batch of each call waits
+# for its decoding (a 16th of the call's time at 256 files; bench_ray at 3,125 photos: 128 files 23.8 s, 256 22.9 s)
 DECODE_BATCH = 32  # files per decoding task: 8 left the encoder idle a third of the time (bench_ray: steady
 # 74% of the single process on an idle machine; 32: 93-96%), 128 delays the first batch by seconds
 CONNECT_TIMEOUT = 10  # seconds to reach --ray-address before giving up
+DECODE_CHOICES = ("auto", "actors", "tasks")
 INSTALL_HINT = "pip install 'sketchfind[ray]'"
 
 
@@ -59,8 +68,12 @@ class RaySettings:
     threads: int | None = None  # intra-op threads per actor (None: local CPUs / actors; 1 on a cluster)
     gpus: float | None = None  # GPUs per actor (None: 1 when the cluster has GPUs, else 0)
     object_store_mb: int = LOCAL_OBJECT_STORE_MB  # local Ray only
+    decode: str = "auto"  # where files are decoded: "actors" (the encoders' own threads), "tasks" (CPU tasks
+    # feeding the actors), "auto" (actors unless they have GPUs)
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODE_CHOICES:
+            raise ConfigError(f"--ray-decode {self.decode}: choose one of {', '.join(DECODE_CHOICES)}")
         if self.actors < 1:
             raise ConfigError("--ray-actors must be at least 1")
         if self.address is not None and self.cpus is not None:
@@ -76,6 +89,10 @@ class RaySettings:
     def local_cpus(self) -> int:
         """CPUs of the local Ray this build starts."""
         return self.cpus or len(os.sched_getaffinity(0))
+
+    def decode_in_actors(self, gpus: float) -> bool:
+        """Whether the encoder actors decode their own files (see the module doc)."""
+        return self.decode == "actors" or (self.decode == "auto" and gpus == 0)
 
     def actor_threads(self) -> int:
         """Intra-op threads of each encoder actor: on a local Ray the actors share all its CPUs with the
@@ -153,7 +170,8 @@ class RaySession:
                 return
             self._ray = ray
             self.seconds["start"] = time.perf_counter() - start
-            _warm_up(ray)
+            if not self.settings.decode_in_actors(_gpus_per_actor(ray, self.settings, check=False)):
+                _warm_up(ray)  # actors that decode their own files need no worker for decoding tasks
             self._ready.set()
             self._done.wait()
             start = time.perf_counter()
@@ -224,20 +242,25 @@ def run_on_ray(
         gpus = _gpus_per_actor(ray, settings)
         payload = _model_payload(model, emb, store, runtime, settings.actor_threads(), gpus > 0)
         clip_pre = getattr(emb, "preprocess", None)
+        decoding = {"model_pre": model.cfg.preprocess, "clip_pre": clip_pre, "labels": label_from_folder}
         items = [{"todo": pickle.dumps(item)} for item in todo]
-        decoded = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // DECODE_BATCH))).map_batches(
-            _decode_batch,
-            batch_size=DECODE_BATCH,
-            batch_format="numpy",
-            fn_kwargs={"model_pre": model.cfg.preprocess, "clip_pre": clip_pre, "labels": label_from_folder},
-            num_cpus=1,
-        )
+        if settings.decode_in_actors(gpus):
+            payload |= {"decoding": decoding, "batch_size": batch_size}
+            source, actor_batch = (
+                ray.data.from_items(items, override_num_blocks=_blocks(items, ACTOR_FILES)),
+                ACTOR_FILES,
+            )
+        else:
+            source = ray.data.from_items(items, override_num_blocks=_blocks(items, DECODE_BATCH)).map_batches(
+                _decode_batch, batch_size=DECODE_BATCH, batch_format="numpy", fn_kwargs=decoding, num_cpus=1
+            )
+            actor_batch = batch_size
         with warnings.catch_warnings():
             # max_restarts is passed the only way Ray 2.60 takes it, which it marks deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
-            dataset = decoded.map_batches(
+            dataset = source.map_batches(
                 _EncoderActor,
-                batch_size=batch_size,
+                batch_size=actor_batch,
                 batch_format="numpy",
                 fn_constructor_kwargs={"payload": payload},
                 compute=ray.data.ActorPoolStrategy(size=settings.actors),
@@ -245,9 +268,9 @@ def run_on_ray(
                 num_gpus=gpus,
                 # an actor that dies stops the build (re-running resumes it) instead of being re-created
                 # from constructor arguments Ray may have dropped (it logs a warning about that otherwise).
-                # Remote arguments that differ from the decoding stage's also keep Ray Data from fusing the
-                # decoding into the actors, which would serialise decoding and encoding in one process
-                # (no memory reservation for that: a local Ray on a busy machine may have less to give).
+                # Remote arguments that differ from the decoding tasks' also keep Ray Data from fusing them
+                # into the actors, which would serialise decoding and encoding in one thread (no memory
+                # reservation for that: a local Ray on a busy machine may have less to give).
                 max_restarts=0,
             )
         touched: list[tuple[int, int]] = []
@@ -265,6 +288,10 @@ def run_on_ray(
             report.encode_seconds += float(batch["encode_seconds"].sum())
             advance(len(outcomes))
         store.touch(touched)
+
+
+def _blocks(items: list, per_block: int) -> int:
+    return max(1, -(-len(items) // per_block))
 
 
 def _warm_up(ray) -> None:
@@ -346,8 +373,11 @@ def _quiet_data_context(ray) -> Iterator[None]:
         data_logger.setLevel(level)
 
 
-def _gpus_per_actor(ray, settings: RaySettings) -> float:
+def _gpus_per_actor(ray, settings: RaySettings, check: bool = True) -> float:
+    """GPUs each encoder actor gets; ConfigError (``check``) if the cluster lacks the CPUs or GPUs asked for."""
     resources = ray.cluster_resources()
+    if not check:
+        return settings.gpus if settings.gpus is not None else float(resources.get("GPU", 0) >= settings.actors)
     if resources.get("CPU", 0) < settings.actors + 1:
         raise ConfigError(
             f"the Ray cluster has {resources.get('CPU', 0):g} CPUs: {settings.actors} encoder actor(s) "
@@ -440,10 +470,16 @@ class _EncoderActor:
             self.emb.visual.to(self.device)
         self.codec, self.gcodec = payload["codecs"]
         self.model_pre, self.clip_pre = model.cfg.preprocess, getattr(self.emb, "preprocess", None)
+        self.decoding, self.pool = payload.get("decoding"), None
+        if self.decoding is not None:  # this actor decodes its own files, on as many threads as it encodes with
+            self.batch_size = payload["batch_size"]
+            self.pool = ThreadPoolExecutor(payload["threads"], thread_name_prefix="sketchfind-decode")
 
     def __call__(self, batch: dict) -> dict:
         if self.error is not None:
             raise self.error
+        if self.decoding is not None:
+            return self._decode_and_encode(batch["todo"])
         n = len(batch["outcome"])
         ok = [i for i, blob in enumerate(batch["outcome"]) if pickle.loads(blob)[0] == "ok"]
         tokens = np.zeros((n, self.codec.row_bytes), np.uint8)
@@ -460,6 +496,41 @@ class _EncoderActor:
         seconds = time.perf_counter() - start
         return {
             "outcome": batch["outcome"],
+            "tokens": tokens,
+            "global": global_emb,
+            "encode_seconds": np.full(n, seconds / max(1, n)),
+        }
+
+    def _decode_and_encode(self, todo) -> dict:
+        """Planned files -> their outcomes and quantised encodings: every file is handed to the decoding threads
+        at once, and each model batch is encoded as soon as its files are decoded, while the threads go on
+        with the next ones (the single-process build's pipeline, over the files of one call)."""
+        d = self.decoding
+        futures = [
+            self.pool.submit(_load_one, *pickle.loads(blob), d["model_pre"], d["clip_pre"], d["labels"])
+            for blob in todo
+        ]
+        n = len(futures)
+        outcomes: list[bytes] = []
+        tokens = np.zeros((n, self.codec.row_bytes), np.uint8)
+        global_emb = np.zeros((n, self.gcodec.row_bytes), np.uint8)
+        seconds = 0.0
+        for start in range(0, n, self.batch_size):
+            results = [future.result() for future in futures[start : start + self.batch_size]]
+            outcomes += [pickle.dumps(r[:2] if r[0] == "ok" else r) for r in results]
+            ok = [start + i for i, r in enumerate(results) if r[0] == "ok"]
+            if not ok:
+                continue
+            began = time.perf_counter()
+            clip_images = [results[i - start][3] for i in ok] if d["clip_pre"] is not None else None
+            photo_tokens, photo_global = encode_photos(
+                self.model, self.emb, [results[i - start][2] for i in ok], clip_images, self.device
+            )
+            tokens[ok] = self.codec.encode(photo_tokens)
+            global_emb[ok] = self.gcodec.encode(photo_global)
+            seconds += time.perf_counter() - began
+        return {
+            "outcome": np.array(outcomes, dtype=object),
             "tokens": tokens,
             "global": global_emb,
             "encode_seconds": np.full(n, seconds / max(1, n)),
