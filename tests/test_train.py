@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -221,3 +222,40 @@ def test_train_only_relation_keeps_the_encoder(subset, tmp_path):
     # another relation head starts its MLP fresh on the same encoder
     sorted_head = Trainer(config(subset, tmp_path / "s", init=str(init), train_only="relation", relation_head="sorted"))
     assert torch.equal(sorted_head.model.encoder.norm.weight, before["encoder.norm.weight"])
+
+
+def test_distillation_pulls_the_relation_ranking_towards_the_ret_ranking():
+    from sketchfind.train.loop import distillation_loss
+
+    torch.manual_seed(0)
+    sketch_ret = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    photo_ret = torch.nn.functional.normalize(torch.randn(9, 16), dim=-1)
+    teacher_logits = sketch_ret @ photo_ret.T / 0.07
+    same = distillation_loss(teacher_logits.log_softmax(1), sketch_ret, photo_ret, 0.07)
+    assert abs(float(same)) < 1e-5  # a student that ranks as [Ret] does pays nothing
+    logits = torch.zeros(4, 9, requires_grad=True)  # a student with no opinion
+    opt = torch.optim.SGD([logits], lr=5.0)
+    start = float(distillation_loss(logits.log_softmax(1), sketch_ret, photo_ret, 0.07))
+    for _ in range(200):
+        opt.zero_grad()
+        distillation_loss(logits.log_softmax(1), sketch_ret, photo_ret, 0.07).backward()
+        opt.step()
+    end = float(distillation_loss(logits.log_softmax(1), sketch_ret, photo_ret, 0.07))
+    assert start > 0.5 and end < 0.05 * start
+    assert torch.equal(logits.argsort(1, descending=True)[:, :3], teacher_logits.argsort(1, descending=True)[:, :3])
+
+
+def test_train_only_relation_with_distillation(subset, tmp_path):
+    from sketchfind.models.factory import save_weights
+    from sketchfind.train.loop import build_model
+
+    init = tmp_path / "init.safetensors"
+    save_weights(build_model(config(subset, tmp_path / "unused")), init)
+    run = config(subset, tmp_path / "run", epochs=1, init=str(init), train_only="relation")
+    trainer = Trainer(dataclasses.replace(run, rn_rank_weight=0.0, rn_distill_weight=2.0))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    row = trainer.fit()[0]
+    assert np.isfinite(row["rn_distill"]) and row["rn_distill"] > 0 and "rn_rank" not in row
+    after = trainer.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith(("cross.", "relation.")))
+    assert not torch.equal(after["relation.out.weight"], before["relation.out.weight"])

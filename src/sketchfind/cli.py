@@ -544,6 +544,12 @@ def train_cmd(
     rn_rank_weight: Annotated[
         float, typer.Option(min=0, help="weight of the relation network's listwise loss (0 = official MSE only)")
     ] = 1.0,
+    rn_distill_weight: Annotated[
+        float,
+        typer.Option(
+            min=0, help="weight of distilling the [Ret] ranking into the relation network (each sketch's step photos)"
+        ),
+    ] = 0.0,
     relation_head: Annotated[
         str | None,
         typer.Option(help="relation head of a lite model: map (official: the whole cosine map) or sorted"),
@@ -584,6 +590,7 @@ def train_cmd(
         doodles=str(doodles) if doodles else None,
         doodle_share=doodle_share,
         rn_rank_weight=rn_rank_weight,
+        rn_distill_weight=rn_distill_weight,
         relation_head=relation_head,
         init=str(init) if init else None,
         train_only=train_only,

@@ -67,6 +67,9 @@ class TrainConfig:
     )
     doodle_share: float = 0.3  # chance that a training sketch of a class with doodles is replaced by one of them
     rn_rank_weight: float = 1.0  # listwise relation loss: each sketch against every photo of the step
+    # the relation network's ranking of the step's photos pulled towards the [Ret] ranking (softmax of the [Ret]
+    # cosines at --temperature; KL divergence): the [Ret] embedding generalises to unseen classes best
+    rn_distill_weight: float = 0.0
     relation_head: str | None = None  # override the model config's relation head ("map" official, "sorted")
     init: str | None = None  # weights file to start from (e.g. the shipped zse-lite0.safetensors)
     train_only: str = "all"  # "relation": only cross-attention + relation head learn; the encoder stays as loaded
@@ -232,6 +235,17 @@ def contrastive_loss(
     return (one_way(logits, positive) + one_way(logits.T, positive.T)) / 2
 
 
+def distillation_loss(
+    log_prob: torch.Tensor, sketch_ret: torch.Tensor, photo_ret: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(teacher || student) per sketch, averaged: the student's (S, P) log-probabilities over P photos (the
+    relation network's log-softmax) against the teacher's softmax of the [Ret] cosines / temperature (L2-normalised
+    (S, D) and (P, D) embeddings; no gradient reaches them)."""
+    with torch.no_grad():
+        teacher = (sketch_ret @ photo_ret.T / temperature).softmax(dim=1)
+    return (teacher * (teacher.clamp_min(1e-12).log() - log_prob)).sum(1).mean()
+
+
 def bank_contrastive_loss(
     sketch_emb: torch.Tensor, sk_lab: torch.Tensor, bank: torch.Tensor, bank_lab: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -354,13 +368,19 @@ class Trainer:
             photo_tokens = tokens_from_cache(self.model, ph, "photo", self.start)  # [photo; photo_neg]
         sketch_ca, photo_ca, scores = self.model.pair_forward(sketch_tokens, photo_tokens)
         losses = zse_losses(torch.cat([sketch_ca[:, 0], photo_ca[:, 0]]), scores, cfg.margin)
-        if cfg.rn_rank_weight > 0:  # the relation network ranks each sketch's photos among all 2b of the step
+        if cfg.rn_rank_weight > 0 or cfg.rn_distill_weight > 0:  # each sketch against all 2b photos of the step
             logits = self.model.relation_scores(sketch_tokens[:b], photo_tokens, logits=True)  # (b, 2b)
+            log_prob = logits.log_softmax(dim=1)
+        if cfg.rn_rank_weight > 0:  # the relation network ranks each sketch's own class first
             photo_lab = np.concatenate([ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
             positive = torch.from_numpy(sk_lab[quad[:, 0]][:, None] == photo_lab[None]).float()
-            log_prob = logits.log_softmax(dim=1)
             losses["rn_rank"] = cfg.rn_rank_weight * -((log_prob * positive).sum(1) / positive.sum(1)).mean()
             losses["total"] = losses["total"] + losses["rn_rank"]
+        if cfg.rn_distill_weight > 0:  # ... and as the [Ret] embedding ranks them
+            ret = self.model.retrieval_embedding
+            kl = distillation_loss(log_prob, ret(sketch_tokens[:b]), ret(photo_tokens), cfg.temperature)
+            losses["rn_distill"] = cfg.rn_distill_weight * kl
+            losses["total"] = losses["total"] + losses["rn_distill"]
         if cfg.ret_weight > 0 and not head_only:
             lab = torch.from_numpy(
                 np.concatenate([sk_lab[quad[:, 0]], sk_lab[quad[:, 1]], ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
