@@ -171,3 +171,22 @@ def test_every_index_command_finds_the_index_in_the_environment(setup, tmp_path)
     assert info.exit_code == 0 and json.loads(info.stdout)["counts"]["photos"] == 12
     found = runner.invoke(app, ["search", str(sketches(("cup",), 1)[0]), "-k", "2", "--format", "json"], env=env)
     assert found.exit_code == 0 and len(json.loads(found.stdout)["results"]) == 2
+
+
+def test_serve_leaves_options_not_given_to_the_environment(monkeypatch, tmp_path):
+    """``sketchfind serve`` without --weights / --model / --collection takes them from $SKETCHFIND_*, as the
+    service's settings document; an option given on the command line wins."""
+    import sketchfind.service.run
+
+    seen = []
+    monkeypatch.setattr(sketchfind.service.run, "serve", lambda settings, *args: seen.append(settings))
+    weights = tmp_path / "stage3.safetensors"
+    monkeypatch.setenv("SKETCHFIND_WEIGHTS", str(weights))
+    monkeypatch.setenv("SKETCHFIND_MODEL", "zse-tiny")
+    monkeypatch.setenv("SKETCHFIND_COLLECTION", "shop_photos")
+    monkeypatch.setenv("SKETCHFIND_STRATEGY", "clustered")
+    assert run("serve", "-i", tmp_path / "idx").exit_code == 0
+    assert (seen[0].weights, seen[0].model, seen[0].collection) == (weights, "zse-tiny", "shop_photos")
+    assert seen[0].strategy == "clustered" and seen[0].index == tmp_path / "idx"
+    assert run("serve", "-i", tmp_path / "idx", "--weights", tmp_path / "other.safetensors").exit_code == 0
+    assert seen[1].weights == tmp_path / "other.safetensors" and seen[1].model == "zse-tiny"

@@ -170,18 +170,19 @@ def serve(
     from .service.settings import Settings
 
     given = {"ann_params": parse_ann_params(ann_param)} if ann_param else {}  # else $SKETCHFIND_ANN_PARAMS (JSON)
-    settings = Settings(
-        index=index,
-        model=model,
-        weights=weights,
-        token=token,
-        threads=threads,
-        runtime=runtime,
-        backend=backend,
-        milvus_uri=milvus_uri,
-        collection=collection,
-        **given,
-    )
+    options = {
+        "index": index,
+        "model": model,
+        "weights": weights,
+        "token": token,
+        "threads": threads,
+        "runtime": runtime,
+        "backend": backend,
+        "milvus_uri": milvus_uri,
+        "collection": collection,
+    }
+    # options not given leave the setting to the environment ($SKETCHFIND_WEIGHTS, ...) and then to its default
+    settings = Settings(**{k: v for k, v in options.items() if v is not None}, **given)
     run_serve(settings, photos, host, port, console)
 
 
