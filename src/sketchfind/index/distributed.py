@@ -50,7 +50,7 @@ from .store import IndexStore
 
 LOCAL_OBJECT_STORE_MB = 512  # shared memory of a local Ray's object store: a few batches of photo tensors
 ACTOR_FILES = 256  # files per call of an actor that decodes its own: the first model batch of each call waits
-# for its decoding (a 16th of the call's time at 256 files; bench_ray at 3,125 photos: 128 files 23.8 s, 256 22.9 s)
+# for its files to be decoded (bench_ray at 3,125 photos: 128 files 23.8 s, 256 22.9 s)
 DECODE_BATCH = 32  # files per decoding task: 8 left the encoder idle a third of the time (bench_ray: steady
 # 74% of the single process on an idle machine; 32: 93-96%), 128 delays the first batch by seconds
 CONNECT_TIMEOUT = 10  # seconds to reach --ray-address before giving up
@@ -502,21 +502,29 @@ class _EncoderActor:
         }
 
     def _decode_and_encode(self, todo) -> dict:
-        """Planned files -> their outcomes and quantised encodings: every file is handed to the decoding threads
-        at once, and each model batch is encoded as soon as its files are decoded, while the threads go on
-        with the next ones (the single-process build's pipeline, over the files of one call)."""
+        """Planned files -> their outcomes and quantised encodings: each model batch is encoded as soon as its
+        files are decoded, while the threads decode the next batch (the single-process build's pipeline, over
+        the files of one call; at most three batches of decoded photos are held)."""
         d = self.decoding
-        futures = [
-            self.pool.submit(_load_one, *pickle.loads(blob), d["model_pre"], d["clip_pre"], d["labels"])
-            for blob in todo
-        ]
-        n = len(futures)
+        n = len(todo)
+        futures: list = []
+
+        def submit(upto: int) -> None:
+            for blob in todo[len(futures) : min(upto, n)]:
+                futures.append(
+                    self.pool.submit(_load_one, *pickle.loads(blob), d["model_pre"], d["clip_pre"], d["labels"])
+                )
+
+        submit(2 * self.batch_size)
         outcomes: list[bytes] = []
         tokens = np.zeros((n, self.codec.row_bytes), np.uint8)
         global_emb = np.zeros((n, self.gcodec.row_bytes), np.uint8)
         seconds = 0.0
         for start in range(0, n, self.batch_size):
             results = [future.result() for future in futures[start : start + self.batch_size]]
+            for i in range(start, min(start + self.batch_size, n)):
+                futures[i] = None  # the photo is in results: the decoded tensor goes with them
+            submit(start + 3 * self.batch_size)  # the batch after the next one, decoded while this one encodes
             outcomes += [pickle.dumps(r[:2] if r[0] == "ok" else r) for r in results]
             ok = [start + i for i, r in enumerate(results) if r[0] == "ok"]
             if not ok:
