@@ -482,24 +482,15 @@ class _EncoderActor:
             return self._decode_and_encode(batch["todo"])
         n = len(batch["outcome"])
         ok = [i for i, blob in enumerate(batch["outcome"]) if pickle.loads(blob)[0] == "ok"]
-        tokens = np.zeros((n, self.codec.row_bytes), np.uint8)
-        global_emb = np.zeros((n, self.gcodec.row_bytes), np.uint8)
+        codes = self._blank_codes(n)
         start = time.perf_counter()
         if ok:
             images = [to_tensor(image, self.model_pre) for image in batch["image"][ok]]
             clip_images = None
             if "clip_image" in batch:
                 clip_images = [to_tensor(image, self.clip_pre) for image in batch["clip_image"][ok]]
-            photo_tokens, photo_global = encode_photos(self.model, self.emb, images, clip_images, self.device)
-            tokens[ok] = self.codec.encode(photo_tokens)
-            global_emb[ok] = self.gcodec.encode(photo_global)
-        seconds = time.perf_counter() - start
-        return {
-            "outcome": batch["outcome"],
-            "tokens": tokens,
-            "global": global_emb,
-            "encode_seconds": np.full(n, seconds / max(1, n)),
-        }
+            self._encode_into(codes, ok, images, clip_images)
+        return _encoded(batch["outcome"], codes, time.perf_counter() - start)
 
     def _decode_and_encode(self, todo) -> dict:
         """Planned files -> their outcomes and quantised encodings: each model batch is encoded as soon as its
@@ -517,8 +508,7 @@ class _EncoderActor:
 
         submit(2 * self.batch_size)
         outcomes: list[bytes] = []
-        tokens = np.zeros((n, self.codec.row_bytes), np.uint8)
-        global_emb = np.zeros((n, self.gcodec.row_bytes), np.uint8)
+        codes = self._blank_codes(n)
         seconds = 0.0
         for start in range(0, n, self.batch_size):
             results = [future.result() for future in futures[start : start + self.batch_size]]
@@ -526,23 +516,35 @@ class _EncoderActor:
                 futures[i] = None  # the photo is in results: the decoded tensor goes with them
             submit(start + 3 * self.batch_size)  # the batch after the next one, decoded while this one encodes
             outcomes += [pickle.dumps(r[:2] if r[0] == "ok" else r) for r in results]
-            ok = [start + i for i, r in enumerate(results) if r[0] == "ok"]
+            ok = [i for i, r in enumerate(results) if r[0] == "ok"]
             if not ok:
                 continue
             began = time.perf_counter()
-            clip_images = [results[i - start][3] for i in ok] if d["clip_pre"] is not None else None
-            photo_tokens, photo_global = encode_photos(
-                self.model, self.emb, [results[i - start][2] for i in ok], clip_images, self.device
-            )
-            tokens[ok] = self.codec.encode(photo_tokens)
-            global_emb[ok] = self.gcodec.encode(photo_global)
+            clip_images = [results[i][3] for i in ok] if d["clip_pre"] is not None else None
+            self._encode_into(codes, [start + i for i in ok], [results[i][2] for i in ok], clip_images)
             seconds += time.perf_counter() - began
-        return {
-            "outcome": np.array(outcomes, dtype=object),
-            "tokens": tokens,
-            "global": global_emb,
-            "encode_seconds": np.full(n, seconds / max(1, n)),
-        }
+        return _encoded(np.array(outcomes, dtype=object), codes, seconds)
+
+    def _blank_codes(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token and global-embedding codes for n files, zero for those that are not encoded."""
+        return np.zeros((n, self.codec.row_bytes), np.uint8), np.zeros((n, self.gcodec.row_bytes), np.uint8)
+
+    def _encode_into(self, codes: tuple[np.ndarray, np.ndarray], rows: list[int], images, clip_images) -> None:
+        """Encodes preprocessed photos and quantises them into ``rows`` of ``codes``."""
+        photo_tokens, photo_global = encode_photos(self.model, self.emb, images, clip_images, self.device)
+        codes[0][rows] = self.codec.encode(photo_tokens)
+        codes[1][rows] = self.gcodec.encode(photo_global)
+
+
+def _encoded(outcomes: np.ndarray, codes: tuple[np.ndarray, np.ndarray], seconds: float) -> dict:
+    """An actor call's output: the files' outcomes, their codes and the model's seconds spread over them."""
+    n = len(outcomes)
+    return {
+        "outcome": outcomes,
+        "tokens": codes[0],
+        "global": codes[1],
+        "encode_seconds": np.full(n, seconds / max(1, n)),
+    }
 
 
 def _batches(ray, dataset, batch_size: int) -> Iterator[dict]:

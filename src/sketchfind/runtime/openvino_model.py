@@ -42,8 +42,7 @@ class _Compiled:
         self.lock = threading.Lock()
         self.streams = streams if static else 1  # > 1: large batches run as micro-batches, one stream per thread
         self.queue = None  # the micro-batches' infer requests, compiled on the first large batch
-        self._out: list[np.ndarray] | None = None  # the large batch being run: its outputs
-        self._out_lock = threading.Lock()
+        self._out: list[np.ndarray] = []  # the large batch being run: its outputs
 
     def _request(self, shapes: tuple):
         key = shapes if self.static else None
@@ -85,22 +84,20 @@ class _Compiled:
         padded = -(-n // MICRO_BATCH) * MICRO_BATCH
         if padded > n:
             x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
-        self._out = None
+        self._out = [
+            np.empty((padded, *port.get_shape()[1:]), port.get_element_type().to_dtype())
+            for port in self.queue[0].model_outputs
+        ]
         for start in range(0, padded, MICRO_BATCH):
-            self.queue.start_async({name: x[start : start + MICRO_BATCH]}, (start, padded))
+            self.queue.start_async({name: x[start : start + MICRO_BATCH]}, start)
         self.queue.wait_all()
-        outputs, self._out = self._out, None
+        outputs, self._out = self._out, []
         return [out[:n] for out in outputs]
 
-    def _collect(self, request, userdata) -> None:
+    def _collect(self, request, start: int) -> None:
         """AsyncInferQueue callback: copies one micro-batch's outputs into the whole batch's arrays."""
-        start, total = userdata
-        results = [request.get_tensor(port).data for port in request.model_outputs]
-        with self._out_lock:  # callbacks may run on several OpenVINO threads
-            if self._out is None:
-                self._out = [np.empty((total, *r.shape[1:]), r.dtype) for r in results]
-        for out, r in zip(self._out, results, strict=True):
-            out[start : start + len(r)] = r
+        for out, port in zip(self._out, request.model_outputs, strict=True):
+            out[start : start + MICRO_BATCH] = request.get_tensor(port).data
 
 
 class OpenVinoModel(OnnxModel):

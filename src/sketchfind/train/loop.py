@@ -243,7 +243,7 @@ def distillation_loss(
     (S, D) and (P, D) embeddings; no gradient reaches them)."""
     with torch.no_grad():
         teacher = (sketch_ret @ photo_ret.T / temperature).softmax(dim=1)
-    return (teacher * (teacher.clamp_min(1e-12).log() - log_prob)).sum(1).mean()
+    return F.kl_div(log_prob, teacher, reduction="batchmean")
 
 
 def bank_contrastive_loss(
