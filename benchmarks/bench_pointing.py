@@ -46,7 +46,7 @@ def main() -> None:
         prepare_drawings,
         sketch_photo_pairs,
     )
-    from sketchfind.rerank import RankSettings, expand_query, normalize, rank_head
+    from sketchfind.rerank import RankSettings, expand_query, rank_head
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None)
@@ -66,7 +66,7 @@ def main() -> None:
     everything = scan(SKETCHY).flat("photos")[0]
     position = {str(f): i for i, f in enumerate(everything)}
     photo_tokens = np.load(cache / "photos.0.npy") if cache else encode_photo_files(model, everything)
-    gallery_emb = normalize(photo_tokens[[position[str(f)] for f in gallery], 0])
+    gallery_emb = model.retrieval_embedding(photo_tokens[[position[str(f)] for f in gallery]])
     yy, xx = np.mgrid[0:7, 0:7]
     centre = -np.hypot(yy - 3, xx - 3)
 
@@ -86,7 +86,7 @@ def main() -> None:
                 inked = _inked_cells(squared[i], 7, model.cfg.preprocess)
                 attention = _attention_matrix(model, sk, ph).numpy()
                 heats["cross_attention"].append(attention[inked].max(0).reshape(7, 7))
-                query = normalize(sketch_tokens[i, 0])
+                query = model.retrieval_embedding(sketch_tokens[i : i + 1])[0]
                 heats["ret_sketch"].append(ret_photo_heat(model, feats, torch.from_numpy(query))[0])
                 top = np.argsort(-(gallery_emb @ query), kind="stable")[: settings.qe_top]
                 expanded = expand_query(query, gallery_emb[top], settings.qe_weight) if settings.qe_weight else query

@@ -162,22 +162,27 @@ def agreement(reference: np.ndarray, scores: np.ndarray, qlabels, glabels) -> di
     }
 
 
-def ranking_agreement(fp32: dict, int8: dict, qlabels, glabels, settings, low: str = "int8") -> dict:
+def ranking_agreement(
+    fp32: dict, int8: dict, qlabels, glabels, settings, low: str = "int8", ret_tokens: int = 1
+) -> dict:
     """fp32 vs lower-precision (int8, bf16) tokens -> error of [Ret] and tokens, and the ann ranking's top-10
     overlap and mAP@all with both sides, only the photos or only the sketches in lower precision."""
     from sketchfind.rerank import pipeline_scores
 
+    def ret(tokens):
+        return tokens[:, :ret_tokens].reshape(len(tokens), -1)
+
     def ann(sk, ph):
-        return pipeline_scores(sk[:, 0], ph[:, 0], None, settings)
+        return pipeline_scores(ret(sk), ret(ph), None, settings)
 
     out = {}
     for enc in ("sketch", "photo"):
         a, b = fp32[enc], int8[enc]
-        cos = np.sum(unit(a[:, 0]) * unit(b[:, 0]), axis=-1)
+        cos = np.sum(unit(ret(a)) * unit(ret(b)), axis=-1)
         out[enc] = {
             "max_abs_token_diff": float(np.abs(a - b).max()),
             "mean_abs_token_diff": float(np.abs(a - b).mean()),
-            "max_abs_ret_diff": float(np.abs(a[:, 0] - b[:, 0]).max()),
+            "max_abs_ret_diff": float(np.abs(ret(a) - ret(b)).max()),
             "ret_cosine_min": float(cos.min()),
             "ret_cosine_mean": float(cos.mean()),
         }
@@ -224,7 +229,11 @@ def bench_int8(models: dict, reps: int) -> dict:
                 for name, net in (("onnx", fp32), ("onnx-int8", int8))
             }
             res[split] = {"sketches": len(sk_files), "photos": len(ph_files)}
-            res[split].update(ranking_agreement(tokens["onnx"], tokens["onnx-int8"], qlabels, glabels, settings))
+            res[split].update(
+                ranking_agreement(
+                    tokens["onnx"], tokens["onnx-int8"], qlabels, glabels, settings, ret_tokens=fp32.cfg.ret_tokens
+                )
+            )
             log("int8", split, res[split]["both int8"])
     return res
 
@@ -305,7 +314,6 @@ def full_bf16_agreement(photos_per_class: int) -> dict:
     relation scores vs the goldens, then the [Ret] and relation rankings of one unseen-25 sketch per class over
     ``photos_per_class`` photos per class (synthetic weights: how far bf16 moves a ranking, not its accuracy)."""
     from sketchfind.evaluate import encode_files
-    from sketchfind.models import ZSEModel
     from sketchfind.reference import reference_model
     from sketchfind.runtime import load_runtime
 
@@ -341,7 +349,7 @@ def full_bf16_agreement(photos_per_class: int) -> dict:
         for name, net in (("torch", model), ("torch-bf16", half)):
             sk = encode_files(net, sk_files, "sketch", desc=f"full-size sketches, {name}")[0]
             ph = encode_files(net, ph_files, "photo", desc=f"full-size photos, {name}")[0]
-            ret[name] = (ZSEModel.retrieval_embedding(sk) @ ZSEModel.retrieval_embedding(ph).T).numpy()
+            ret[name] = (model.retrieval_embedding(sk) @ model.retrieval_embedding(ph).T).numpy()
             relation[name] = net.relation_scores(sk, ph).numpy()
     out["sketchy"] = {"queries": len(sk_files), "photos": len(ph_files)}
     for key, scores in (("ret", ret), ("relation", relation)):
@@ -371,7 +379,9 @@ def bench_bf16(lite, sketches_per_class: int) -> dict:
         }
     res = {"sketches": len(sk_files), "photos": len(ph_files)}
     res["settings"] = {k: getattr(settings, k) for k in ("rerank_k", "fusion", "qe_top", "qe_weight")}
-    res["ann"] = ranking_agreement(tokens["torch"], tokens["torch-bf16"], qlabels, glabels, settings, low="bf16")
+    res["ann"] = ranking_agreement(
+        tokens["torch"], tokens["torch-bf16"], qlabels, glabels, settings, low="bf16", ret_tokens=lite.cfg.ret_tokens
+    )
     log("bf16 ann", res["ann"]["both bf16"])
     pick = first_per_class(qlabels, sketches_per_class)
     q32, q16 = (torch.from_numpy(tokens[n]["sketch"][pick]) for n in ("torch", "torch-bf16"))
@@ -423,10 +433,10 @@ def bench_openvino_bf16(lite, sketches_per_class: int) -> dict:
     unseen_photos = photos[[position[f] for f in ph_files]]
 
     def ann(sk, ph):
-        return pipeline_scores(sk[:, 0], ph[:, 0], None, settings)
+        return pipeline_scores(lite.retrieval_embedding(sk), lite.retrieval_embedding(ph), None, settings)
 
     a32, a16 = sketches["torch"], sketches["openvino-bf16"]
-    cos = np.sum(unit(a32[:, 0]) * unit(a16[:, 0]), axis=-1)
+    cos = np.sum(lite.retrieval_embedding(a32) * lite.retrieval_embedding(a16), axis=-1)
     res = {"sketches": len(sk_files), "photos": len(ph_files), "all_photos": len(all_photos)}
     res["settings"] = {k: getattr(settings, k) for k in ("rerank_k", "fusion", "qe_top", "qe_weight")}
     res["sketch"] = {

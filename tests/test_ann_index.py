@@ -65,10 +65,10 @@ def write_synthetic(index_dir, model, n: int, start: int = 0):
     from sketchfind.index import PhotoRow, write_encoded
     from sketchfind.index.embedders import BackboneEmbedder
 
-    T, D, G = model.cfg.num_tokens, model.cfg.width, BackboneEmbedder(model).dim
+    T, D, G, k = model.cfg.num_tokens, model.cfg.width, BackboneEmbedder(model).dim, model.cfg.ret_tokens
     rng = np.random.default_rng(start)
     tokens = rng.normal(size=(n, T, D)).astype(np.float32)
-    tokens[:, 0] = mixture(n, D, seed=start, components=60) * np.sqrt(D)
+    tokens[:, :k] = (mixture(n, k * D, seed=start, components=60) * np.sqrt(k * D)).reshape(n, k, D)
     rows = [PhotoRow(f"/synthetic/{start + i}.jpg", os.urandom(32), 1000, 0) for i in range(n)]
     return write_encoded(index_dir, model, [(rows, tokens, rng.random((n, G)))], n_clusters=8)
 

@@ -70,7 +70,8 @@ def test_freeze_trains_only_the_sketch_branch(model):
 
 def test_anchored_ret_of_photos_is_the_pca_of_imagenet_features(model, images):
     sketches, photos = images
-    m = ZSEModel(model.cfg, backbone=load_pretrained("lite0")).eval()
+    cfg = dataclasses.replace(model.cfg, ret_tokens=1, ret_whiten=0.0)  # the plain PCA of one token
+    m = ZSEModel(cfg, backbone=load_pretrained("lite0")).eval()
     imagenet = load_pretrained("lite0")
     with torch.no_grad():
         fit_photos = torch.stack(
@@ -93,8 +94,58 @@ def test_anchored_ret_of_photos_is_the_pca_of_imagenet_features(model, images):
         torch.testing.assert_close(m.retrieval_embedding(m.encode_photo(photos)), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def fit_pooled():
+    """Pooled ImageNet features of every 5th sketchy-mini photo (625): more photos than [Ret] dimensions."""
+    cfg = get_model_config("zse-lite0").preprocess
+    files = sorted((SKETCHY / "photos").glob("*/*.jpg"))[::5]
+    imagenet = load_pretrained("lite0")
+    with torch.no_grad():
+        return torch.cat(
+            [
+                imagenet.forward_features(torch.stack([preprocess_photo(f, cfg) for f in files[i : i + 64]])).mean(
+                    (2, 3)
+                )
+                for i in range(0, len(files), 64)
+            ]
+        )
+
+
+def test_wide_whitened_ret_spans_several_tokens(model, images, fit_pooled):
+    """zse-lite0's [Ret]: ret_tokens x width principal axes of the photos' ImageNet features, each divided by
+    its singular value ** ret_whiten, stored as the first ret_tokens tokens; cross-attention reads the first."""
+    sketches, photos = images
+    cfg = model.cfg
+    assert cfg.ret_tokens == 3 and cfg.ret_whiten == 0.5 and cfg.num_tokens == 3 + 49 and cfg.ret_dim == 384
+    m = ZSEModel(cfg, backbone=load_pretrained("lite0")).eval()
+    m.ret.fit(fit_pooled)
+    x = F.normalize(fit_pooled, dim=-1)
+    _, sv, vt = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    expected_basis = vt[:384].T * (sv[:384] / sv[0]) ** -0.5
+    torch.testing.assert_close(m.ret.basis, expected_basis, atol=1e-3, rtol=1e-3)
+    with torch.no_grad():
+        tokens = m.encode_photo(photos)
+        assert tokens.shape == (4, 52, 128)
+        feats = F.normalize(load_pretrained("lite0").forward_features(photos).mean((2, 3)), dim=-1)
+        expected = F.normalize((feats - m.ret.mean) @ m.ret.basis, dim=-1)
+        torch.testing.assert_close(m.retrieval_embedding(tokens), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m.retrieval_embedding(tokens.numpy()), expected.numpy(), atol=1e-5, rtol=1e-5)
+        assert tokens[:, :3].reshape(4, -1).norm(dim=-1).allclose(torch.full((4,), math.sqrt(384)))
+        # cross-attention and the relation head read the first [Ret] token and the 49 patches, not the others
+        sketch_tokens = m.encode_sketch(sketches)
+        scores = m.relation_scores(sketch_tokens, tokens)
+        changed = tokens.clone()
+        changed[:, 1:3] = torch.randn(4, 2, 128)
+        torch.testing.assert_close(m.relation_scores(sketch_tokens, changed), scores)
+        changed[:, 0] = torch.randn(4, 128)
+        assert not torch.allclose(m.relation_scores(sketch_tokens, changed), scores)
+        sketch_ca, photo_ca, pair_scores = m.pair_forward(sketch_tokens, tokens)
+        assert sketch_ca.shape == photo_ca.shape == (4, 50, 128)
+        torch.testing.assert_close(pair_scores, scores.diagonal())
+
+
 def test_fit_on_fewer_photos_than_dimensions_completes_the_basis(model):
-    m = ZSEModel(model.cfg, backbone=load_pretrained("lite0"))
+    m = ZSEModel(dataclasses.replace(model.cfg, ret_tokens=1, ret_whiten=0.0), backbone=load_pretrained("lite0"))
     pooled = torch.rand(10, model.cfg.backbone_channels)
     m.ret.fit(pooled)
     basis = m.ret.basis
@@ -112,7 +163,7 @@ def test_pooled_ret_needs_a_cnn():
 
 def test_lite2_config_gives_the_same_49_tokens_on_its_imagenet_backbone(images):
     """zse-lite2 (the lite0-vs-lite2 comparison of the model card) is the same model on EfficientNet-Lite2:
-    224 px inputs still give a 7x7 map, so 49 tokens + [Ret] and a 49x49 map for the relation network."""
+    224 px inputs still give a 7x7 map, so 49 tokens + 3 [Ret] tokens and a 49x49 map for the relation network."""
     cfg = get_model_config("zse-lite2")
     lite0 = get_model_config("zse-lite0")
     assert cfg.backbone == "efficientnet_lite2" and cfg.preprocess == lite0.preprocess
@@ -123,7 +174,7 @@ def test_lite2_config_gives_the_same_49_tokens_on_its_imagenet_backbone(images):
     with torch.no_grad():
         torch.testing.assert_close(model.tokens.features(photos, "photo"), imagenet.forward_features(photos))
         tokens = model.encode(sketches, "sketch")
-    assert tokens.shape == (len(CLASSES), 50, cfg.width) and cfg.num_tokens == 50
+    assert tokens.shape == (len(CLASSES), 52, cfg.width) and cfg.num_tokens == 52
 
 
 def test_sorted_relation_head_ignores_where_on_the_grid_a_match_lies(tmp_path):

@@ -84,7 +84,7 @@ def _contents(index_dir: Path) -> dict:
             "labels": store.labels(snap),
             "codes": codes,
             "tokens": store.tokens(snap, positions),
-            "ret": store.codec.decode_first(codes),
+            "ret": store.codec.decode_ret(codes),
             "global": store.global_embeddings(snap),
             "step": _token_step(store.codec, codes),
         }

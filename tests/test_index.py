@@ -47,7 +47,14 @@ def test_token_codecs_round_trip_with_bounded_error():
         rows = codec.encode(tokens)
         assert rows.shape == (6, codec.row_bytes) and rows.dtype == np.uint8
         decoded = codec.decode(rows)
-        np.testing.assert_array_equal(codec.decode_first(rows), decoded[:, 0])
+        np.testing.assert_array_equal(codec.decode_ret(rows), decoded[:, 0])
+        for k in (2, 3):  # a [Ret] of k tokens: the first k, end to end
+            wide = TokenCodec(kind, 17, 32, weight, bias, ret_tokens=k)
+            np.testing.assert_array_equal(wide.decode_ret(rows), decoded[:, :k].reshape(6, k * 32))
+        odd = TokenCodec(kind, 4, 3, ret_tokens=3)  # 9 values: int6 / int4 [Ret] codes end inside a byte
+        small = rng.normal(size=(5, 4, 3)).astype(np.float32)
+        rows = odd.encode(small)
+        np.testing.assert_array_equal(odd.decode_ret(rows), odd.decode(rows)[:, :3].reshape(5, 9))
         errors[kind] = float(np.sqrt(np.mean((decoded - tokens) ** 2)) / tokens.std())
     assert errors["fp32"] == 0
     assert errors["fp16"] < 1e-3 < errors["int8"] < errors["int6"] < errors["int4"] < 0.2

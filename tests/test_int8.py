@@ -32,11 +32,12 @@ from .conftest import SKETCHY  # noqa: E402
 from .index_helpers import copy_photos, tiny  # noqa: E402
 
 CLASSES = ("cup", "airplane", "swan", "apple", "cat", "tree")
-# measured on these 18 sketches / 18 photos (zse-lite0, shipped calibration, onnxruntime 1.32): [Ret] cosine to fp32
-# min 0.981 (sketches) / 0.986 (photos), global embedding cosine min 0.976 / 0.985, token max |diff| 1.37 / 0.89
-# (tokens are LayerNorm outputs of norm ~sqrt(128) = 11.3); the ranking test measured top-10 overlap 0.95, mAP
-# diff -0.006; the mixed-precision searches 0.93-1.0 overlap with fp32
-RET_COSINE, GLOBAL_COSINE, TOKENS = 0.97, 0.96, 2.0
+# measured on these 18 sketches / 18 photos (zse-lite0 stage 5, shipped calibration, onnxruntime 1.32): [Ret] cosine
+# to fp32 min 0.964 (sketches) / 0.980 (photos), global embedding cosine min 0.970 / 0.985, token max |diff| 1.12 /
+# 0.83 (tokens are LayerNorm outputs of norm ~sqrt(128) = 11.3); the ranking test measured top-10 overlap 0.975,
+# mAP diff -0.025. The whitened 384-d [Ret] magnifies int8 noise along its weak axes: with stage 4's 128-d [Ret]
+# the same measures were 0.981 / 0.986 and -0.006. The mixed-precision searches 0.93-1.0 overlap with fp32
+RET_COSINE, GLOBAL_COSINE, TOKENS = 0.955, 0.96, 2.0
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,8 @@ def test_int8_encoders_stay_close_to_fp32_on_real_images(lite, lite_fp32, lite_i
             want_tokens, want_global = lite_fp32.encode_with_global(images, modality)
             got_tokens, got_global = lite_int8.encode_with_global(images, modality)
             assert got_tokens.shape == want_tokens.shape
-            assert _cosine(got_tokens[:, 0], want_tokens[:, 0]).min() >= RET_COSINE, modality  # [Ret]
+            got_ret, want_ret = lite.retrieval_embedding(got_tokens), lite.retrieval_embedding(want_tokens)
+            assert _cosine(got_ret, want_ret).min() >= RET_COSINE, modality  # [Ret]
             assert _cosine(got_global, want_global).min() >= GLOBAL_COSINE, modality
             assert (got_tokens - want_tokens).abs().max() <= TOKENS, modality
 
@@ -94,7 +96,8 @@ def test_int8_rankings_agree_with_fp32_on_a_real_subset(lite, lite_fp32, lite_in
     scores = {}
     with torch.inference_mode():
         for name, net in (("fp32", lite_fp32), ("int8", lite_int8)):
-            q, g = net.encode_sketch(sketches)[:, 0].numpy(), net.encode_photo(photos)[:, 0].numpy()
+            q = net.retrieval_embedding(net.encode_sketch(sketches)).numpy()
+            g = net.retrieval_embedding(net.encode_photo(photos)).numpy()
             scores[name] = pipeline_scores(q, g, None, settings)
     top = {k: np.argsort(-v, axis=1, kind="stable")[:, :10] for k, v in scores.items()}
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top["fp32"], top["int8"], strict=True)])
@@ -102,7 +105,7 @@ def test_int8_rankings_agree_with_fp32_on_a_real_subset(lite, lite_fp32, lite_in
         k: retrieval_metrics(-v, np.repeat(np.arange(len(CLASSES)), 2), labels)["map_all"] for k, v in scores.items()
     }
     assert overlap >= 0.85
-    assert abs(maps["int8"] - maps["fp32"]) <= 0.02
+    assert abs(maps["int8"] - maps["fp32"]) <= 0.035  # 12 queries: one changed rank moves mAP by ~0.01
 
 
 def test_uncalibrated_weights_run_fp32_under_auto_and_refuse_int8(tmp_path, monkeypatch):

@@ -73,7 +73,7 @@ def test_augmentation_ranks_real_photos_of_the_sketched_kind_higher():
 
     from sketchfind.models import load_model
     from sketchfind.preprocess import preprocess_sketch
-    from sketchfind.protocols import _ret, encode_photo_files, ranking_metrics
+    from sketchfind.protocols import encode_photo_files, ranking_metrics
 
     from .conftest import SKETCHY
 
@@ -81,10 +81,10 @@ def test_augmentation_ranks_real_photos_of_the_sketched_kind_higher():
     classes = ("alarm_clock", "bell", "bench", "cabin", "candle", "car_(sedan)", "chair", "couch")
     photos = [f for c in classes for f in sorted((SKETCHY / "photos" / c).iterdir())]
     sketches = [f for c in classes for f in sorted((SKETCHY / "sketches" / c).iterdir())[:4]]
-    p_emb = _ret(encode_photo_files(model, photos))
+    p_emb = model.retrieval_embedding(encode_photo_files(model, photos))
     with torch.inference_mode():
         images = torch.stack([preprocess_sketch(f, model.cfg.preprocess) for f in sketches])
-        s_emb = _ret(model.encode_sketch(images).numpy())
+        s_emb = model.retrieval_embedding(model.encode_sketch(images).numpy())
     p_lab, s_lab = [f.parent.name for f in photos], [f.parent.name for f in sketches]
 
     def mean_ap(settings):

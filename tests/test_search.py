@@ -71,7 +71,7 @@ def test_ann_reranks_the_faiss_head_and_keeps_the_rest_by_cosine(searcher, query
     with Searcher.open(index_dir, model, rerank_k=5, dba_top=0) as small:  # FAISS order, no augmentation
         head_tail, _ = small.search_tokens(query, k=None, strategy="ann")
         ret = model.retrieval_embedding(query).numpy()[0]
-        emb = torch.nn.functional.normalize(small.photo_tokens([h.photo_id for h in head_tail])[:, 0], dim=-1)
+        emb = model.retrieval_embedding(small.photo_tokens([h.photo_id for h in head_tail]))
         cos = emb.numpy() @ ret
         top5_by_cos = set(np.array([h.photo_id for h in head_tail])[np.argsort(-cos)[:5]])
         assert {h.photo_id for h in head_tail[:5]} == top5_by_cos  # the head is FAISS's top-5

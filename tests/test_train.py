@@ -261,3 +261,39 @@ def test_train_only_relation_with_distillation(subset, tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith(("cross.", "relation.")))
     assert not torch.equal(after["relation.out.weight"], before["relation.out.weight"])
+
+
+def test_init_from_another_ret_space_fits_the_basis_on_the_training_photos(subset, tmp_path):
+    """Weights with a one-token, unwhitened [Ret] start a run of zse-lite0 (three tokens, whitened): everything
+    loads except the [Ret] basis, which the run fits again on its training photos."""
+    from sketchfind.config import get_model_config
+    from sketchfind.models.efficientnet import load_pretrained
+    from sketchfind.models.factory import save_weights
+    from sketchfind.models.zse import ZSEModel
+
+    old = ZSEModel(
+        dataclasses.replace(get_model_config("zse-lite0"), ret_tokens=1, ret_whiten=0.0), load_pretrained("lite0")
+    )
+    torch.manual_seed(0)
+    old.ret.fit(torch.rand(300, 1280))
+    with torch.no_grad():
+        old.ret.sketch_head[2].bias.fill_(0.1)
+    init = tmp_path / "old.safetensors"
+    save_weights(old, init)
+    run = config(subset, tmp_path / "run", epochs=1, steps_per_epoch=1, init=str(init), train_only="relation")
+    trainer = Trainer(run)
+    assert not trainer.init_ret_space
+    model = trainer.model
+    assert torch.equal(model.ret.sketch_head[2].bias, old.ret.sketch_head[2].bias)
+    assert torch.equal(model.encoder.pos_embed, old.encoder.pos_embed)  # the encoder's 1 + 49 positions
+    assert model.ret.basis.shape == (1280, 384)
+    trainer.fit()
+    photos = trainer.data["train_photos"][:, 0]
+    with torch.no_grad():
+        feats = model.tokens.features(photos.float(), "photo", start=trainer.start).mean((2, 3))
+    x = torch.nn.functional.normalize(feats, dim=-1)
+    torch.testing.assert_close(model.ret.mean, x.mean(0))  # fitted on this run's training photos
+    # weights of the same [Ret] space keep their basis
+    save_weights(model, tmp_path / "new.safetensors")
+    again = Trainer(dataclasses.replace(run, init=str(tmp_path / "new.safetensors"), out=str(tmp_path / "again")))
+    assert again.init_ret_space and torch.equal(again.model.ret.basis, model.ret.basis)

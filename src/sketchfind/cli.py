@@ -515,7 +515,9 @@ def train_cmd(
     holdout: Annotated[Path | None, typer.Option(help="file of classes never trained on (zero-shot test)")] = None,
     out: Annotated[Path, typer.Option(help="run folder: checkpoints, config, history")] = Path("runs/zse-lite0"),
     model: Annotated[str, typer.Option(help="model config to train (CNN family)")] = "zse-lite0",
-    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    epochs: Annotated[
+        int, typer.Option(min=0, help="0: no step; the --init weights validated and saved (new [Ret] space fitted)")
+    ] = 5,
     steps_per_epoch: Annotated[int, typer.Option(min=1)] = 100,
     batch_size: Annotated[int, typer.Option(min=2, help="b: each step sees 4b images")] = 32,
     lr: Annotated[float, typer.Option(min=0)] = 3e-4,

@@ -29,7 +29,8 @@ class PreprocessConfig:
     photo_mode: str = "squash"  # "squash": official resize to a square ignoring aspect
 
 
-LATER_FIELDS = {"relation_head": "map"}  # ModelConfig fields added after indexes existed, with their defaults
+# ModelConfig fields added after indexes existed, with their defaults
+LATER_FIELDS = {"relation_head": "map", "ret_tokens": 1, "ret_whiten": 0.0}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class ModelConfig:
     sketch_stages: int = 0  # >0: sketches run their own copy of the backbone's last N stages; photos keep ImageNet's
     ret_source: str = "encoder"  # "encoder": [Ret] is the encoder's output (official); "pooled": anchored [Ret]
     ret_head_hidden: int = 512  # hidden width of the sketch-side residual MLP of the anchored [Ret]
+    # the anchored [Ret] may be wider than a token: ret_tokens x width values, stored as that many tokens in front
+    # of the patch tokens (the cross-attention sees the first as its [Ret] token)
+    ret_tokens: int = 1
+    ret_whiten: float = 0.0  # anchored [Ret]: each principal axis scaled by its singular value ** -ret_whiten
     # self-attention encoder
     depth: int = 12
     heads: int = 12
@@ -82,8 +87,13 @@ class ModelConfig:
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per image including the [Ret] token."""
-        return self.grid * self.grid + 1
+        """Tokens per image as encoding gives them and an index stores them: the [Ret] token(s), then the patches."""
+        return self.grid * self.grid + self.ret_tokens
+
+    @property
+    def ret_dim(self) -> int:
+        """Width of the [Ret] embedding that ann ranks by."""
+        return self.ret_tokens * self.width
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -159,6 +159,7 @@ def explain(model, sketch: Any, photo: Any, source: str = "ret") -> tuple[Explan
 def _attention_matrix(model, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor) -> torch.Tensor:
     """(N, N) patch-token correspondence from both cross-attention streams, averaged over heads."""
     sketch_layer, photo_layer = model.cross.sketch_layer, model.cross.photo_layer
+    sketch_tokens, photo_tokens = model.cross.seen(sketch_tokens), model.cross.seen(photo_tokens)
     sk_q, ph_k = sketch_layer.split(sketch_layer.q(sketch_tokens)), sketch_layer.split(sketch_layer.k(photo_tokens))
     ph_q, sk_k = photo_layer.split(photo_layer.q(photo_tokens)), photo_layer.split(photo_layer.k(sketch_tokens))
     scale = 1 / math.sqrt(sk_q.shape[-1])

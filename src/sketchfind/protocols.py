@@ -372,10 +372,6 @@ def relation_matrix(model, query_tokens: np.ndarray, photo_tokens: np.ndarray) -
     return np.concatenate(rows)
 
 
-def _ret(tokens: np.ndarray) -> np.ndarray:
-    return tokens[:, 0] / np.maximum(np.linalg.norm(tokens[:, 0], axis=1, keepdims=True), 1e-12)
-
-
 def first_per_class(labels, per_class: int | None) -> np.ndarray:
     """Indices of the first ``per_class`` items of each label (all when None)."""
     if per_class is None:
@@ -399,12 +395,15 @@ def retrieval_protocol(
     refused: np.ndarray | None = None,
     fusion: float = 0.5,
     relation_rows: np.ndarray | None = None,
+    ret_tokens: int = 1,
 ) -> dict:
     """One query set vs one gallery with every ranking -> {queries, gallery, metrics: {ranking: metrics}}.
     ``relation`` may cover only the queries ``relation_rows`` (the relation network costs ~1 ms per pair):
     rn / fused are then that subset's figures (``rn_queries`` says how many)."""
+    from .models.zse import retrieval_embedding
+
     query_labels, photo_labels = np.asarray(query_labels), np.asarray(photo_labels)
-    q_emb, p_emb = _ret(query_tokens), _ret(photo_tokens)
+    q_emb, p_emb = retrieval_embedding(query_tokens, ret_tokens), retrieval_embedding(photo_tokens, ret_tokens)
     scores = strategy_scores(q_emb, p_emb, None, settings)
     metrics = protocol_table(scores, query_labels, photo_labels, refused)
     entry = {"queries": len(query_labels), "gallery": len(photo_labels), "metrics": metrics}
@@ -502,6 +501,7 @@ def run_protocols(
                 relation,
                 q_refused,
                 relation_rows=rows,
+                ret_tokens=model.cfg.ret_tokens,
             )
     if perturbations:
         report["perturbations"] = perturbation_suite(
@@ -540,7 +540,8 @@ def perturbation_suite(
 
     def score(name: str, images: list) -> dict:
         tokens, refused = encode_drawings(model, images, prepare, cache=cache)
-        scores = strategy_scores(_ret(tokens), _ret(photo_tokens), None, settings)["ann"]
+        query, gallery = model.retrieval_embedding(tokens), model.retrieval_embedding(photo_tokens)
+        scores = strategy_scores(query, gallery, None, settings)["ann"]
         return {**ranking_metrics(scores, labels, photo_labels, refused), "refused": int(refused.sum())}
 
     clean = score("clean", originals)

@@ -117,7 +117,7 @@ class SearchState:
         exact = isinstance(index, ParallelScan) or (isinstance(index, faiss.Index) and not is_approximate(index))
         if exact and len(positions):
             return normalize(index.reconstruct_batch(np.asarray(positions, np.int64)))
-        return normalize(self.store.codec.decode_first(self.store.read_codes(self.snapshot, positions)))
+        return normalize(self.store.codec.decode_ret(self.store.read_codes(self.snapshot, positions)))
 
 
 @dataclass(frozen=True)

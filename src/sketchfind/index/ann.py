@@ -63,7 +63,7 @@ class Candidate:
     param: str  # raised along ``grid`` until the recall target is met
     grid: tuple[int, ...]
     fixed: dict = field(default_factory=dict)  # other search parameters, set as given
-    code_bytes: float = 0.0  # per vector, without ids or graph links (see bytes_per_vector)
+    code_bytes_per_dim: float = 1.0  # code bytes per vector dimension, without ids or graph links (SQ8: 1)
 
     def factory_for(self, n: int, dim: int) -> str:
         """The factory string for a gallery of n vectors of width dim."""
@@ -71,7 +71,7 @@ class Candidate:
 
     def bytes_per_vector(self, dim: int) -> float:
         """Estimated memory per vector: codes + ids (IVF) or graph links (HNSW32: 2 x 32 int32 at level 0)."""
-        code = self.code_bytes or dim
+        code = self.code_bytes_per_dim * dim
         return code + (8 if self.factory.startswith("IVF") else 2 * 32 * 4 * 1.07)
 
 
@@ -80,7 +80,8 @@ class Candidate:
 # beyond ~5M photos)
 CANDIDATES = (
     Candidate("ivf-sq8", "IVF{nlist},SQ8", "nprobe", NPROBE_GRID),
-    Candidate("ivf-pq-refine", "IVF{nlist},PQ{m}x8np,Refine(SQ8)", "nprobe", NPROBE_GRID, {"k_factor_rf": 4}, 128 + 32),
+    # PQ codes of dim / 4 bytes + the SQ8 refine codes
+    Candidate("ivf-pq-refine", "IVF{nlist},PQ{m}x8np,Refine(SQ8)", "nprobe", NPROBE_GRID, {"k_factor_rf": 4}, 1.25),
     Candidate("hnsw-sq8", "HNSW32,SQ8", "efSearch", EF_GRID),
 )
 

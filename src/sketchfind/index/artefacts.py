@@ -51,11 +51,11 @@ def read_info(root: str | Path) -> dict | None:
 
 
 def ret_embeddings(store: IndexStore, snapshot: Snapshot, chunk: int = 8192, first: int = 0) -> np.ndarray:
-    """(N - first, D) L2-normalised [Ret] embeddings decoded from the stored tokens, from position ``first``."""
-    parts = [np.zeros((0, store.codec.D), np.float32)]
+    """(N - first, R) L2-normalised [Ret] embeddings decoded from the stored tokens, from position ``first``."""
+    parts = [np.zeros((0, store.codec.ret_dim), np.float32)]
     for start in range(first, len(snapshot), chunk):
         codes = store.read_codes(snapshot, np.arange(start, min(len(snapshot), start + chunk)))
-        parts.append(store.codec.decode_first(codes))
+        parts.append(store.codec.decode_ret(codes))
     emb = np.concatenate(parts)
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 

@@ -99,6 +99,7 @@ def model_meta(model: ZSEModel, weights: str | Path | None = None) -> dict:
         "weights": str(Path(weights).resolve()) if weights else None,
         "num_tokens": cfg.num_tokens,
         "width": cfg.width,
+        "ret_tokens": cfg.ret_tokens,
         "config": cfg.to_dict(),
     }
 

@@ -3,7 +3,8 @@
 Tokens are the model's (T, D) encoder tokens, [Ret] first. The patch tokens are the encoder's final
 LayerNorm outputs ``x = weight * x_hat + bias``; so is the [Ret] of the official ViT model, but a model
 with the anchored [Ret] (``ret_source="pooled"``, e.g. the shipped ``zse-lite0``) puts a normalised PCA
-projection of pooled backbone features, scaled to norm sqrt(D), in that slot instead: no LayerNorm output.
+projection of pooled backbone features, scaled, in that slot instead (in ``ret_tokens`` slots when it is wider
+than a token): no LayerNorm output.
 The codec needs no more than a per-channel affine and a per-token scale, so it serves both: every token
 is stored as ``x_hat = (x - bias) / weight`` (zero mean and unit variance over channels for LayerNorm
 outputs; for an anchored [Ret] just an affine image of it) quantised symmetrically with one fp16 scale
@@ -72,10 +73,10 @@ def unpack_bits(packed: np.ndarray, bits: int, m: int) -> np.ndarray:
 class TokenCodec:
     """Encodes (n, T, D) float tokens to (n, row_bytes) uint8 rows and back."""
 
-    def __init__(self, kind: str, num_tokens: int, width: int, ln_weight=None, ln_bias=None):
+    def __init__(self, kind: str, num_tokens: int, width: int, ln_weight=None, ln_bias=None, ret_tokens: int = 1):
         if kind not in TOKEN_KINDS:
             raise ConfigError(f"unknown token storage {kind!r}; choose one of {', '.join(TOKEN_KINDS)}")
-        self.kind, self.T, self.D = kind, num_tokens, width
+        self.kind, self.T, self.D, self.ret_tokens = kind, num_tokens, width, ret_tokens
         self.bits = _BITS.get(kind)
         group = {8: 1, 6: 4, 4: 2}.get(self.bits, 1)  # values packed together into whole bytes
         if (num_tokens * width) % group:
@@ -127,20 +128,27 @@ class TokenCodec:
         x_hat = (q.astype(np.float32) - (qmax + 1)) * scale
         return x_hat * self.ln_weight + self.ln_bias
 
-    def decode_first(self, rows: np.ndarray) -> np.ndarray:
-        """(n, row_bytes) uint8 -> (n, D) float32 [Ret] tokens only (no full decode when bytes align)."""
+    @property
+    def ret_dim(self) -> int:
+        """Width of the [Ret] embedding: its ``ret_tokens`` tokens end to end."""
+        return self.ret_tokens * self.D
+
+    def decode_ret(self, rows: np.ndarray) -> np.ndarray:
+        """(n, row_bytes) uint8 -> (n, ret_dim) float32: the [Ret] token(s) only, end to end (no full decode
+        when the bytes align)."""
         rows = np.ascontiguousarray(rows, dtype=np.uint8)
-        D = self.D
+        n, k, D = len(rows), self.ret_tokens, self.D
         if self.kind in ("fp32", "fp16"):
             width = 4 if self.kind == "fp32" else 2
-            return rows[:, : D * width].copy().view("<f4" if width == 4 else "<f2").astype(np.float32)
+            return rows[:, : k * D * width].copy().view("<f4" if width == 4 else "<f2").astype(np.float32)
         group = {8: 1, 6: 4, 4: 2}[self.bits]
-        if D % group:  # the [Ret] token does not end on a byte boundary
-            return self.decode(rows)[:, 0]
+        if (k * D) % group:  # the [Ret] tokens do not end on a byte boundary
+            return self.decode(rows)[:, :k].reshape(n, k * D)
         qmax = 2 ** (self.bits - 1) - 1
-        scale = rows[:, :2].copy().view("<f2").astype(np.float32)  # (n, 1)
-        q = unpack_bits(np.ascontiguousarray(rows[:, 2 * self.T : 2 * self.T + D * self.bits // 8]), self.bits, D)
-        return ((q.astype(np.float32) - (qmax + 1)) * scale) * self.ln_weight + self.ln_bias
+        scale = rows[:, : 2 * k].copy().view("<f2").astype(np.float32)[:, :, None]  # (n, k, 1)
+        packed = np.ascontiguousarray(rows[:, 2 * self.T : 2 * self.T + k * D * self.bits // 8])
+        q = unpack_bits(packed, self.bits, k * D).reshape(n, k, D)
+        return (((q.astype(np.float32) - (qmax + 1)) * scale) * self.ln_weight + self.ln_bias).reshape(n, k * D)
 
 
 # ----------------------------------------------------------------------------- global embeddings

@@ -280,7 +280,7 @@ class _LiteNoise(logging.Filter):
 
 def open_collection(spec: MilvusSpec, store: IndexStore, *, create: bool = False) -> MilvusVectors:
     """The collection of the index in ``store``."""
-    return MilvusVectors.connect(spec, dim=store.codec.D, owner=index_owner(store.meta), create=create)
+    return MilvusVectors.connect(spec, dim=store.codec.ret_dim, owner=index_owner(store.meta), create=create)
 
 
 def sync(
@@ -315,7 +315,7 @@ def sync(
 
 def ret_embeddings(store: IndexStore, snapshot: Snapshot, positions: np.ndarray) -> np.ndarray:
     """(n, D) L2-normalised [Ret] embeddings as the FAISS file gets them."""
-    return normalize(store.codec.decode_first(store.read_codes(snapshot, positions)))
+    return normalize(store.codec.decode_ret(store.read_codes(snapshot, positions)))
 
 
 class MilvusFirstStage:

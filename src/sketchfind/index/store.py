@@ -152,7 +152,11 @@ class IndexStore:
         self.meta = self._read_meta()
         self._check_format()
         self.codec = TokenCodec(
-            self.meta["token_storage"], self.meta["num_tokens"], self.meta["width"], *self.meta["ln_affine"]
+            self.meta["token_storage"],
+            self.meta["num_tokens"],
+            self.meta["width"],
+            *self.meta["ln_affine"],
+            ret_tokens=self.meta.get("ret_tokens", 1),  # indexes written before wider [Ret]s: one token
         )
         self.gcodec = GlobalCodec(self.meta["global_dim"])
         self._maps: dict[tuple[str, int], np.memmap] = {}
@@ -213,6 +217,7 @@ class IndexStore:
                 "token_storage": token_storage,
                 "num_tokens": model_meta["num_tokens"],
                 "width": model_meta["width"],
+                "ret_tokens": model_meta.get("ret_tokens", 1),
                 "ln_affine": [list(map(float, a)) for a in ln_affine],
                 "embedder": embedder,
                 "global_dim": global_dim,

@@ -21,6 +21,7 @@ import copy
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,11 +133,17 @@ class AnchoredRet(nn.Module):
     Photos get the projection of their ImageNet features: nothing learned on the training classes
     touches them, so classes never seen in training stay as well separated as ImageNet keeps them.
     Sketches first pass a residual MLP (trained, zero-initialised) that moves drawings towards the
-    photos they show. The result is scaled to norm sqrt(D), like the LayerNorm outputs it sits beside."""
+    photos they show. The result is scaled to norm sqrt(D), like the LayerNorm outputs it sits beside.
+
+    D = ``ret_tokens`` x width: a [Ret] wider than a token (zse-lite0: 3 x 128 = 384 axes) keeps more of what
+    tells photos apart in a gallery of every kind of photo, and ``ret_whiten`` flattens the spectrum so the few
+    dominant axes do not decide alone. It is stored as the first ``ret_tokens`` tokens; cross-attention reads
+    the first of them (:meth:`CrossAttention.seen`)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        c, d = cfg.backbone_channels, cfg.width
+        c, d = cfg.backbone_channels, cfg.ret_dim
+        self.whiten = cfg.ret_whiten
         self.register_buffer("mean", torch.zeros(c))  # (C,) of the normalised pooled features
         self.register_buffer("basis", torch.eye(c, d))  # (C, D) principal directions, set by fit()
         self.sketch_head = nn.Sequential(
@@ -148,14 +155,18 @@ class AnchoredRet(nn.Module):
     @torch.no_grad()
     def fit(self, photo_pooled: torch.Tensor) -> None:
         """Sets the centre and PCA basis from (N, C) pooled photo features. With fewer than D photos the
-        principal directions are completed to D orthonormal ones."""
+        principal directions are completed to D orthonormal ones. With ``ret_whiten`` = a > 0 each axis is
+        divided by its singular value ** a (partial whitening: the few dominant axes, along which photos of
+        many classes spread alike, count less against the many that tell classes apart)."""
         x = F.normalize(photo_pooled.float(), dim=-1)
         mean = x.mean(0)
-        _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)  # (min(N, C), C)
+        _, sv, vt = torch.linalg.svd(x - mean, full_matrices=False)  # (min(N, C),), (min(N, C), C)
         d = self.basis.shape[1]
         basis = vt[:d].T  # (C, r)
+        if self.whiten:
+            basis = basis * (sv[:d] / sv[0]).clamp_min(1e-6) ** -self.whiten
         if basis.shape[1] < d:  # QR keeps the span of the leading columns
-            q, _ = torch.linalg.qr(torch.cat([basis, torch.eye(x.shape[1], d)], dim=1))
+            q, _ = torch.linalg.qr(torch.cat([vt[:d].T, torch.eye(x.shape[1], d)], dim=1))
             basis = torch.cat([basis, q[:, basis.shape[1] : d]], dim=1)
         self.mean.copy_(mean)
         self.basis.copy_(basis)
@@ -225,7 +236,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ret_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid + 1, cfg.width))
         nn.init.normal_(self.ret_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)
@@ -324,17 +335,27 @@ class CrossAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.ret_tokens = cfg.ret_tokens
         self.sketch_layer = CrossAttentionLayer(cfg)
         self.photo_layer = CrossAttentionLayer(cfg)
         # the official state dict holds a third copy that forward never uses; kept so checkpoints load
         self.unused_layer = CrossAttentionLayer(cfg)
 
     def forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor):
-        """(P, T, D) x2 -> (P, T, D) x2, pair p = (sketch_tokens[p], photo_tokens[p])."""
+        """(P, T, D) x2 -> (P, 1 + N, D) x2, pair p = (sketch_tokens[p], photo_tokens[p])."""
+        sketch_tokens, photo_tokens = self.seen(sketch_tokens), self.seen(photo_tokens)
         return self.sketch_layer(sketch_tokens, photo_tokens), self.photo_layer(photo_tokens, sketch_tokens)
+
+    def seen(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) stored tokens -> (B, 1 + N, D) what cross-attention reads: the first [Ret] token and the
+        patches (a [Ret] wider than a token, ``ret_tokens`` > 1, is for ranking by [Ret] only)."""
+        if self.ret_tokens == 1:
+            return tokens
+        return torch.cat([tokens[:, :1], tokens[:, self.ret_tokens :]], dim=1)
 
     def stream(self, tokens: torch.Tensor, modality: str) -> Stream:
         """(B, T, D) tokens of sketches or photos -> their projections for pairing with any other image."""
+        tokens = self.seen(tokens)
         layers = (self.sketch_layer, self.photo_layer)
         own, other = layers if modality == "sketch" else layers[::-1]
         return Stream(tokens, own.split(own.q(tokens)), own.split(own.v(tokens)), other.split(other.k(tokens)))
@@ -436,6 +457,18 @@ class Encodes:
         """Photo images -> tokens."""
         return self.encode(images, "photo")
 
+    def retrieval_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, ret_tokens * D) L2-normalised [Ret] embeddings (the paper's "Ret" ranking)."""
+        return retrieval_embedding(tokens, self.cfg.ret_tokens)
+
+
+def retrieval_embedding(tokens, ret_tokens: int = 1):
+    """(B, T, D) tokens (torch or numpy) -> (B, ret_tokens * D) L2-normalised float32 [Ret] embeddings."""
+    if isinstance(tokens, torch.Tensor):
+        return F.normalize(tokens[:, :ret_tokens].flatten(1).float(), dim=-1)
+    ret = np.asarray(tokens[:, :ret_tokens], np.float32).reshape(len(tokens), -1)
+    return ret / np.maximum(np.linalg.norm(ret, axis=1, keepdims=True), 1e-12)
+
 
 class ZSEModel(Encodes, nn.Module):
     """ZSE-SBIR: the API used by indexing, search, training and the web service."""
@@ -475,16 +508,12 @@ class ZSEModel(Encodes, nn.Module):
         global embedding (B, G)); training calls it on tokens made from cached backbone features."""
         tokens = self.encoder(patch_tokens)  # (B, T, D)
         if self.ret is not None:  # the anchored [Ret] takes the encoder's [Ret] slot
-            ret = self.ret(pooled, modality).unsqueeze(1)  # (B, 1, D)
+            # a constant target shape: ONNX shape inference (int8 quantisation) needs literal Reshape shapes
+            ret = self.ret(pooled, modality).reshape(-1, self.cfg.ret_tokens, self.cfg.width)  # (B, k, D)
             tokens = torch.cat([ret.to(tokens.dtype), tokens[:, 1:]], dim=1)
         if pooled is None:  # no pooled backbone features (ViT): the mean encoder patch token stands in
             pooled = tokens[:, 1:].mean(1)  # (B, D)
         return tokens, F.normalize(pooled.float(), dim=-1)
-
-    @staticmethod
-    def retrieval_embedding(tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, D) L2-normalised [Ret] embeddings (the paper's "Ret" ranking)."""
-        return F.normalize(tokens[:, 0].float(), dim=-1)
 
     # -- pairs --------------------------------------------------------------------------------
     def pair_forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor):

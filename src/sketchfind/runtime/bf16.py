@@ -75,8 +75,6 @@ class Bf16Model(Encodes):
             tokens, global_emb = self.half.encode_with_global(images.to(torch.bfloat16), modality)
         return tokens.float(), global_emb.float()
 
-    retrieval_embedding = staticmethod(ZSEModel.retrieval_embedding)
-
     # -- pairs --------------------------------------------------------------------------------
     def relation_scores(
         self,

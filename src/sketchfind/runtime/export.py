@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import SketchfindError
 
-EXPORT_VERSION = 2  # bump when the exported graphs change shape or meaning
+EXPORT_VERSION = 3  # bump when the exported graphs change shape or meaning (3: [Ret] of several tokens)
 OPSET = 17
 GRAPHS = ("sketch", "photo", "head")
 

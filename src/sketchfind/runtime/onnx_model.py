@@ -73,8 +73,6 @@ class OnnxModel(Encodes):
         tokens, global_emb = self.sessions[modality].run(None, {"images": _array(images)})
         return torch.from_numpy(tokens), torch.from_numpy(global_emb)
 
-    retrieval_embedding = staticmethod(ZSEModel.retrieval_embedding)
-
     # -- pairs --------------------------------------------------------------------------------
     def pair_scores(self, sketch_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
         """Aligned (P, T, D) float32 arrays -> (P,) relation scores (one head call)."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_path
-from ..config import get_model_config
+from ..config import ModelConfig, get_model_config
 from ..datasets import split_classes
 from ..errors import ConfigError, SketchfindError
 from ..metrics import retrieval_metrics
@@ -125,20 +125,42 @@ FRESH_WITH_NEW_HEAD = ("relation.hidden.", "relation.out.")  # the MLP whose inp
 
 def load_init(model: ZSEModel, path: str) -> None:
     """Loads every parameter and buffer of ``model`` from the weights file ``path``, which must hold the
-    same architecture. Only the relation head may differ ("map" vs "sorted"): its MLP then starts fresh."""
+    same architecture. Two parts may differ: the relation head ("map" vs "sorted"), whose MLP then starts
+    fresh, and the anchored [Ret]'s space (``ret_tokens``, ``ret_whiten``), whose basis training then fits
+    again (:meth:`Trainer.anchor_bank`; the trained sketch-side MLP loads)."""
     from ..models.factory import read_checkpoint
 
     state, stored_cfg, _ = read_checkpoint(path)
     if stored_cfg is None:
         raise ConfigError(f"--init {path}: the file carries no model config")
-    ours, theirs = model.cfg.to_dict(), stored_cfg.to_dict()
+    ours, theirs = _without(model.cfg, RET_SPACE), _without(stored_cfg, RET_SPACE)
     same_head = ours.pop("relation_head", "map") == theirs.pop("relation_head", "map")
     if ours != theirs:
         raise ConfigError(f"--init {path} holds a different architecture ({stored_cfg.name}) than {model.cfg.name}")
-    if not same_head:
-        state = {k: v for k, v in state.items() if not k.startswith(FRESH_WITH_NEW_HEAD)}
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith(FRESH_WITH_NEW_HEAD)})
+    fresh = (() if same_head else FRESH_WITH_NEW_HEAD) + (() if same_ret_space(model.cfg, stored_cfg) else RET_BASIS)
+    if fresh:
+        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(fresh)})
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+
+
+RET_SPACE = ("ret_tokens", "ret_whiten")  # ModelConfig fields that shape the anchored [Ret]'s space
+RET_BASIS = ("ret.mean", "ret.basis")  # its buffers, fitted on the training photos
+
+
+def _without(cfg: ModelConfig, fields: tuple[str, ...]) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k not in fields}
+
+
+def _init_config(path: str) -> ModelConfig:
+    from ..models.factory import read_checkpoint
+
+    return read_checkpoint(path)[1]
+
+
+def same_ret_space(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether two configs' anchored [Ret] bases are fitted alike."""
+    return all(getattr(a, f) == getattr(b, f) for f in RET_SPACE)
 
 
 def frozen_count(model: ZSEModel, cfg: TrainConfig) -> int:
@@ -265,6 +287,8 @@ class Trainer:
         set_seed(cfg.seed)
         self.train_split, self.val_split, _ = split_classes(cfg.data, cfg.holdout, cfg.val_classes, cfg.seed)
         self.model = build_model(cfg)
+        # whether --init brings the model's [Ret] space (else anchor_bank fits it on the training photos)
+        self.init_ret_space = cfg.init is not None and same_ret_space(self.model.cfg, _init_config(cfg.init))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.start = frozen_count(self.model, cfg)
@@ -328,15 +352,20 @@ class Trainer:
     def anchor_bank(self) -> None:
         """Fits the anchored [Ret] space on the training photos' ImageNet features (a fresh run only) and
         keeps their [Ret] embeddings, with labels, as the bank that sketch [Ret]s are contrasted with."""
-        if self.model.ret is None or self.cfg.train_only == "relation":  # no [Ret] loss: no bank
+        if self.model.ret is None:
+            return
+        refit = self.epoch == 0 and (self.cfg.init is None or not self.init_ret_space)  # else the loaded space
+        if self.cfg.train_only == "relation" and not refit:  # no [Ret] loss: no bank
             return
         photos = self.data["train_photos"][:, 0]  # plain views
         tokens = self.model.tokens
         pooled = torch.cat(
             [tokens.to_tokens(tokens.features(x.float(), "photo", start=self.start))[1] for x in photos.split(128)]
         )
-        if self.epoch == 0 and self.cfg.init is None:  # loaded weights bring their [Ret] space
+        if refit:
             self.model.ret.fit(pooled)
+        if self.cfg.train_only == "relation":
+            return
         emb = F.normalize(self.model.ret(pooled, "photo"), dim=-1)
         self.bank = (emb, self.data["train_photos_labels"])
 
@@ -385,11 +414,11 @@ class Trainer:
             lab = torch.from_numpy(
                 np.concatenate([sk_lab[quad[:, 0]], sk_lab[quad[:, 1]], ph_lab[quad[:, 2]], ph_lab[quad[:, 3]]])
             )
-            sketch_emb = F.normalize(sketch_tokens[:, 0], dim=-1)
+            sketch_emb = self.model.retrieval_embedding(sketch_tokens)
             if self.bank is not None:  # anchored [Ret]: sketches against every training photo, photos fixed
                 ret = bank_contrastive_loss(sketch_emb, lab[: 2 * b], *self.bank, cfg.temperature)
             else:
-                photo_emb = F.normalize(photo_tokens[:, 0], dim=-1)
+                photo_emb = self.model.retrieval_embedding(photo_tokens)
                 ret = contrastive_loss(sketch_emb, photo_emb, lab[: 2 * b], lab[2 * b :], cfg.temperature)
             losses["ret"] = cfg.ret_weight * ret
             losses["total"] = losses["total"] + losses["ret"]
@@ -532,7 +561,9 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
-        """Trains for cfg.epochs epochs (continuing from last.pth with resume=True)."""
+        """Trains for cfg.epochs epochs (continuing from last.pth with resume=True). ``epochs=0`` takes no step:
+        the ``--init`` weights (with a [Ret] basis fitted again when the config's [Ret] space differs) are
+        validated and saved as epoch 0, so they can be exported like any run."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
         self.np_rng = np.random.default_rng(self.cfg.seed)
@@ -555,4 +586,9 @@ class Trainer:
                 self.history.append(row)
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                 self.save(metrics)
+        if self.cfg.epochs == 0 and not self.history:
+            metrics = self.validate()
+            self.history.append({"epoch": 0, **metrics})
+            print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            self.save(metrics)
         return self.history
