@@ -293,7 +293,14 @@ def test_init_from_another_ret_space_fits_the_basis_on_the_training_photos(subse
         feats = model.tokens.features(photos.float(), "photo", start=trainer.start).mean((2, 3))
     x = torch.nn.functional.normalize(feats, dim=-1)
     torch.testing.assert_close(model.ret.mean, x.mean(0))  # fitted on this run's training photos
-    # weights of the same [Ret] space keep their basis
+    # weights of the same [Ret] space keep their basis; --epochs 0 takes no step, validates and saves them
     save_weights(model, tmp_path / "new.safetensors")
-    again = Trainer(dataclasses.replace(run, init=str(tmp_path / "new.safetensors"), out=str(tmp_path / "again")))
+    again = Trainer(
+        dataclasses.replace(run, init=str(tmp_path / "new.safetensors"), out=str(tmp_path / "again"), epochs=0)
+    )
     assert again.init_ret_space and torch.equal(again.model.ret.basis, model.ret.basis)
+    history = again.fit()
+    assert [row["epoch"] for row in history] == [0] and "val_rn_score" in history[0]
+    saved = sketchfind.load_model(weights=tmp_path / "again" / "best.safetensors")
+    for key, value in saved.state_dict().items():
+        torch.testing.assert_close(value, model.state_dict()[key], msg=key)

@@ -350,8 +350,9 @@ class Trainer:
 
     @torch.no_grad()
     def anchor_bank(self) -> None:
-        """Fits the anchored [Ret] space on the training photos' ImageNet features (a fresh run only) and
-        keeps their [Ret] embeddings, with labels, as the bank that sketch [Ret]s are contrasted with."""
+        """Fits the anchored [Ret] space on the training photos' ImageNet features (a fresh run, or ``--init``
+        weights of another [Ret] space) and keeps their [Ret] embeddings, with labels, as the bank that sketch
+        [Ret]s are contrasted with (not with ``train_only="relation"``: no [Ret] loss)."""
         if self.model.ret is None:
             return
         refit = self.epoch == 0 and (self.cfg.init is None or not self.init_ret_space)  # else the loaded space
