@@ -466,8 +466,9 @@ def retrieval_embedding(tokens, ret_tokens: int = 1):
     """(B, T, D) tokens (torch or numpy) -> (B, ret_tokens * D) L2-normalised float32 [Ret] embeddings."""
     if isinstance(tokens, torch.Tensor):
         return F.normalize(tokens[:, :ret_tokens].flatten(1).float(), dim=-1)
-    ret = np.asarray(tokens[:, :ret_tokens], np.float32).reshape(len(tokens), -1)
-    return ret / np.maximum(np.linalg.norm(ret, axis=1, keepdims=True), 1e-12)
+    from ..rerank import normalize  # numpy rows to unit length (rerank needs FAISS: imported only here)
+
+    return normalize(np.asarray(tokens[:, :ret_tokens], np.float32).reshape(len(tokens), -1))
 
 
 class ZSEModel(Encodes, nn.Module):
