@@ -1,7 +1,8 @@
 """int8 encoders: the exported sketch and photo graphs statically quantised by ONNX Runtime.
 
 What runs in int8 (:data:`RECIPE`): the CNN token source, i.e. the backbone convolutions with their ReLU6
-clips and residual adds, in QDQ format with per-channel int8 weights and uint8 activations. Everything
+clips and residual adds, in QDQ format with per-channel int8 weights (uint8 on x86 CPUs without VNNI:
+:func:`int8_dot_products`) and uint8 activations. Everything
 after it stays fp32: the projection to tokens, the transformer encoder, the anchored [Ret] (its PCA
 projection and the sketch MLP), the pooled global embedding, and the relation head (``head.onnx`` is the
 fp32 export's). The quantised backbone is where the time goes; the fp32 tail keeps [Ret] accurate.
@@ -22,6 +23,7 @@ import hashlib
 import inspect
 import json
 import logging
+import platform
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -231,10 +233,26 @@ def quantize_encoder(
             nodes_to_quantize=nodes,
             per_channel=recipe.per_channel,
             activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
+            weight_type=quantization.QuantType.QInt8 if int8_dot_products() else quantization.QuantType.QUInt8,
             calibrate_method=getattr(quantization.CalibrationMethod, recipe.calibration),
         )
     return out_path
+
+
+def int8_dot_products() -> bool:
+    """Whether this CPU multiplies uint8 by int8 with 32-bit accumulation in one instruction (x86: VNNI in
+    AVX-512 or AVX, or AMX). Without it, x86 kernels sum pairs of uint8 x int8 products in int16 first (AVX2,
+    plain AVX-512), which saturates with int8 weights: on such a CPU (an AVX2-only AMD EPYC) the sketch [Ret]
+    of the quantised graph fell to cosine 0.11 with fp32 (7-bit weights, onnxruntime's ``reduce_range``: 0.35).
+    There the weights are quantised as uint8 instead (onnxruntime's U8U8 kernels widen to int16 before
+    multiplying: no saturation; the int8 tests pass again). Other architectures: True."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell here, so the safe 7-bit weights
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 @contextlib.contextmanager
@@ -252,7 +270,13 @@ def int8_cache_key(model: nn.Module, calib: dict, recipe: Int8Recipe = RECIPE) -
     import onnxruntime
 
     ranges = hashlib.sha256(json.dumps(calib["graphs"], sort_keys=True).encode()).hexdigest()
-    parts = [cache_key(model), recipe.key(), ranges, onnxruntime.__version__]
+    parts = [
+        cache_key(model),
+        recipe.key(),
+        ranges,
+        onnxruntime.__version__,
+        f"uint8_weights={not int8_dot_products()}",
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
