@@ -37,13 +37,13 @@ def main() -> None:
     from sketchfind.datasets import scan_root as scan
     from sketchfind.models.factory import load_model
     from sketchfind.preprocess.normalize import normalize_drawing
-    from sketchfind.protocols import report_markdown, run_protocols
+    from sketchfind.protocols import PERTURBATIONS, report_markdown, run_protocols
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None, help="folder for cached encodings (.npy)")
     parser.add_argument("--seen", action="store_true", help="design run on 25 seen classes (quickdraw train)")
     parser.add_argument("--rn-per-class", type=int, default=3)
-    parser.add_argument("--perturb-per-class", type=int, default=10)
+    parser.add_argument("--perturb-per-class", type=int, default=10, help="0: no perturbation suite")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--weights", default=None, help="weights to measure (default: the shipped model)")
@@ -74,6 +74,7 @@ def main() -> None:
             prepare=prepare,
             rn_per_class=args.rn_per_class,
             perturb_per_class=args.perturb_per_class,
+            perturbations=() if args.perturb_per_class == 0 else tuple(PERTURBATIONS),
             cache_dir=cache,
         )
     out = Path(args.out)

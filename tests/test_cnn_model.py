@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from sketchfind.config import get_model_config
 from sketchfind.models.efficientnet import load_pretrained
-from sketchfind.models.zse import ZSEModel
+from sketchfind.models.zse import RET_SKIP_INIT, ZSEModel
 from sketchfind.preprocess import preprocess_photo, preprocess_sketch
 
 from .conftest import SKETCHY
@@ -131,12 +131,21 @@ def test_wide_whitened_ret_spans_several_tokens(model, images, fit_pooled):
         torch.testing.assert_close(m.retrieval_embedding(tokens), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(m.retrieval_embedding(tokens.numpy()), expected.numpy(), atol=1e-5, rtol=1e-5)
         assert tokens[:, :3].reshape(4, -1).norm(dim=-1).allclose(torch.full((4,), math.sqrt(384)))
-        # cross-attention and the relation head read the first [Ret] token and the 49 patches, not the others
+        # cross-attention reads the first [Ret] token and the 49 patches, not the others; the relation head's
+        # last layer reads the whole [Ret] through the pair's cosine: changing the other two [Ret] tokens moves
+        # each logit by exactly that input's weight times the change of the cosine
         sketch_tokens = m.encode_sketch(sketches)
         scores = m.relation_scores(sketch_tokens, tokens)
+        logits = m.relation_scores(sketch_tokens, tokens, logits=True)
         changed = tokens.clone()
         changed[:, 1:3] = torch.randn(4, 2, 128)
-        torch.testing.assert_close(m.relation_scores(sketch_tokens, changed), scores)
+        cosine = m.retrieval_embedding(sketch_tokens) @ m.retrieval_embedding(tokens).T  # (4, 4)
+        moved = m.retrieval_embedding(sketch_tokens) @ m.retrieval_embedding(changed).T
+        weight = float(m.relation.out.weight[0, -1])
+        assert weight == RET_SKIP_INIT
+        got = m.relation_scores(sketch_tokens, changed, logits=True)
+        torch.testing.assert_close(got - logits, weight * (moved - cosine), atol=1e-4, rtol=1e-4)
+        assert (got - logits).abs().max() > 0.1
         changed[:, 0] = torch.randn(4, 128)
         assert not torch.allclose(m.relation_scores(sketch_tokens, changed), scores)
         sketch_ca, photo_ca, pair_scores = m.pair_forward(sketch_tokens, tokens)
@@ -192,9 +201,16 @@ def test_sorted_relation_head_ignores_where_on_the_grid_a_match_lies(tmp_path):
     cos = torch.rand(4, anchors, anchors) * 2 - 1
     rows, cols = torch.randperm(anchors), torch.randperm(anchors)
     shuffled = cos[:, rows][:, :, cols]
+    ret_cos = torch.rand(4) * 2 - 1  # the pairs' [Ret] cosines, which the lite heads' last layer also reads
     with torch.no_grad():
-        torch.testing.assert_close(model.relation.mlp(shuffled), model.relation.mlp(cos))
-        assert not torch.allclose(official.relation.mlp(shuffled), official.relation.mlp(cos))
+        torch.testing.assert_close(
+            model.relation.mlp(shuffled, ret_cos=ret_cos), model.relation.mlp(cos, ret_cos=ret_cos)
+        )
+        assert not torch.allclose(
+            official.relation.mlp(shuffled, ret_cos=ret_cos), official.relation.mlp(cos, ret_cos=ret_cos)
+        )
+        with pytest.raises(ValueError, match="ret_cos"):
+            model.relation.mlp(cos)
         sketch, photos = torch.randn(2, cfg.num_tokens, cfg.width), torch.randn(5, cfg.num_tokens, cfg.width)
         scores = model.relation_scores(sketch, photos)
     onnx = load_runtime(model, "onnx", cache_dir=tmp_path)

@@ -304,3 +304,35 @@ def test_init_from_another_ret_space_fits_the_basis_on_the_training_photos(subse
     saved = sketchfind.load_model(weights=tmp_path / "again" / "best.safetensors")
     for key, value in saved.state_dict().items():
         torch.testing.assert_close(value, model.state_dict()[key], msg=key)
+
+
+def test_init_from_a_head_that_does_not_read_the_ret_cosine(subset, tmp_path):
+    """Weights whose relation head does not read the [Ret] cosine (zse-lite0 up to stage 5) load into the
+    current head: every weight as stored, the last layer's [Ret]-cosine input at its starting weight; and back."""
+    from sketchfind.models.factory import read_checkpoint, save_weights
+    from sketchfind.models.zse import RET_SKIP_INIT, ZSEModel
+    from sketchfind.train.loop import build_model, load_init
+
+    current = build_model(config(subset, tmp_path / "unused"))
+    assert current.cfg.relation_ret and current.relation.out.weight.shape == (1, 33)
+    older = ZSEModel(dataclasses.replace(current.cfg, relation_ret=False))
+    state = current.state_dict()
+    state["relation.out.weight"] = torch.randn(1, 32)
+    older.load_state_dict(state)
+    path = tmp_path / "stage5.safetensors"
+    save_weights(older, path)
+    assert not read_checkpoint(path)[1].relation_ret
+    # such a file (an earlier release) also loads by name: with its own head
+    assert not sketchfind.load_model("zse-lite0", weights=path).relation.reads_ret
+    trainer = Trainer(config(subset, tmp_path / "run", init=str(path), train_only="relation", epochs=0))
+    loaded = trainer.model.state_dict()
+    for key, value in older.state_dict().items():
+        if key != "relation.out.weight":
+            assert torch.equal(loaded[key], value), key
+    out = loaded["relation.out.weight"]
+    assert torch.equal(out[:, :32], state["relation.out.weight"]) and float(out[0, 32]) == RET_SKIP_INIT
+    # and back: a head that does not read it drops that input
+    back = ZSEModel(older.cfg)
+    save_weights(trainer.model, tmp_path / "stage6.safetensors")
+    load_init(back, str(tmp_path / "stage6.safetensors"))
+    assert torch.equal(back.relation.out.weight, state["relation.out.weight"])

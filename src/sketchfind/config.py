@@ -30,7 +30,10 @@ class PreprocessConfig:
 
 
 # ModelConfig fields added after indexes existed, with their defaults
-LATER_FIELDS = {"relation_head": "map", "ret_tokens": 1, "ret_whiten": 0.0}
+LATER_FIELDS = {"relation_head": "map", "ret_tokens": 1, "ret_whiten": 0.0, "relation_ret": False}
+# fields that change only how the relation head reads stored tokens, not what an index stores: not hashed, so an
+# index opens with weights whose head reads differently (its encoder fingerprint still has to match)
+HEAD_ONLY_FIELDS = ("relation_ret",)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class ModelConfig:
     # what the relation MLP reads: "map" = the whole flattened A x A cosine map (official); "sorted" = each
     # sketch anchor's and each photo anchor's best match, sorted (2A order statistics: position-invariant)
     relation_head: str = "map"
+    # lite models: the relation network's last layer also reads the cosine of the two images' stored [Ret]
+    # embeddings (the [Ret]-to-[Ret] correspondence, beside the patch map); False = official
+    relation_ret: bool = False
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     @property
@@ -113,6 +119,8 @@ class ModelConfig:
     def hash(self) -> str:
         """Stable short hash of the architecture + preprocessing (index compatibility check)."""
         data = self.to_dict()
+        for name in HEAD_ONLY_FIELDS:
+            data.pop(name)
         for name, default in LATER_FIELDS.items():  # fields added later leave older configs' hashes as they were
             if data.get(name) == default:
                 data.pop(name)

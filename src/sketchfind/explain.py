@@ -83,7 +83,10 @@ def explain_tokens(
     sketch_tokens = sketch_tokens[:1].to(dtype)
     photo_tokens = photo_tokens[:1].to(dtype)
     sketch_ca, photo_ca = model.cross(sketch_tokens, photo_tokens)
-    score = float(model.relation(sketch_ca, photo_ca)[0])
+    logit = float(
+        model.relation(sketch_ca, photo_ca, logits=True, ret_cos=model.ret_cosine(sketch_tokens, photo_tokens))[0]
+    )
+    score = 1.0 / (1.0 + math.exp(-logit))  # in float64: a float32 sigmoid reads 1.0 above a logit of ~17
     if model.cfg.downsample == "linear":
         relation = model.relation
         matrix = relation.cosine_map(relation.downsample(sketch_ca), relation.downsample(photo_ca))[0]

@@ -361,15 +361,16 @@ def encode_photo_files(model, files: list, batch: int = 32) -> np.ndarray:
 
 
 def relation_matrix(model, query_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
-    """(Q, P) relation-network scores (the costly part: ~1 ms per pair on one CPU thread)."""
+    """(Q, P) float64 relation-network scores (the costly part: ~1 ms per pair on one CPU thread); the sigmoid is
+    taken in float64, where a float32 one ties the best matches at 1.0."""
     import torch
 
     with torch.inference_mode():
         rows = [
-            model.relation_scores(torch.from_numpy(q), torch.from_numpy(photo_tokens)).float().numpy()
+            model.relation_scores(torch.from_numpy(q), torch.from_numpy(photo_tokens), logits=True).double().numpy()
             for q in np.array_split(query_tokens, max(1, len(query_tokens) // 8))
         ]
-    return np.concatenate(rows)
+    return 1.0 / (1.0 + np.exp(-np.concatenate(rows)))
 
 
 def first_per_class(labels, per_class: int | None) -> np.ndarray:
@@ -455,6 +456,7 @@ def run_protocols(
     ``rn_per_class`` / ``perturb_per_class`` limit the queries of the costly parts; ``cache_dir`` keeps
     encodings between runs (by content)."""
     from .datasets import scan_root
+    from .models.factory import model_fingerprint
 
     cache = Path(cache_dir) if cache_dir is not None else None
     settings = settings or RankSettings.from_metadata(model.weights_metadata)
@@ -486,10 +488,12 @@ def run_protocols(
                 mask = galleries_d
             relation = None
             if rn_per_class != 0:  # cached by content: identical queries (clean input) are scored once
-                digest = hashlib.sha1(q_tokens[rows].tobytes() + mask.tobytes()).hexdigest()[:16]
+                # the head's weights are part of the key: another head scores the same tokens differently
+                head = model_fingerprint(getattr(model, "torch_model", model)).encode()
+                digest = hashlib.sha1(q_tokens[rows].tobytes() + mask.tobytes() + head).hexdigest()[:16]
                 (relation,) = _cached(
                     cache,
-                    f"rn-{digest}",
+                    f"rn2-{digest}",
                     lambda q=q_tokens, r=rows, m=mask: (relation_matrix(model, q[r], photo_tokens[m]),),
                 )
             report["retrieval"][f"{set_name} vs {gallery_name}"] = retrieval_protocol(

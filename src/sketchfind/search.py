@@ -105,10 +105,16 @@ class SearchState:
         """(n, T, D) float tokens of the photos at these snapshot positions."""
         return self.store.tokens(self.snapshot, positions)
 
-    def relation(self, query: torch.Tensor, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(n,) relation-network scores of the query against photo tokens."""
+    def relation_logits(self, query: torch.Tensor, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(n,) relation-network logits of the query against photo tokens: what exhaustive and clustered order by
+        (a score in (0, 1) reads 1.0 in float32 above a logit of ~17, where a head that reads the [Ret] cosine puts
+        the best matches, so ordering by it would tie them)."""
         tokens = torch.from_numpy(tokens) if isinstance(tokens, np.ndarray) else tokens
-        return self.model.relation_scores(query, tokens)[0].float().numpy()
+        return self.model.relation_scores(query, tokens, logits=True)[0].float().numpy()
+
+    def relation(self, query: torch.Tensor, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(n,) relation-network scores in (0, 1) of the query against photo tokens."""
+        return probability(self.relation_logits(query, tokens))
 
     def ret_embeddings(self, positions: np.ndarray) -> np.ndarray:
         """(n, D) unit [Ret] embeddings of the photos at these positions: from the exact FAISS index's codes
@@ -134,14 +140,19 @@ class PreparedSketch:
 Ranking = tuple[np.ndarray, np.ndarray, dict[str, float]]
 
 
+def probability(logits: np.ndarray) -> np.ndarray:
+    """Relation logits -> scores in (0, 1) (float32; the sigmoid computed in float64)."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))).astype(np.float32)
+
+
 def exhaustive(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
-    """The relation network against every photo."""
+    """The relation network against every photo (ordered by its logits; scores in (0, 1))."""
     t0 = time.perf_counter()
-    scores = np.empty(len(state.snapshot), np.float32)
+    logits = np.empty(len(state.snapshot), np.float32)
     for positions, tokens in state.store.iter_tokens(state.snapshot, settings.chunk):
-        scores[positions] = state.relation(query, tokens)
-    order = top_positions(scores, k)
-    return order, scores[order], {"rerank": time.perf_counter() - t0}
+        logits[positions] = state.relation_logits(query, tokens)
+    order = top_positions(logits, k)
+    return order, probability(logits[order]), {"rerank": time.perf_counter() - t0}
 
 
 def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +212,7 @@ def clustered(state: SearchState, query: torch.Tensor, k: int | None, settings: 
     """The reference system: best cluster representatives first, then their photos by relation score."""
     t0 = time.perf_counter()
     sizes = state.artefacts.clusters.sizes
-    cluster_scores = state.relation(query, state.representatives)  # (C,)
+    cluster_scores = state.relation_logits(query, state.representatives)  # (C,)
     cluster_scores[sizes == 0] = -np.inf
     corder = np.argsort(-cluster_scores, kind="stable")
     corder = corder[sizes[corder] > 0]
@@ -209,15 +220,16 @@ def clustered(state: SearchState, query: torch.Tensor, k: int | None, settings: 
     taken = int(np.searchsorted(np.cumsum(sizes[corder]), min(need, len(state.snapshot)))) + 1
     head = np.concatenate([state.members[c] for c in corder[:taken]])
     t1 = time.perf_counter()
-    rel = state.relation(query, state.tokens(head))
+    rel = state.relation_logits(query, state.tokens(head))
     order = np.argsort(-rel, kind="stable")
-    positions, scores = head[order], rel[order]
+    positions, scores = head[order], probability(rel[order])
     if k is None:  # the rest of the gallery by cluster score, ties broken by [Ret] cosine
         ret = state.model.retrieval_embedding(query).numpy()[0]
         tail = [state.members[c] for c in corder[taken:]]
         tail = [m[np.argsort(-(state.ret_embeddings(m) @ ret), kind="stable")] for m in tail]
         tail_scores = [
-            np.full(len(m), cluster_scores[c], np.float32) for m, c in zip(tail, corder[taken:], strict=True)
+            np.full(len(m), probability(cluster_scores[c]), np.float32)
+            for m, c in zip(tail, corder[taken:], strict=True)
         ]
         positions = np.concatenate([positions, *tail])
         scores = np.concatenate([scores, *tail_scores])

@@ -141,6 +141,8 @@ def load_model(
         cfg = get_model_config(name) if name is not None else stored_cfg
         if stored_cfg is not None and name is not None and stored_cfg.hash() != cfg.hash():
             raise CheckpointError(f"{weights} holds a {stored_cfg.name!r} model, not {cfg.name!r}")
+        # the file's own config: it may differ from the named one in head-only fields (an earlier release's head)
+        cfg = stored_cfg or cfg
         model = ZSEModel(cfg)
         load_state_dict_strict(model, state_dict, str(weights), f"model {cfg.name!r}")
         model.weights_metadata.update(meta)

@@ -8,6 +8,7 @@ Read top to bottom:
   Encoder         [Ret] token + position embedding + pre-LN transformer blocks + final LayerNorm
   CrossAttention  one layer per stream: sketch queries attend to photo keys, photo queries to sketch keys
   RelationHead    down-sample tokens, cosine map between sketch and photo positions, MLP -> sigmoid score
+                  (lite models: the last layer also reads the pair's [Ret] cosine, ``relation_ret``)
   ZSEModel        the whole model and the API every other part of sketchfind uses
 
 Shapes: B batch, N patch tokens, T = N + 1 tokens with [Ret] first, D width, C backbone channels,
@@ -371,8 +372,19 @@ class CrossAttention(nn.Module):
 # relation head
 
 
+# the [Ret] cosine's weight in a fresh ``relation_ret`` head's logit (training moves it): the logit scale at which
+# the cosine, added to the stage-5 relation network's logits, ranked the validation classes best (sketches
+# 0.558 -> 0.588 mAP@all, doodles 0.358 -> 0.372; weights 10 / 20 / 40 / 80: 0.560 / 0.583 / 0.588 / 0.583)
+RET_SKIP_INIT = 40.0
+
+
 class RelationHead(nn.Module):
-    """Down-sampled tokens -> A x A cosine map (sketch rows, photo columns) -> MLP -> sigmoid score."""
+    """Down-sampled tokens -> A x A cosine map (sketch rows, photo columns) -> MLP -> sigmoid score.
+
+    With ``cfg.relation_ret`` (the lite models) the last layer reads one more input: the cosine of the two
+    images' stored [Ret] embeddings, the [Ret]-to-[Ret] correspondence that the patch map leaves out. The
+    anchored [Ret] keeps ImageNet's separation of classes that training never saw, which the patch map learned
+    on the training classes does not: the map's evidence is then weighed against it, not ranked alone."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -389,7 +401,11 @@ class RelationHead(nn.Module):
         self.reads = cfg.relation_head
         sizes = (anchors * anchors if self.reads == "map" else 2 * anchors, *cfg.rn_hidden)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
-        self.out = nn.Linear(sizes[-1], 1)
+        self.reads_ret = cfg.relation_ret
+        self.out = nn.Linear(sizes[-1] + int(self.reads_ret), 1)  # its last input: the [Ret] cosine
+        if self.reads_ret:
+            with torch.no_grad():
+                self.out.weight[0, -1] = RET_SKIP_INIT
         self.drop = nn.Dropout(cfg.dropout)
 
     def conv_input(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -420,20 +436,29 @@ class RelationHead(nn.Module):
         cols = cos_map.amax(dim=1).sort(dim=1, descending=True).values  # (P, A)
         return torch.cat([rows, cols], dim=1)
 
-    def mlp(self, cos_map: torch.Tensor, return_hidden: bool = False):
-        """(P, A, A) -> (P,) logits (and the pre-ReLU hidden activations when asked)."""
+    def mlp(self, cos_map: torch.Tensor, return_hidden: bool = False, ret_cos: torch.Tensor | None = None):
+        """(P, A, A) -> (P,) logits (and the pre-ReLU hidden activations when asked); a ``relation_ret`` head
+        also takes the (P,) [Ret] cosines of the pairs."""
         x, hidden = self.mlp_input(cos_map), []
         for layer in self.hidden:
             x = layer(x)
             hidden.append(x)
             x = self.drop(F.relu(x))
         # the bf16 runtime keeps this last layer in fp32: bf16 scores would tie (128 values in [0.5, 1))
-        logits = self.out(x.to(self.out.weight.dtype)).squeeze(-1)
+        x = x.to(self.out.weight.dtype)
+        if self.reads_ret:
+            if ret_cos is None:
+                raise ValueError("this relation head reads each pair's [Ret] cosine: pass ret_cos")
+            x = torch.cat([x, ret_cos.to(x.dtype)[:, None]], dim=1)
+        logits = self.out(x).squeeze(-1)
         return (logits, hidden) if return_hidden else logits
 
-    def forward(self, sketch_ca: torch.Tensor, photo_ca: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        """CA outputs of P pairs -> (P,) relation scores in (0, 1) (their logits with ``logits=True``)."""
-        out = self.mlp(self.cosine_map(self.downsample(sketch_ca), self.downsample(photo_ca)))
+    def forward(
+        self, sketch_ca: torch.Tensor, photo_ca: torch.Tensor, logits: bool = False, ret_cos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """CA outputs of P pairs (and, for a ``relation_ret`` head, their (P,) [Ret] cosines) -> (P,) relation
+        scores in (0, 1) (their logits with ``logits=True``)."""
+        out = self.mlp(self.cosine_map(self.downsample(sketch_ca), self.downsample(photo_ca)), ret_cos=ret_cos)
         return out if logits else torch.sigmoid(out)
 
 
@@ -517,10 +542,19 @@ class ZSEModel(Encodes, nn.Module):
         return tokens, F.normalize(pooled.float(), dim=-1)
 
     # -- pairs --------------------------------------------------------------------------------
-    def pair_forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor):
-        """P aligned pairs -> (sketch CA tokens, photo CA tokens, (P,) scores)."""
+    def pair_forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor, logits: bool = False):
+        """P aligned pairs -> (sketch CA tokens, photo CA tokens, (P,) scores (their logits with ``logits=True``))."""
         sketch_ca, photo_ca = self.cross(sketch_tokens, photo_tokens)
-        return sketch_ca, photo_ca, self.relation(sketch_ca, photo_ca)
+        ret_cos = self.ret_cosine(sketch_tokens, photo_tokens)
+        return sketch_ca, photo_ca, self.relation(sketch_ca, photo_ca, logits, ret_cos)
+
+    def ret_cosine(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor) -> torch.Tensor | None:
+        """P aligned pairs of stored tokens -> their (P,) float32 [Ret] cosines when the relation head reads them
+        (``relation_ret``), else None."""
+        if not self.cfg.relation_ret:
+            return None
+        k = self.cfg.ret_tokens
+        return (retrieval_embedding(sketch_tokens, k) * retrieval_embedding(photo_tokens, k)).sum(-1)
 
     def relation_scores(
         self,
@@ -538,16 +572,21 @@ class ZSEModel(Encodes, nn.Module):
         photos_per_chunk = max(1, max_pairs // S) if S <= max_pairs else 1
         sketches_per_chunk = min(S, max_pairs)
         sketches = self.cross.stream(sketch_tokens.to(dtype), "sketch")  # projected once, (S, ...) each
+        reads_ret = self.cfg.relation_ret
+        sketch_ret = retrieval_embedding(sketch_tokens, self.cfg.ret_tokens) if reads_ret else None  # (S, R)
         out = torch.empty(S, P, dtype=self.relation.out.weight.dtype, device=sketch_tokens.device)
         for p0 in range(0, P, photos_per_chunk):
-            photos = self.cross.stream(photo_tokens[p0 : p0 + photos_per_chunk].to(dtype), "photo")  # (n, ...)
+            chunk_tokens = photo_tokens[p0 : p0 + photos_per_chunk]
+            photos = self.cross.stream(chunk_tokens.to(dtype), "photo")  # (n, ...)
             n = photos.tokens.shape[0]
+            photo_ret = retrieval_embedding(chunk_tokens, self.cfg.ret_tokens) if reads_ret else None  # (n, R)
             for s0 in range(0, S, sketches_per_chunk):
                 chunk = sketches.rows(s0, s0 + sketches_per_chunk)  # (m, ...)
                 m = chunk.tokens.shape[0]
                 # pair i*n + j = (sketch s0+i, photo p0+j)
                 sketch_ca, photo_ca = self.cross.attend_streams(chunk.repeat_each(n), photos.tile(m))  # (m*n, T, D)
-                out[s0 : s0 + m, p0 : p0 + n] = self.relation(sketch_ca, photo_ca, logits).reshape(m, n)
+                ret_cos = (sketch_ret[s0 : s0 + m] @ photo_ret.T).reshape(-1) if reads_ret else None  # (m*n,)
+                out[s0 : s0 + m, p0 : p0 + n] = self.relation(sketch_ca, photo_ca, logits, ret_cos).reshape(m, n)
         return out
 
     def forward(self, sketches: torch.Tensor, photos: torch.Tensor):

@@ -3,7 +3,7 @@
 Graphs (dynamic batch B / pair count P; T tokens, D width, G global dim):
   sketch.onnx  images (B, 3, S, S) -> tokens (B, T, D), global (B, G)   = encode_with_global(images, "sketch")
   photo.onnx   images (B, 3, S, S) -> tokens (B, T, D), global (B, G)   = encode_with_global(images, "photo")
-  head.onnx    sketch_tokens (P, T, D), photo_tokens (P, T, D) -> scores (P,)  cross-attention + relation head
+  head.onnx    sketch_tokens (P, T, D), photo_tokens (P, T, D) -> logits (P,)  cross-attention + relation head
                over aligned pairs (pair p = sketch_tokens[p], photo_tokens[p])
 
 The cache folder is ``<cache root>/onnx/<model name>-<key>/``: the key hashes the weights fingerprint, the
@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import SketchfindError
 
-EXPORT_VERSION = 3  # bump when the exported graphs change shape or meaning (3: [Ret] of several tokens)
+EXPORT_VERSION = 5  # bump when the exported graphs change shape or meaning (3: [Ret] of several tokens; 4: the
+# relation head reads the pair's [Ret] cosine; 5: the head graph outputs logits)
 OPSET = 17
 GRAPHS = ("sketch", "photo", "head")
 
@@ -45,14 +46,15 @@ class _Encoder(nn.Module):
 
 
 class _PairHead(nn.Module):
-    """Aligned (P, T, D) sketch and photo tokens -> (P,) relation scores."""
+    """Aligned (P, T, D) sketch and photo tokens -> (P,) relation logits (the runtime applies the sigmoid in
+    float64: a float32 sigmoid reads 1.0 above a logit of ~17, where the best matches of a lite head lie)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.pair_forward(sketch_tokens, photo_tokens)[2]
+        return self.model.pair_forward(sketch_tokens, photo_tokens, logits=True)[2]
 
 
 def cache_root() -> Path:
@@ -86,7 +88,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path) -> dict[str, Path]:
     specs = {
         "sketch": (_Encoder(model, "sketch"), (images,), ["images"], ["tokens", "global"]),
         "photo": (_Encoder(model, "photo"), (images,), ["images"], ["tokens", "global"]),
-        "head": (_PairHead(model), (tokens, tokens.clone()), ["sketch_tokens", "photo_tokens"], ["scores"]),
+        "head": (_PairHead(model), (tokens, tokens.clone()), ["sketch_tokens", "photo_tokens"], ["logits"]),
     }
     was_training = model.training
     paths = {}

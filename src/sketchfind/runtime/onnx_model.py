@@ -74,15 +74,20 @@ class OnnxModel(Encodes):
         return torch.from_numpy(tokens), torch.from_numpy(global_emb)
 
     # -- pairs --------------------------------------------------------------------------------
-    def pair_scores(self, sketch_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
-        """Aligned (P, T, D) float32 arrays -> (P,) relation scores (one head call)."""
+    def pair_logits(self, sketch_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
+        """Aligned (P, T, D) float32 arrays -> (P,) relation logits (one head call)."""
         feeds = {"sketch_tokens": sketch_tokens, "photo_tokens": photo_tokens}
         return self.sessions["head"].run(None, feeds)[0]
 
     def relation_scores(
-        self, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor, max_pairs: int | None = None
+        self,
+        sketch_tokens: torch.Tensor,
+        photo_tokens: torch.Tensor,
+        max_pairs: int | None = None,
+        logits: bool = False,
     ) -> torch.Tensor:
-        """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs."""
+        """(S, T, D) x (P, T, D) -> (S, P) relation scores for every pair, in chunks of at most max_pairs (their
+        logits with ``logits=True``; the head graph gives logits, the sigmoid is taken here in float64)."""
         sketches, photos = _array(sketch_tokens), _array(photo_tokens)
         S, P = sketches.shape[0], photos.shape[0]
         chunk = max_pairs or self.max_pairs
@@ -93,5 +98,7 @@ class OnnxModel(Encodes):
                 ph = photos[p0 : p0 + chunk]
                 if repeated is None or repeated.shape[0] != ph.shape[0]:
                     repeated = np.ascontiguousarray(np.broadcast_to(sketches[s], ph.shape))
-                out[s, p0 : p0 + ph.shape[0]] = self.pair_scores(repeated, ph)
+                out[s, p0 : p0 + ph.shape[0]] = self.pair_logits(repeated, ph)
+        if not logits:
+            out = (1.0 / (1.0 + np.exp(-out.astype(np.float64)))).astype(np.float32)
         return torch.from_numpy(out)

@@ -125,9 +125,11 @@ FRESH_WITH_NEW_HEAD = ("relation.hidden.", "relation.out.")  # the MLP whose inp
 
 def load_init(model: ZSEModel, path: str) -> None:
     """Loads every parameter and buffer of ``model`` from the weights file ``path``, which must hold the
-    same architecture. Two parts may differ: the relation head ("map" vs "sorted"), whose MLP then starts
-    fresh, and the anchored [Ret]'s space (``ret_tokens``, ``ret_whiten``), whose basis training then fits
-    again (:meth:`Trainer.anchor_bank`; the trained sketch-side MLP loads)."""
+    same architecture. Three parts may differ: the relation head ("map" vs "sorted"), whose MLP then starts
+    fresh; whether its last layer reads the [Ret] cosine (``relation_ret``: the weight of that input starts at
+    :data:`~sketchfind.models.zse.RET_SKIP_INIT`, the rest loads); and the anchored [Ret]'s space (``ret_tokens``,
+    ``ret_whiten``), whose basis training then fits again (:meth:`Trainer.anchor_bank`; the trained sketch-side MLP
+    loads)."""
     from ..models.factory import read_checkpoint
 
     state, stored_cfg, _ = read_checkpoint(path)
@@ -135,12 +137,17 @@ def load_init(model: ZSEModel, path: str) -> None:
         raise ConfigError(f"--init {path}: the file carries no model config")
     ours, theirs = _without(model.cfg, RET_SPACE), _without(stored_cfg, RET_SPACE)
     same_head = ours.pop("relation_head", "map") == theirs.pop("relation_head", "map")
+    reads_ret, read_ret = ours.pop("relation_ret", False), theirs.pop("relation_ret", False)
     if ours != theirs:
         raise ConfigError(f"--init {path} holds a different architecture ({stored_cfg.name}) than {model.cfg.name}")
     fresh = (() if same_head else FRESH_WITH_NEW_HEAD) + (() if same_ret_space(model.cfg, stored_cfg) else RET_BASIS)
     if fresh:
         state = {k: v for k, v in state.items() if not k.startswith(fresh)}
         state.update({k: v for k, v in model.state_dict().items() if k.startswith(fresh)})
+    if same_head and reads_ret != read_ret:  # the last layer gains (or loses) its [Ret]-cosine input
+        own = model.state_dict()["relation.out.weight"]
+        loaded = state["relation.out.weight"].float()
+        state["relation.out.weight"] = torch.cat([loaded, own[:, -1:]], 1) if reads_ret else loaded[:, :-1]
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
 
 
