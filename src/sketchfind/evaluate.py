@@ -23,7 +23,7 @@ import torch
 from .datasets import scan
 from .errors import InputError
 from .metrics import precision_recall_curve, retrieval_metrics
-from .models.zse import ZSEModel
+from .models.zse import ZSEModel, relation_probability
 from .preprocess import preprocess_photo, preprocess_sketch
 from .progress import progress
 from .rerank import RankSettings, fuse, pipeline_scores
@@ -113,8 +113,8 @@ def evaluate(
     scores = {"ret": (model.retrieval_embedding(sk_tok) @ model.retrieval_embedding(ph_tok).T).numpy()}
     t0 = time.perf_counter()
     with torch.inference_mode():
-        logits = torch.cat([model.relation_scores(s, ph_tok, logits=True) for s in sk_tok.split(8)]).double().numpy()
-    scores["rn"] = 1.0 / (1.0 + np.exp(-logits))  # in float64: a float32 sigmoid ties the best matches at 1.0
+        logits = torch.cat([model.relation_scores(s, ph_tok, logits=True) for s in sk_tok.split(8)])
+    scores["rn"] = relation_probability(logits)  # float64: no ties at 1.0
     rn_s = time.perf_counter() - t0
     scores["fused"] = fuse(scores["ret"], scores["rn"], settings.fusion)
     q_emb, g_emb = model.retrieval_embedding(sk_tok).numpy(), model.retrieval_embedding(ph_tok).numpy()

@@ -37,6 +37,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .config import PreprocessConfig
+from .models.zse import relation_probability
 from .preprocess import ink_mask, preprocess_photo, read_photo, sketch_array, to_tensor
 
 DISPLAY_SIZE = 320  # side of each picture in the rendered explanation
@@ -86,7 +87,7 @@ def explain_tokens(
     logit = float(
         model.relation(sketch_ca, photo_ca, logits=True, ret_cos=model.ret_cosine(sketch_tokens, photo_tokens))[0]
     )
-    score = 1.0 / (1.0 + math.exp(-logit))  # in float64: a float32 sigmoid reads 1.0 above a logit of ~17
+    score = float(relation_probability(logit))
     if model.cfg.downsample == "linear":
         relation = model.relation
         matrix = relation.cosine_map(relation.downsample(sketch_ca), relation.downsample(photo_ca))[0]

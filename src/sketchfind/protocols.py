@@ -361,16 +361,18 @@ def encode_photo_files(model, files: list, batch: int = 32) -> np.ndarray:
 
 
 def relation_matrix(model, query_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
-    """(Q, P) float64 relation-network scores (the costly part: ~1 ms per pair on one CPU thread); the sigmoid is
-    taken in float64, where a float32 one ties the best matches at 1.0."""
+    """(Q, P) float64 relation-network scores (the costly part: ~1 ms per pair on one CPU thread; float64: no ties
+    at 1.0, :func:`~sketchfind.models.zse.relation_probability`)."""
     import torch
+
+    from .models.zse import relation_probability
 
     with torch.inference_mode():
         rows = [
-            model.relation_scores(torch.from_numpy(q), torch.from_numpy(photo_tokens), logits=True).double().numpy()
+            model.relation_scores(torch.from_numpy(q), torch.from_numpy(photo_tokens), logits=True)
             for q in np.array_split(query_tokens, max(1, len(query_tokens) // 8))
         ]
-    return 1.0 / (1.0 + np.exp(-np.concatenate(rows)))
+    return relation_probability(torch.cat(rows))
 
 
 def first_per_class(labels, per_class: int | None) -> np.ndarray:
@@ -459,6 +461,8 @@ def run_protocols(
     from .models.factory import model_fingerprint
 
     cache = Path(cache_dir) if cache_dir is not None else None
+    # the relation cache's key holds the head's weights: another head scores the same tokens differently
+    head = model_fingerprint(getattr(model, "torch_model", model)).encode()
     settings = settings or RankSettings.from_metadata(model.weights_metadata)
     everything = scan_root(sketchy_root)
     photo_files, photo_names = everything.flat("photos")
@@ -488,8 +492,6 @@ def run_protocols(
                 mask = galleries_d
             relation = None
             if rn_per_class != 0:  # cached by content: identical queries (clean input) are scored once
-                # the head's weights are part of the key: another head scores the same tokens differently
-                head = model_fingerprint(getattr(model, "torch_model", model)).encode()
                 digest = hashlib.sha1(q_tokens[rows].tobytes() + mask.tobytes() + head).hexdigest()[:16]
                 (relation,) = _cached(
                     cache,

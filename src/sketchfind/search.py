@@ -35,7 +35,7 @@ from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load
 from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .index.vectors import FirstStage, MilvusSpec, backend_spec, shown
-from .models.zse import ZSEModel
+from .models.zse import ZSEModel, relation_probability
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
 from .rerank import RankSettings, expand_query, fuse, normalize, rank_head
 from .runtime import load_runtime
@@ -141,8 +141,8 @@ Ranking = tuple[np.ndarray, np.ndarray, dict[str, float]]
 
 
 def probability(logits: np.ndarray) -> np.ndarray:
-    """Relation logits -> scores in (0, 1) (float32; the sigmoid computed in float64)."""
-    return (1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))).astype(np.float32)
+    """Relation logits -> float32 scores in (0, 1) (:func:`~sketchfind.models.zse.relation_probability`)."""
+    return relation_probability(logits).astype(np.float32)
 
 
 def exhaustive(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:

@@ -487,6 +487,13 @@ class Encodes:
         return retrieval_embedding(tokens, self.cfg.ret_tokens)
 
 
+def relation_probability(logits) -> np.ndarray:
+    """Relation logits (numpy or torch) -> float64 scores in (0, 1). In float64, since a float32 sigmoid reads
+    exactly 1.0 above a logit of ~17, where the best matches of a ``relation_ret`` head lie."""
+    logits = logits.double().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits, np.float64)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def retrieval_embedding(tokens, ret_tokens: int = 1):
     """(B, T, D) tokens (torch or numpy) -> (B, ret_tokens * D) L2-normalised float32 [Ret] embeddings."""
     if isinstance(tokens, torch.Tensor):

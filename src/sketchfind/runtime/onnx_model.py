@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.zse import Encodes, ZSEModel
+from ..models.zse import Encodes, ZSEModel, relation_probability
 
 
 def _array(x: torch.Tensor) -> np.ndarray:
@@ -100,5 +100,5 @@ class OnnxModel(Encodes):
                     repeated = np.ascontiguousarray(np.broadcast_to(sketches[s], ph.shape))
                 out[s, p0 : p0 + ph.shape[0]] = self.pair_logits(repeated, ph)
         if not logits:
-            out = (1.0 / (1.0 + np.exp(-out.astype(np.float64)))).astype(np.float32)
+            out = relation_probability(out).astype(np.float32)
         return torch.from_numpy(out)

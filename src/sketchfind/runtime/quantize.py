@@ -250,7 +250,7 @@ def int8_dot_products() -> bool:
         return True
     try:
         flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no way to tell here, so the safe 7-bit weights
+    except OSError:  # not Linux: no way to tell here, so the uint8 weights that cannot saturate
         return False
     return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
