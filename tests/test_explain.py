@@ -156,7 +156,10 @@ def test_ann_explains_the_similarity_it_ranked_by(lite_index):
         assert explanation.photo_heat.max() == 1 and explanation.sketch_heat.max() == 1
         assert set(images) == {"sketch", "photo", "combined"}
         relation, _ = searcher.explain(SKETCH, hits[0].photo_id, strategy="exhaustive")
-        assert relation.source == "cosine" and 0 < relation.score < 1  # the relation network's own score
+        assert relation.source == "relation" and 0 < relation.score < 1  # the relation network's score, split
+        best = searcher.search(SKETCH, k=1, strategy="exhaustive").hits[0]
+        shown, _ = searcher.explain(SKETCH, best.photo_id, strategy="exhaustive")
+        assert shown.score == pytest.approx(best.score, abs=0.01)  # the number the page shows beside the photo
     with sketchfind.Searcher.open(index, model, runtime="torch") as augmented:
         hit = augmented.search(SKETCH, k=3, strategy="ann").hits[0]
         own, _ = augmented.explain(SKETCH, hit.photo_id)
@@ -191,3 +194,72 @@ def _first_sketched_photos(cls: str, n: int):
         for p in sorted((SKETCHY / "photos" / cls).glob("*.jpg"))
         if (SKETCHY / "sketches" / cls / f"{p.stem}-1.png").is_file()
     ][:n]
+
+
+def test_the_relation_explanation_splits_the_score_it_ranked_by(lite_index):
+    """exhaustive / clustered rank by the relation logit = w x [Ret] cosine + MLP(cosine map): the explanation's
+    two parts add up to that logit (computed independently by relation_scores), the [Ret] part is w times the
+    pair's [Ret] cosine, and the photo heat lies on the drawn object (Sketchy drawings overlay their photo)."""
+    from sketchfind.explain import explain_relation
+    from sketchfind.models.zse import relation_probability, score_calibration
+    from sketchfind.preprocess import read_photo, read_sketch_rgb
+    from sketchfind.protocols import ink_cells
+
+    _, model = lite_index
+    hits = 0
+    pairs = [(c, p) for c in ("airplane", "cup", "swan", "horse", "teapot") for p in _first_sketched_photos(c, 2)]
+    for cls, photo in pairs:
+        sketch = SKETCHY / "sketches" / cls / f"{photo.stem}-1.png"
+        squared = sketch_array(sketch, model.cfg.preprocess)
+        explanation = explain_relation(model, squared, read_photo(photo).convert("RGB"))
+        with torch.inference_mode():
+            sketch_tokens = model.encode_sketch(to_tensor(squared, model.cfg.preprocess)[None])
+            photo_tokens = model.encode_photo(preprocess_photo(photo, model.cfg.preprocess)[None])
+            logit = float(model.relation_scores(sketch_tokens, photo_tokens, logits=True)[0, 0])
+            ret_cos = float(model.ret_cosine(sketch_tokens, photo_tokens)[0])
+        parts = explanation.parts
+        assert parts["ret"] + parts["map"] == pytest.approx(logit, abs=1e-3)
+        assert parts["ret"] == pytest.approx(float(model.relation.out.weight[0, -1].detach()) * ret_cos, abs=1e-3)
+        shown = relation_probability(logit, score_calibration(model.weights_metadata))
+        assert explanation.score == pytest.approx(float(shown), abs=1e-4)
+        assert explanation.source == "relation" and explanation.photo_heat.max() == pytest.approx(1)
+        inked = ink_cells(read_sketch_rgb(sketch), explanation.grid, model.cfg.preprocess.ink_threshold)
+        hits += bool(inked.ravel()[int(explanation.photo_heat.argmax())])
+    assert hits >= 0.7 * len(pairs)  # the relation head's cosine map alone: 0.32 on unseen-25 (bench_pointing)
+
+
+def test_platt_scaling_recovers_a_logistic_model():
+    from sketchfind.models.zse import fit_score_calibration
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 8, 20000)
+    same = rng.random(20000) < 1 / (1 + np.exp(-(0.3 * logits - 2.0)))
+    scale, shift = fit_score_calibration(logits, same)
+    assert scale == pytest.approx(0.3, abs=0.02) and shift == pytest.approx(-2.0, abs=0.1)
+    with pytest.raises(ValueError, match="both kinds"):
+        fit_score_calibration(logits, np.zeros_like(same))
+
+
+def test_relation_strategies_show_calibrated_scores(lite_index):
+    """The shipped head puts good matches at logits of 10-25, where its own sigmoid reads 1.000 for every one of
+    them: exhaustive and clustered show sigmoid(scale x logit + shift), fitted on the validation classes, in the
+    same order."""
+    from sketchfind.models.zse import relation_probability, score_calibration
+
+    index, model = lite_index
+    calibration = score_calibration(model.weights_metadata)
+    assert calibration != (1.0, 0.0) and calibration[0] > 0
+    with sketchfind.Searcher.open(index, model, runtime="torch") as searcher:
+        query = searcher.encode_query(SKETCH)
+        state = searcher.state
+        with torch.inference_mode():
+            logits = state.relation_logits(query, state.tokens(np.arange(len(state.snapshot))))
+        for strategy in ("exhaustive", "clustered"):
+            hits = searcher.search(SKETCH, k=5, strategy=strategy).hits
+            scores = np.array([h.score for h in hits])
+            assert np.all(np.diff(scores) <= 0) and scores[0] < 0.999  # ordered, not all pinned at 1.000
+        hits = searcher.search(SKETCH, k=None, strategy="exhaustive").hits
+        where = [int(np.flatnonzero(state.snapshot.ids == h.photo_id)[0]) for h in hits]
+        expected = relation_probability(logits[where], calibration)
+        np.testing.assert_allclose([h.score for h in hits], expected, rtol=1e-5, atol=1e-6)
+        assert relation_probability(logits, (1.0, 0.0)).max() > 0.9999  # the uncalibrated sigmoid: saturated

@@ -23,6 +23,29 @@ def test_expansion_adds_the_mean_of_the_nearest_photos():
     assert batched.shape == (2, 3) and np.allclose(np.linalg.norm(batched, axis=1), 1)
 
 
+def test_alpha_weighted_expansion_counts_each_photo_by_its_cosine():
+    q = unit([1, 0, 0])[0]
+    near = unit([1, 0, 0], [0, 1, 0], [1, 1, 0])  # cosines to the query 1, 0, 0.707
+    # alpha 0: the plain mean; alpha > 0: the orthogonal photo weighs nothing, the diagonal one 0.707 ** alpha
+    np.testing.assert_allclose(expand_query(q, near, 1.0, 0.0), expand_query(q, near, 1.0))
+    for alpha in (1.0, 3.0):
+        w = np.sqrt(0.5) ** alpha
+        mean = unit(near[0] + w * near[2])[0]
+        np.testing.assert_allclose(expand_query(q, near, 1.0, alpha), unit(q + mean)[0], atol=1e-12)
+    assert expand_query(q, near[1:2], 1.0, 3.0) @ q == 1.0  # only photos at cosine <= 0: the query as it was
+    batched = expand_query(np.stack([q, q]), np.stack([near[:2], near[1:]]), 0.5, 3.0)
+    np.testing.assert_allclose(batched[1], expand_query(q, near[1:], 0.5, 3.0), atol=1e-12)
+    # more photos can be averaged without a drawing with a few photos of its kind being pulled to the others:
+    # three photos of its kind (near the sketch) and seven of another kind (farther)
+    kind = unit([1, 0.1, 0], [1, -0.1, 0.1], [1, 0, -0.1])
+    other = unit(*[[0.3, 1, 0.05 * i] for i in range(7)])
+    photos, sketch = np.concatenate([kind, other]), unit([1, 0.3, 0])
+    plain = pipeline_scores(sketch, photos, None, RankSettings(qe_top=10, qe_weight=3.0, dba_top=0))
+    weighted = pipeline_scores(sketch, photos, None, RankSettings(qe_top=10, qe_weight=3.0, qe_alpha=3.0, dba_top=0))
+    assert set(np.argsort(-plain[0])[:3]) != {0, 1, 2}  # the larger kind took over the plain mean
+    assert set(np.argsort(-weighted[0])[:3]) == {0, 1, 2}
+
+
 def test_expansion_pulls_in_photos_like_the_first_hits():
     # photos 0-2 form a group around (0, 1); the sketch is close to photo 0 only; photo 3 is a near decoy
     photos = unit([0.3, 1, 0], [-0.3, 1, 0.3], [0, 1, -0.4], [1, 0.35, 0])
@@ -49,7 +72,7 @@ def test_head_is_fused_and_stays_above_the_tail():
 
 
 def test_settings_round_trip_through_metadata_and_keys_are_unique():
-    s = RankSettings(rerank_k=10, fusion=0.75, qe_top=5, qe_weight=1.0, dba_top=100, dba_k=3)
+    s = RankSettings(rerank_k=10, fusion=0.75, qe_top=5, qe_weight=1.0, qe_alpha=3.0, dba_top=100, dba_k=3)
     assert RankSettings.from_metadata(s.to_metadata()) == s
     assert RankSettings.from_metadata({}) == RankSettings()
     grid = validation_grid()

@@ -189,12 +189,13 @@ def test_a_searcher_survives_compaction_by_another_writer(model, tmp_path):
         assert len(hits) == 4 and all("apple" in h.path for h in hits)
 
 
-def test_ann_with_query_expansion_is_the_rerank_pipeline(model, query, tmp_path):
+@pytest.mark.parametrize("alpha", [0.0, 3.0])  # plain and alpha-weighted expansion
+def test_ann_with_query_expansion_is_the_rerank_pipeline(model, query, tmp_path, alpha):
     from sketchfind.rerank import RankSettings, pipeline_scores
 
     copy_photos(tmp_path / "photos", classes=CLASSES, per_class=8)
     build_index([tmp_path / "photos"], tmp_path / "idx", model, token_storage="fp32", ann_type="Flat", n_clusters=4)
-    settings = RankSettings(rerank_k=6, fusion=0.5, qe_top=3, qe_weight=1.0)
+    settings = RankSettings(rerank_k=6, fusion=0.5, qe_top=3, qe_weight=1.0, qe_alpha=alpha)
     with Searcher.open(tmp_path / "idx", model, **settings.__dict__) as s:
         hits, _ = s.search_tokens(query, k=None, strategy="ann")
         ids = s.state.snapshot.ids
@@ -218,13 +219,14 @@ def test_ann_with_query_expansion_is_the_rerank_pipeline(model, query, tmp_path)
 
 def test_ann_settings_come_from_the_weights_metadata(index_dir, model):
     saved = model.weights_metadata
-    model.weights_metadata = {"fusion": "0.75", "qe_top": "4", "qe_weight": "1.5", "rerank_k": "7"}
+    model.weights_metadata = {"fusion": "0.75", "qe_top": "4", "qe_weight": "1.5", "rerank_k": "7", "qe_alpha": "3.0"}
     try:
         with Searcher.open(index_dir, model) as s:
             got = s.settings.rank
-            assert (got.fusion, got.qe_top, got.qe_weight, got.rerank_k) == (0.75, 4, 1.5, 7)
-        with Searcher.open(index_dir, model, qe_weight=0.0, rerank_k=3) as s:  # explicit values win
-            assert (s.settings.rank.qe_weight, s.settings.rank.rerank_k, s.settings.rank.fusion) == (0.0, 3, 0.75)
+            assert (got.fusion, got.qe_top, got.qe_weight, got.rerank_k, got.qe_alpha) == (0.75, 4, 1.5, 7, 3.0)
+        with Searcher.open(index_dir, model, qe_weight=0.0, rerank_k=3, qe_alpha=0) as s:  # explicit values win
+            got = s.settings.rank
+            assert (got.qe_weight, got.rerank_k, got.fusion, got.qe_alpha) == (0.0, 3, 0.75, 0.0)
         with pytest.raises(SketchfindError, match="fusion"):
             Searcher.open(index_dir, model, fusion=1.5)
     finally:

@@ -64,12 +64,12 @@ def test_quadruplets_follow_the_official_sampling():
 
 def test_train_resume_and_load(subset, tmp_path):
     out = tmp_path / "run"
-    history = Trainer(config(subset, out, epochs=1)).fit()
+    history = Trainer(config(subset, out, epochs=1, val_classes=2)).fit()  # 2: pairs of both kinds to calibrate on
     assert len(history) == 1 and np.isfinite(history[0]["total"])
     assert 0 <= history[0]["val_map_ret"] <= 1
     assert {"last.pth", "best.safetensors", "train_config.json"} <= {p.name for p in out.iterdir()}
     # resume continues from epoch 1 to epoch 2 and reuses the cache
-    history = Trainer(config(subset, out, epochs=2)).fit(resume=True)
+    history = Trainer(config(subset, out, epochs=2, val_classes=2)).fit(resume=True)
     assert [h["epoch"] for h in history] == [1, 2]
     model = sketchfind.load_model(weights=out / "best.safetensors")
     assert model.cfg.name == "zse-lite0"
@@ -95,6 +95,12 @@ def test_train_resume_and_load(subset, tmp_path):
     chosen = choose_settings(json.loads(meta["val_metrics"]))
     assert RankSettings.from_metadata(shipped.weights_metadata) == chosen
     assert json.loads(shipped.weights_metadata["train_config"])["seed"] == 7
+    # the shown relation score is calibrated on the validation pairs (Platt scaling), and exported with it
+    from sketchfind.models.zse import score_calibration
+
+    val = json.loads(meta["val_metrics"])
+    assert score_calibration(shipped.weights_metadata) == (val["score_scale"], val["score_shift"])
+    assert val["score_scale"] != 1.0 or val["score_shift"] != 0.0
     x = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(shipped.encode(x), model.encode(x), atol=0.05, rtol=0.05)
@@ -110,6 +116,11 @@ def test_choose_fusion_and_search_settings():
     metrics = {settings_key(s): 0.1 * i / len(grid) for i, s in enumerate(grid)} | {"val_map_ret": 0.9}
     assert choose_settings(metrics) == grid[-1]  # the best pipeline setting, not the best plain ranking
     assert choose_settings({"val_map_ret": 0.3, "val_map_fused_0.5": 0.4}) == RankSettings(fusion=0.5)
+    # a tie (within 0.001) goes to the cheaper setting: no relation-network head, then fewer photos expanded
+    f75, f1 = (RankSettings(fusion=f, qe_top=30, qe_weight=3.0, qe_alpha=3.0) for f in (0.75, 1.0))
+    tie = {settings_key(s): 0.5 for s in grid} | {settings_key(f75): 0.5581, settings_key(f1): 0.5579}
+    assert choose_settings(tie) == f1
+    assert choose_settings(tie | {settings_key(f75): 0.56}) == f75
 
 
 def test_same_seed_same_losses(subset, tmp_path):

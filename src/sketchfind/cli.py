@@ -305,6 +305,9 @@ def search_cmd(
     ] = None,
     qe_weight: Annotated[float | None, typer.Option(min=0, help="ann: query expansion weight (0: none)")] = None,
     qe_top: Annotated[int | None, typer.Option(min=1, help="ann: nearest photos averaged into the query")] = None,
+    qe_alpha: Annotated[
+        float | None, typer.Option(min=0, help="ann: each of them weighted by its cosine ** this (0: plain mean)")
+    ] = None,
     dba_top: Annotated[
         int | None, typer.Option(min=0, help="ann: photos ranked again with neighbour-augmented embeddings (0: off)")
     ] = None,
@@ -328,7 +331,7 @@ def search_cmd(
     sources = sketch_files(sketches)
     failed, drawn = 0, []
     net = _model_or_none(model, weights)
-    ann = {"rerank_k": rerank_k, "fusion": fusion, "qe_weight": qe_weight, "qe_top": qe_top}
+    ann = {"rerank_k": rerank_k, "fusion": fusion, "qe_weight": qe_weight, "qe_top": qe_top, "qe_alpha": qe_alpha}
     ann |= {"dba_top": dba_top, "dba_k": dba_k}
     vectors = {"backend": backend, "milvus_uri": milvus_uri, "collection": collection}
     ann_params = parse_ann_params(ann_param)
@@ -619,7 +622,8 @@ def export_cmd(
 
     meta = export_run(run, out, half=half)
     Console().print(
-        f"wrote {out} (fusion {meta['fusion']}, query expansion {meta['qe_top']} x {meta['qe_weight']}, "
+        f"wrote {out} (fusion {meta['fusion']}, query expansion {meta['qe_top']} x {meta['qe_weight']} "
+        f"(alpha {meta.get('qe_alpha', '0.0')}), "
         f"epoch {meta.get('epoch', '?')})"
     )
 

@@ -6,8 +6,14 @@
   split over the sketch's inked cells. The heat sits where the photo holds what was matched: on the
   unseen-25 pointing game 0.82 of the hottest cells lie on the drawn object (random 0.31).
 
+* **relation score split** (``source="relation"``, ``exhaustive`` and ``clustered`` on the lite models, whose
+  relation head also reads the [Ret] cosine): the logit's [Ret] term split exactly as above, plus its map
+  term split by gradient x input over the cosine map's rows (sketch cells) and columns (photo cells); see
+  :func:`explain_relation`. The heat is what raised the score the ranking used.
+
 The relation network (``exhaustive``, ``clustered``) scores a sketch-photo pair from a map that relates
-every sketch position to every photo position. We show that map as pictures a person can read at a glance:
+every sketch position to every photo position. Where its score cannot be split as above (the official head,
+heads without the [Ret] input) we show that map as pictures a person can read at a glance:
 
 * **cosine map** (models whose relation head down-samples per token, ``downsample == "linear"``,
   e.g. ``zse-lite0``): the (A, A) cosine map the relation network scores is itself spatial — row i is
@@ -37,7 +43,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .config import PreprocessConfig
-from .models.zse import relation_probability
+from .models.zse import relation_probability, score_calibration
 from .preprocess import ink_mask, preprocess_photo, read_photo, sketch_array, to_tensor
 
 DISPLAY_SIZE = 320  # side of each picture in the rendered explanation
@@ -49,13 +55,14 @@ _STOPS = np.array([[0.0, 40, 40, 160], [0.35, 30, 170, 230], [0.65, 250, 220, 40
 class Explanation:
     """One sketch-photo pair explained: the score, the correspondence matrix and its heat-maps."""
 
-    score: float  # relation score in (0, 1), the same number the re-ranker uses
-    source: str  # "cosine" or "cross-attention" (see the module docstring)
+    score: float  # the score the ranking showed: [Ret] similarity, or relation score in (0, 1) (as calibrated)
+    source: str  # "ret", "relation", "cosine" or "cross-attention" (see the module docstring)
     grid: int  # the matrix relates grid x grid sketch cells to grid x grid photo cells (row-major)
     matrix: np.ndarray  # (grid**2, grid**2) rows sketch cells, columns photo cells
     sketch_heat: np.ndarray  # (grid, grid) in [0, 1]
     photo_heat: np.ndarray  # (grid, grid) in [0, 1]
     links: list[tuple[int, int, float]] = field(default_factory=list)  # (sketch cell, photo cell, strength 0..1)
+    parts: dict[str, float] = field(default_factory=dict)  # "relation": the logit's [Ret] and map terms
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the full matrix is included: grid**4 floats, 2,401 for a 7x7 grid)."""
@@ -67,6 +74,7 @@ class Explanation:
             "photo_heat": np.round(self.photo_heat, 4).tolist(),
             "links": [{"sketch_cell": s, "photo_cell": p, "strength": round(w, 4)} for s, p, w in self.links],
             "matrix": np.round(self.matrix, 4).tolist(),
+            **({"parts": {k: round(v, 4) for k, v in self.parts.items()}} if self.parts else {}),
         }
 
 
@@ -87,7 +95,7 @@ def explain_tokens(
     logit = float(
         model.relation(sketch_ca, photo_ca, logits=True, ret_cos=model.ret_cosine(sketch_tokens, photo_tokens))[0]
     )
-    score = float(relation_probability(logit))
+    score = float(relation_probability(logit, score_calibration(getattr(model, "weights_metadata", {}))))
     if model.cfg.downsample == "linear":
         relation = model.relation
         matrix = relation.cosine_map(relation.downsample(sketch_ca), relation.downsample(photo_ca))[0]
@@ -137,6 +145,64 @@ def explain_ret(model, squared: np.ndarray, photo_image: Image.Image, query: np.
     )
 
 
+@torch.no_grad()  # not inference mode: both sides take a gradient
+def explain_relation(model, squared: np.ndarray, photo_image: Image.Image) -> Explanation:
+    """The relation network's score (``exhaustive``, ``clustered``) of a head that also reads the [Ret] cosine
+    (``relation_ret``, the lite models), split over cells. Its logit is ``w * [Ret] cosine + MLP(cosine map)``:
+
+    * the [Ret] term, ``w`` times the cosine, split exactly over the photo's cells (:mod:`sketchfind.attribution`)
+      and to first order over the sketch's;
+    * the map term, by gradient x input of the logit on the 49x49 cosine map: entry (i, j) is sketch cell i
+      matched with photo cell j, so its column sums belong to photo cells and its row sums to sketch cells.
+
+    A cell's heat is the sum of both parts, so the picture weighs each part by its share of the score (on the
+    shipped model most of a good match's logit is the [Ret] term). ``parts`` holds the two terms of the logit."""
+    from .attribution import ret_cell_contributions, sketch_cell_contributions
+
+    cfg, relation = model.cfg.preprocess, model.relation
+    if not (model.cfg.relation_ret and explains_ret(model) and model.cfg.downsample == "linear"):
+        raise ValueError(f"{model.cfg.name}: the relation split needs a linear head that reads the [Ret] cosine")
+    sketch_feats = model.tokens.features(to_tensor(squared, cfg)[None], "sketch")  # (1, C, g, g)
+    photo_feats = model.tokens.features(preprocess_photo(photo_image, cfg)[None], "photo")
+    sketch_tokens = model.encode_tokens(*model.tokens.to_tokens(sketch_feats), "sketch")[0]
+    photo_tokens = model.encode_tokens(*model.tokens.to_tokens(photo_feats), "photo")[0]
+    sketch_ret, photo_ret = model.retrieval_embedding(sketch_tokens)[0], model.retrieval_embedding(photo_tokens)[0]
+    dtype = relation.out.weight.dtype
+    sketch_ca, photo_ca = model.cross(sketch_tokens.to(dtype), photo_tokens.to(dtype))
+    cos_map = relation.cosine_map(relation.downsample(sketch_ca), relation.downsample(photo_ca)).float()
+    ret_cos = model.ret_cosine(sketch_tokens, photo_tokens)
+    with torch.enable_grad():
+        leaf = cos_map.detach().clone().requires_grad_(True)
+        logit = relation.mlp(leaf.to(dtype), ret_cos=ret_cos)[0].float()
+        (grad,) = torch.autograd.grad(logit, leaf)
+    map_share = (grad * leaf.detach())[0].double().numpy()  # (A, A) sketch rows, photo columns
+    weight = float(relation.out.weight[0, -1])
+    photo_ret_share = weight * ret_cell_contributions(model, photo_feats, sketch_ret).ravel()
+    sketch_ret_share = weight * sketch_cell_contributions(model, sketch_feats, photo_ret).ravel()
+    grid = model.cfg.relation_grid
+    inked = _inked_cells(squared, grid, cfg)
+    sketch_heat = np.zeros(grid * grid)
+    sketch_heat[inked] = _unit((map_share.sum(axis=1) + sketch_ret_share)[inked])
+    photo_heat = _unit(map_share.sum(axis=0) + photo_ret_share)
+    matrix = cos_map[0].double().numpy()
+    ret_term = weight * float(ret_cos[0])
+    return Explanation(
+        score=float(relation_probability(float(logit), score_calibration(getattr(model, "weights_metadata", {})))),
+        source="relation",
+        grid=grid,
+        matrix=matrix,
+        sketch_heat=sketch_heat.reshape(grid, grid),
+        photo_heat=photo_heat.reshape(grid, grid),
+        links=_links(matrix, sketch_heat, inked),
+        parts={"ret": ret_term, "map": float(logit) - ret_term},
+    )
+
+
+def explains_relation(model) -> bool:
+    """Whether the relation score can be split into its [Ret] and map terms (:func:`explain_relation`)."""
+    return bool(model.cfg.relation_ret) and explains_ret(model) and model.cfg.downsample == "linear"
+
+
 def explains_ret(model) -> bool:
     """Whether the model's [Ret] score can be attributed to cells (the anchored [Ret] of the lite models)."""
     return getattr(model, "ret", None) is not None
@@ -152,6 +218,8 @@ def explain(model, sketch: Any, photo: Any, source: str = "ret") -> tuple[Explan
     photo_image = read_photo(photo).convert("RGB")
     if source == "ret" and explains_ret(model):
         explanation = explain_ret(model, squared, photo_image)
+    elif explains_relation(model):
+        explanation = explain_relation(model, squared, photo_image)
     else:
         with torch.inference_mode():
             sketch_tokens = model.encode_sketch(to_tensor(squared, cfg)[None])
@@ -262,6 +330,12 @@ def _combine(explanation: Explanation, sketch_img: Image.Image, photo_img: Image
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(0, 0, 0), fill=colour)
     if explanation.source == "ret":
         text = f"similarity {explanation.score:.3f}   |   [Ret] split over {grid}x{grid} cells   |   warm = adds most"
+    elif explanation.source == "relation":
+        ret, rest = explanation.parts["ret"], explanation.parts["map"]
+        text = (
+            f"match score {explanation.score:.3f} (logit {ret + rest:.1f} = [Ret] {ret:.1f} + map {rest:+.1f})   |   "
+            "warm = adds most"
+        )
     else:
         text = (
             f"match score {explanation.score:.3f}   |   {explanation.source} map {grid}x{grid}   |   "

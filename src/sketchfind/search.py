@@ -35,7 +35,7 @@ from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load
 from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
 from .index.vectors import FirstStage, MilvusSpec, backend_spec, shown
-from .models.zse import ZSEModel, relation_probability
+from .models.zse import ZSEModel, relation_probability, score_calibration
 from .preprocess import SKETCH_SUFFIXES, sketch_array, to_tensor
 from .rerank import RankSettings, expand_query, fuse, normalize, rank_head
 from .runtime import load_runtime
@@ -100,6 +100,7 @@ class SearchState:
     labels: list[str | None]  # snapshot order
     members: list[np.ndarray]  # positions of each cluster's photos
     representatives: torch.Tensor | None  # (C, T, D) cluster representatives
+    calibration: tuple[float, float] = (1.0, 0.0)  # the shown relation score (models.zse.score_calibration)
 
     def tokens(self, positions: np.ndarray) -> np.ndarray:
         """(n, T, D) float tokens of the photos at these snapshot positions."""
@@ -140,19 +141,20 @@ class PreparedSketch:
 Ranking = tuple[np.ndarray, np.ndarray, dict[str, float]]
 
 
-def probability(logits: np.ndarray) -> np.ndarray:
+def probability(logits: np.ndarray, calibration: tuple[float, float] = (1.0, 0.0)) -> np.ndarray:
     """Relation logits -> float32 scores in (0, 1) (:func:`~sketchfind.models.zse.relation_probability`)."""
-    return relation_probability(logits).astype(np.float32)
+    return relation_probability(logits, calibration).astype(np.float32)
 
 
 def exhaustive(state: SearchState, query: torch.Tensor, k: int | None, settings: SearchSettings) -> Ranking:
-    """The relation network against every photo (ordered by its logits; scores in (0, 1))."""
+    """The relation network against every photo (ordered by its logits; scores in (0, 1), calibrated when the
+    weights carry a calibration: :func:`~sketchfind.models.zse.score_calibration`)."""
     t0 = time.perf_counter()
     logits = np.empty(len(state.snapshot), np.float32)
     for positions, tokens in state.store.iter_tokens(state.snapshot, settings.chunk):
         logits[positions] = state.relation_logits(query, tokens)
     order = top_positions(logits, k)
-    return order, probability(logits[order]), {"rerank": time.perf_counter() - t0}
+    return order, probability(logits[order], state.calibration), {"rerank": time.perf_counter() - t0}
 
 
 def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +165,7 @@ def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> tu
     if rank.qe_weight > 0:  # expand the query with its nearest photos, then search again
         _, near = state.first_stage.search(ret, min(len(state.snapshot), rank.qe_top))
         near = near[0][near[0] >= 0]
-        searched = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight).astype(np.float32)
+        searched = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight, rank.qe_alpha).astype(np.float32)
     return ret, searched
 
 
@@ -222,13 +224,13 @@ def clustered(state: SearchState, query: torch.Tensor, k: int | None, settings: 
     t1 = time.perf_counter()
     rel = state.relation_logits(query, state.tokens(head))
     order = np.argsort(-rel, kind="stable")
-    positions, scores = head[order], probability(rel[order])
+    positions, scores = head[order], probability(rel[order], state.calibration)
     if k is None:  # the rest of the gallery by cluster score, ties broken by [Ret] cosine
         ret = state.model.retrieval_embedding(query).numpy()[0]
         tail = [state.members[c] for c in corder[taken:]]
         tail = [m[np.argsort(-(state.ret_embeddings(m) @ ret), kind="stable")] for m in tail]
         tail_scores = [
-            np.full(len(m), probability(cluster_scores[c]), np.float32)
+            np.full(len(m), probability(cluster_scores[c], state.calibration), np.float32)
             for m, c in zip(tail, corder[taken:], strict=True)
         ]
         positions = np.concatenate([positions, *tail])
@@ -290,6 +292,7 @@ class Searcher:
         fusion: float | None = None,
         qe_top: int | None = None,
         qe_weight: float | None = None,
+        qe_alpha: float | None = None,
         dba_top: int | None = None,
         dba_k: int | None = None,
         ann_params: dict | None = None,
@@ -312,8 +315,10 @@ class Searcher:
             if model is None:
                 model = load_index_model(store.meta["model"], root)
             check_model(store.meta["model"], model, root)
-            rank = RankSettings.from_metadata(model.weights_metadata).updated(
-                rerank_k=rerank_k, fusion=fusion, qe_top=qe_top, qe_weight=qe_weight, dba_top=dba_top, dba_k=dba_k
+            rank = (
+                RankSettings.from_metadata(model.weights_metadata)
+                .updated(rerank_k=rerank_k, fusion=fusion, qe_top=qe_top, qe_weight=qe_weight, qe_alpha=qe_alpha)
+                .updated(dba_top=dba_top, dba_k=dba_k)
             )
             params = {**default_search_params(store.meta.get("ann_type", DEFAULT_ANN)), **(ann_params or {})}
             settings = SearchSettings(strategy, rank, params)
@@ -395,6 +400,7 @@ class Searcher:
                 labels=self.store.labels(snap),
                 members=[] if clusters is None else cluster_members(clusters.assign, clusters.n_clusters),
                 representatives=None if clusters is None else torch.from_numpy(clusters.representatives),
+                calibration=score_calibration(getattr(self.model, "weights_metadata", {})),
             )
 
     def __len__(self) -> int:
@@ -499,11 +505,12 @@ class Searcher:
     def explain(self, sketch, photo_id: int, strategy: str | None = None, photo=None):
         """Which parts of a sketch match which parts of an indexed photo -> (Explanation, rendered images),
         for the score ``strategy`` ranks by: ann's [Ret] similarity (of the expanded query, as searched;
-        when the model's [Ret] can be attributed to cells), otherwise the relation network's.
+        when the model's [Ret] can be attributed to cells), otherwise the relation network's (split into its
+        [Ret] and map terms when the head reads the [Ret] cosine, :func:`~sketchfind.explain.explain_relation`).
 
         The sketch is decoded once; the photo's pixels come from its file (:meth:`display_photo`), or are
         ``photo`` when the caller decoded it already (the service does, outside its model lock)."""
-        from .explain import explain_ret, explain_tokens, explains_ret, render
+        from .explain import explain_relation, explain_ret, explain_tokens, explains_relation, explains_ret, render
 
         strategy = check_strategy(strategy or self.settings.strategy)
         self.photo(photo_id)  # UnknownPhotoError before any work
@@ -516,6 +523,8 @@ class Searcher:
                 # share of an augmented score (the rest comes from its nearest photos) is what its cells hold
                 scored = ann_ranking(self._state, query, self.settings.rank, 1)[2]
                 explanation = explain_ret(self.model, squared, photo, scored)
+            elif strategy != "ann" and explains_relation(self.model):  # the relation score, [Ret] and map terms
+                explanation = explain_relation(self.model, squared, photo)
             else:
                 explanation = explain_tokens(self.model, query, self.photo_tokens([photo_id]), squared)
         return explanation, render(explanation, squared, photo)

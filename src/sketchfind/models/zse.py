@@ -487,11 +487,41 @@ class Encodes:
         return retrieval_embedding(tokens, self.cfg.ret_tokens)
 
 
-def relation_probability(logits) -> np.ndarray:
-    """Relation logits (numpy or torch) -> float64 scores in (0, 1). In float64, since a float32 sigmoid reads
-    exactly 1.0 above a logit of ~17, where the best matches of a ``relation_ret`` head lie."""
+def score_calibration(meta: dict) -> tuple[float, float]:
+    """The (scale, shift) of the relation score people are shown, ``sigmoid(scale * logit + shift)``, from a
+    weights file's metadata (``score_scale``, ``score_shift``: fitted on the validation classes by
+    :func:`fit_score_calibration`); (1, 0), the relation network's own sigmoid, for weights without them."""
+    return float(meta.get("score_scale", 1.0)), float(meta.get("score_shift", 0.0))
+
+
+def fit_score_calibration(logits: np.ndarray, same_class: np.ndarray, steps: int = 50) -> tuple[float, float]:
+    """Platt scaling: the (scale, shift) that make ``sigmoid(scale * logit + shift)`` the probability that a
+    photo shows the drawn kind, by maximum likelihood (Newton's method) over labelled validation pairs. The
+    order of photos does not change (scale > 0 for any head that ranks better than chance)."""
+    x = np.asarray(logits, np.float64).ravel()
+    y = np.asarray(same_class, np.float64).ravel()
+    if len(x) == 0 or y.min() == y.max():
+        raise ValueError("score calibration needs pairs of both kinds (same class and not)")
+    design = np.stack([x, np.ones_like(x)], axis=1)  # (n, 2)
+    params = np.zeros(2)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(design @ params)))
+        grad = design.T @ (p - y)
+        hess = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        params -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(params[0]), float(params[1])
+
+
+def relation_probability(logits, calibration: tuple[float, float] = (1.0, 0.0)) -> np.ndarray:
+    """Relation logits (numpy or torch) -> float64 scores in (0, 1), ``sigmoid(scale * logit + shift)`` with a
+    ``calibration`` (:func:`score_calibration`), the network's own sigmoid by default. In float64, since a
+    float32 sigmoid reads exactly 1.0 above a logit of ~17, where the best matches of a ``relation_ret`` head lie."""
     logits = logits.double().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits, np.float64)
-    return 1.0 / (1.0 + np.exp(-logits))
+    scale, shift = calibration
+    return 1.0 / (1.0 + np.exp(-(scale * logits + shift)))
 
 
 def retrieval_embedding(tokens, ret_tokens: int = 1):

@@ -83,8 +83,11 @@ class ExplainResponse(BaseModel):
         description="the score explained: the [Ret] similarity ann ranks by ('ret') or the relation score in (0, 1)"
     )
     source: str = Field(
-        description="'ret' (the [Ret] similarity split over cells), 'cosine' (the relation head's cosine map) "
-        "or 'cross-attention'"
+        description="'ret' (the [Ret] similarity split over cells), 'relation' (the relation score's [Ret] and map "
+        "terms split over cells), 'cosine' (the relation head's cosine map) or 'cross-attention'"
+    )
+    parts: dict[str, float] | None = Field(
+        None, description="'relation' only: the relation logit's two terms, 'ret' ([Ret] cosine x its weight) and 'map'"
     )
     grid: int
     sketch_heat: list[list[float]]

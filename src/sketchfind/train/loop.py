@@ -29,12 +29,13 @@ from ..datasets import split_classes
 from ..errors import ConfigError, SketchfindError
 from ..metrics import retrieval_metrics
 from ..models.factory import save_weights
-from ..models.zse import ZSEModel
+from ..models.zse import ZSEModel, fit_score_calibration, relation_probability
 from ..preprocess import photo_array, sketch_array, to_tensor
 from ..progress import progress
 from ..protocols import load_doodles, render_doodle
 from ..rerank import FUSION_GRID, RankSettings, fuse, pipeline_scores, settings_key, validation_grid
 from .data import augment_photo, augment_sketch, augment_strokes, sample_quadruplets
+from .export import choose_settings
 from .losses import zse_losses
 
 
@@ -458,14 +459,14 @@ class Trainer:
             queries["doodles"] = (d["val_doodles"], d["val_doodles_labels"].numpy(), 2 * per_class)
         # the relation network ranks every photo for a few queries per class (all pairs would dominate the epoch)
         out: dict[str, float] = {}
-        tokens, labels, grid = [], [], validation_grid()
+        tokens, labels, grid, pairs = [], [], validation_grid(), []
         for name, (cached, ql, n) in queries.items():
             keep = first(ql, n)
             sk = encode(cached[keep, 0], "sketch")
             tokens.append(sk)
             labels.append(ql[keep])
             prefix = "val_map" if name == "sketches" else f"val_{name}_map"
-            out.update(self._rank_metrics(sk, ql[keep], ph, gl, prefix, f"val_{name}_", grid, full_relation=True))
+            out.update(self._rank_metrics(sk, ql[keep], ph, gl, prefix, f"val_{name}_", grid, full_relation=pairs))
         # the mixed gallery: every training photo joins as a distractor
         distractors = encode(d["train_photos"][:, 0], "photo")
         mixed = torch.cat([ph, distractors])
@@ -479,6 +480,11 @@ class Trainer:
         out["val_score"] = max(out[settings_key(s)] for s in grid)
         # the relation network's own ranking, mean over the query sets that rank every pair
         out["val_rn_score"] = float(np.mean([out[k] for k in out if k.endswith("map_rn")]))
+        # the score people are shown: the relation logits calibrated on these pairs (Platt scaling; with a single
+        # validation class every pair is a match and there is nothing to calibrate)
+        logits, same = (np.concatenate([p[i].ravel() for p in pairs]) for i in (0, 1))
+        if same.any() and not same.all():
+            out["score_scale"], out["score_shift"] = fit_score_calibration(logits, same)
         self.train_mode()
         return out
 
@@ -498,16 +504,19 @@ class Trainer:
                     module.eval()
 
     def _rank_metrics(
-        self, sk, ql, ph, gl, prefix: str, setting_prefix: str, grid: list[RankSettings], full_relation: bool = False
+        self, sk, ql, ph, gl, prefix: str, setting_prefix: str, grid: list[RankSettings], full_relation=None
     ) -> dict[str, float]:
         """The rankings of queries ``sk`` vs photos ``ph`` (tokens) by mAP@all: [Ret], the relation network
-        and fused (with ``full_relation``: every pair is scored) and the ann pipeline per setting (the
-        relation network scores only the pairs some setting re-ranks)."""
+        and fused (with ``full_relation``, a list: every pair is scored, and its (logits, same class) are
+        appended to it) and the ann pipeline per setting (the relation network scores only the pairs some
+        setting re-ranks)."""
         ret_q, ret_p = self.model.retrieval_embedding(sk).numpy(), self.model.retrieval_embedding(ph).numpy()
         cos = ret_q @ ret_p.T
         out = {f"{prefix}_ret": retrieval_metrics(-cos, ql, gl)["map_all"]}
-        if full_relation:
-            rn = self.model.relation_scores(sk, ph).numpy()
+        if full_relation is not None:
+            logits = self.model.relation_scores(sk, ph, logits=True)
+            full_relation.append((logits.numpy(), np.asarray(ql)[:, None] == np.asarray(gl)[None]))
+            rn = relation_probability(logits)
             out[f"{prefix}_rn"] = retrieval_metrics(-rn, ql, gl)["map_all"]
             for f in FUSION_GRID[:-1]:  # fusion 1 is the [Ret] ranking itself
                 out[f"{prefix}_fused_{f:g}"] = retrieval_metrics(-fuse(cos, rn, f), ql, gl)["map_all"]
@@ -552,7 +561,7 @@ class Trainer:
         score = metrics[self.selection_key]
         if score > self.best:
             self.best = score
-            best_key = max((settings_key(s) for s in validation_grid()), key=metrics.get)
+            best_key = settings_key(choose_settings(metrics))  # what export ships (ties go to the cheaper setting)
             extra = {"val_metrics": json.dumps(metrics), "epoch": str(self.epoch), "selected_ranking": best_key}
             save_weights(self.model, self.out / "best.safetensors", extra=extra)
 

@@ -495,15 +495,20 @@ async function openViewer(hit, strategy) {
     image.src = body.images.combined;
     await image.decode().catch(() => null);
     image.hidden = false;
-    $("explain-note").textContent = body.source === "ret"
-      ? "Warm colours mark the regions that add most to the similarity: on the photo, where it holds what your " +
-        "sketch matched; on the sketch, the strokes that matched it."
+    const split = body.source === "ret" || body.source === "relation";  // the score itself, split over regions
+    $("explain-note").textContent = split
+      ? `Warm colours mark the regions that add most to the ${meaning.name}: on the photo, where it holds what ` +
+        "your sketch matched; on the sketch, the strokes that matched it."
       : "Warm colours mark the regions that match best; each line links a part of your sketch to the part of " +
         "the photo it matches most.";
     $("explain-note").hidden = false;
     if (body.source === "ret") {  // the similarity above, split over the photo's regions
       status.textContent = `The ${meaning.name} above, split over ${body.grid}×${body.grid} regions of the photo: ` +
         "warm regions add most to it (they hold what your sketch matched).";
+    } else if (body.source === "relation") {  // the relation score: its [Ret] term and its map term
+      const ret = body.parts.ret.toFixed(1), map = body.parts.map.toFixed(1);
+      status.textContent = `The ${meaning.name} above, split over ${body.grid}×${body.grid} regions: the relation ` +
+        `network weighs how alike the two look overall ([Ret], ${ret}) and how their parts match (map, ${map}).`;
     } else {  // the picture's caption prints the relation network's score of the pair: say how it relates to ours
       const caption = meaning.name === "match score" ? "is the same as above"
         : `is the relation network's own score of this pair (0 to 1), a different measure from the ${meaning.name} above`;
