@@ -5,7 +5,9 @@
 
 Pairs: sketch ``X-1.png`` and the photo ``X.jpg`` it was drawn from (Sketchy drawings roughly overlay their
 photo), one per photo. Heat-maps compared (all 7x7 on the photo as the model sees it):
-  rn_cosine          the current explanation: relation head's 49x49 cosine map, max over inked sketch cells
+  rn_cosine          relation head's 49x49 cosine map, max over inked sketch cells (explanations before 2026-12-03)
+  relation           the explanation of exhaustive / clustered on heads that read the [Ret] cosine: the relation
+                     logit's [Ret] term (exact split) + map term (gradient x input), sketchfind.explain.explain_relation
   cross_attention    the cross-attention layers' token correspondence, max over inked sketch cells
   ret_sketch         exact [Ret] attribution (sketchfind.attribution) of the sketch's own [Ret] cosine
   ret_expanded       the same for the expanded query the default ann search scores (query expansion on
@@ -34,9 +36,9 @@ def main() -> None:
     from sketchfind.attribution import ret_photo_heat
     from sketchfind.datasets import read_class_file
     from sketchfind.datasets import scan_root as scan
-    from sketchfind.explain import _attention_matrix, _inked_cells, explain_tokens
+    from sketchfind.explain import _attention_matrix, _inked_cells, explain_relation, explain_tokens, explains_relation
     from sketchfind.models.factory import load_model
-    from sketchfind.preprocess import preprocess_photo, read_sketch_rgb
+    from sketchfind.preprocess import preprocess_photo, read_photo, read_sketch_rgb
     from sketchfind.protocols import (
         encode_drawings,
         encode_photo_files,
@@ -74,6 +76,7 @@ def main() -> None:
         sketch_tokens, _ = encode_drawings(model, [s for s, _, _ in pairs], cache=cache)
         squared, _ = prepare_drawings(model, [s for s, _, _ in pairs])
         names = ("rn_cosine", "cross_attention", "ret_sketch", "ret_expanded", "ret_augmented")
+        names += ("relation",) if explains_relation(model) else ()
         heats: dict[str, list] = {k: [] for k in names}
         heats |= {"photo_norm": [], "centre": []}
         with torch.inference_mode():
@@ -89,11 +92,19 @@ def main() -> None:
                 query = model.retrieval_embedding(sketch_tokens[i : i + 1])[0]
                 heats["ret_sketch"].append(ret_photo_heat(model, feats, torch.from_numpy(query))[0])
                 top = np.argsort(-(gallery_emb @ query), kind="stable")[: settings.qe_top]
-                expanded = expand_query(query, gallery_emb[top], settings.qe_weight) if settings.qe_weight else query
+                expanded = (
+                    expand_query(query, gallery_emb[top], settings.qe_weight, settings.qe_alpha)
+                    if settings.qe_weight
+                    else query
+                )
                 heats["ret_expanded"].append(ret_photo_heat(model, feats, torch.from_numpy(expanded))[0])
                 head = np.argsort(-(gallery_emb @ expanded), kind="stable")[: settings.dba_top]
                 _, _, scored = rank_head(query, head, gallery_emb[head], settings)
                 heats["ret_augmented"].append(ret_photo_heat(model, feats, torch.from_numpy(scored))[0])
+                if "relation" in heats:
+                    with torch.inference_mode(False):  # the split takes gradients
+                        photo_image = read_photo(photo).convert("RGB")
+                        heats["relation"].append(explain_relation(model, squared[i], photo_image).photo_heat)
                 heats["photo_norm"].append(feats[0].norm(dim=0).numpy())
                 heats["centre"].append(centre)
         return {k: np.stack(v) for k, v in heats.items()}, squared
