@@ -125,10 +125,8 @@ def explain_ret(model, squared: np.ndarray, photo_image: Image.Image, query: np.
     from .attribution import ret_cell_contributions, sketch_cell_contributions
 
     cfg = model.cfg.preprocess
-    sketch_feats = model.tokens.features(to_tensor(squared, cfg)[None], "sketch")  # (1, C, g, g)
-    sketch_ret = model.retrieval_embedding(model.encode_tokens(*model.tokens.to_tokens(sketch_feats), "sketch")[0])
-    photo_feats = model.tokens.features(preprocess_photo(photo_image, cfg)[None], "photo")
-    photo_ret = model.retrieval_embedding(model.encode_tokens(*model.tokens.to_tokens(photo_feats), "photo")[0])
+    (sketch_feats, sketch_tokens), (photo_feats, photo_tokens) = _encode_pair(model, squared, photo_image)
+    sketch_ret, photo_ret = model.retrieval_embedding(sketch_tokens), model.retrieval_embedding(photo_tokens)
     query = sketch_ret[0] if query is None else torch.as_tensor(np.asarray(query, np.float32))
     contributions = ret_cell_contributions(model, photo_feats, query)[0]  # (g, g), sums to the cosine
     grid = contributions.shape[0]
@@ -160,12 +158,9 @@ def explain_relation(model, squared: np.ndarray, photo_image: Image.Image) -> Ex
     from .attribution import ret_cell_contributions, sketch_cell_contributions
 
     cfg, relation = model.cfg.preprocess, model.relation
-    if not (model.cfg.relation_ret and explains_ret(model) and model.cfg.downsample == "linear"):
+    if not explains_relation(model):
         raise ValueError(f"{model.cfg.name}: the relation split needs a linear head that reads the [Ret] cosine")
-    sketch_feats = model.tokens.features(to_tensor(squared, cfg)[None], "sketch")  # (1, C, g, g)
-    photo_feats = model.tokens.features(preprocess_photo(photo_image, cfg)[None], "photo")
-    sketch_tokens = model.encode_tokens(*model.tokens.to_tokens(sketch_feats), "sketch")[0]
-    photo_tokens = model.encode_tokens(*model.tokens.to_tokens(photo_feats), "photo")[0]
+    (sketch_feats, sketch_tokens), (photo_feats, photo_tokens) = _encode_pair(model, squared, photo_image)
     sketch_ret, photo_ret = model.retrieval_embedding(sketch_tokens)[0], model.retrieval_embedding(photo_tokens)[0]
     dtype = relation.out.weight.dtype
     sketch_ca, photo_ca = model.cross(sketch_tokens.to(dtype), photo_tokens.to(dtype))
@@ -201,6 +196,17 @@ def explain_relation(model, squared: np.ndarray, photo_image: Image.Image) -> Ex
 def explains_relation(model) -> bool:
     """Whether the relation score can be split into its [Ret] and map terms (:func:`explain_relation`)."""
     return bool(model.cfg.relation_ret) and explains_ret(model) and model.cfg.downsample == "linear"
+
+
+def _encode_pair(model, squared: np.ndarray, photo_image: Image.Image) -> tuple[tuple, tuple]:
+    """The squared sketch and the photo -> ((backbone features (1, C, g, g), tokens (1, T, D))) for each, the
+    feature maps kept for attribution to cells."""
+    cfg = model.cfg.preprocess
+    out = []
+    for image, modality in ((to_tensor(squared, cfg), "sketch"), (preprocess_photo(photo_image, cfg), "photo")):
+        feats = model.tokens.features(image[None], modality)
+        out.append((feats, model.encode_tokens(*model.tokens.to_tokens(feats), modality)[0]))
+    return out[0], out[1]
 
 
 def explains_ret(model) -> bool:
