@@ -33,9 +33,17 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 250_000
 K = 100
-# held-out synthetic vectors; real sketch [Ret]s (what ann's expansion step searches with, for its top 10);
-# those expanded with their 10 nearest photos at weight 2 (what ann ranks with)
+# held-out synthetic vectors; real sketch [Ret]s (what ann's expansion step searches with, for its top qe_top);
+# those expanded with their nearest photos as the shipped weights' RankSettings say (what ann ranks with)
 QUERY_SETS = ("synthetic", "sketch", "expanded")
+
+
+def expansion():
+    """The shipped model's ann settings (query expansion: qe_top photos, qe_weight, qe_alpha)."""
+    from sketchfind.models.factory import load_model
+    from sketchfind.rerank import RankSettings
+
+    return RankSettings.from_metadata(load_model().weights_metadata)
 
 
 def log(message: str) -> None:
@@ -259,7 +267,9 @@ def tune_and_save(indexes: dict, n: int, tune_q: np.ndarray, tune_truth: np.ndar
     by_name, out = {c.name: c for c in ann.CANDIDATES}, {}
     for name, index in indexes.items():
         nlist = faiss.extract_index_ivf(index).nlist if name.startswith("ivf") else None
-        entry = {"type": ann.EXACT_TYPE if name == "exact-sq8" else by_name[name].factory.format(nlist=nlist, m=32)}
+        factory = ann.EXACT_TYPE if name == "exact-sq8" else by_name[name].factory.format(nlist=nlist, m=index.d // 4)
+        entry = {"type": factory}
+        entry["judged_at"] = by_name[name].judged_at if name in by_name else K
         if name != "exact-sq8":
             log(f"{n}: tuning {name}")
             t = time.perf_counter()
@@ -285,6 +295,7 @@ def measure(args) -> None:
     index = faiss.read_index(args.measure)
     load_s = time.perf_counter() - t
     ann.set_search_params(index, json.loads(args.params))
+    depth = args.depth  # ids asked for: the exact top-100 is looked for among them (Candidate.judged_at)
     with np.load(args.query_file) as z:
         sets = {name: (z[name], z[name + "_truth"]) for name in QUERY_SETS}
     out = {"load_s": round(load_s, 2), "rss_base_mb": round(base, 1)}
@@ -294,14 +305,14 @@ def measure(args) -> None:
         times, found = [], []
         for q in queries:
             start = time.perf_counter()
-            found.append(index.search(q[None], K)[1][0])
+            found.append(index.search(q[None], depth)[1][0])
             times.append((time.perf_counter() - start) * 1000)
         out[name] = {
             "queries": len(queries),
             "p50_ms": round(float(np.percentile(times, 50)), 3),
             "p95_ms": round(float(np.percentile(times, 95)), 3),
-            "recall_at_100": round(ann.recall_at(np.stack(found), truth), 4),
-            "recall_at_10": round(ann.recall_at(np.stack(found), truth, 10), 4),
+            "recall_at_100": round(ann.recall_at(np.stack(found), truth, depth=depth), 4),
+            "recall_at_10": round(ann.recall_at(np.stack(found), truth, 10, depth=depth), 4),
         }
     out["rss_mb"], out["peak_rss_mb"] = round(rss_mb(), 1), round(rss_mb("VmHWM"), 1)
     out["index_rss_mb"] = round(out["rss_mb"] - base, 1)
@@ -311,11 +322,12 @@ def measure(args) -> None:
 def run_measure(entry: dict, qfile: Path, args, max_queries: int) -> dict:
     cmd = [sys.executable, __file__, "--measure", entry["file"], "--params", json.dumps(entry.get("search_params", {}))]
     cmd += ["--query-file", str(qfile), "--threads", str(args.threads), "--max-queries", str(max_queries)]
+    cmd += ["--depth", str(entry.get("judged_at", K))]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def library_choice(n: int, entries: dict) -> str:
+def library_choice(n: int, dim: int, entries: dict) -> str:
     """What ``ann_type='auto'`` builds at this size (the library's rule applied to the measured tuning)."""
     from sketchfind.index import ann
 
@@ -323,7 +335,7 @@ def library_choice(n: int, entries: dict) -> str:
         return "exact-sq8"
     for cand in ann.CANDIDATES:
         entry = entries.get(cand.name)
-        if entry is None or cand.bytes_per_vector(128) * n > ann.MEMORY_BUDGET:
+        if entry is None or cand.bytes_per_vector(dim) * n > ann.MEMORY_BUDGET:
             continue
         if entry["tuning_recall"] >= ann.TUNE_TARGET:
             return cand.name
@@ -344,8 +356,10 @@ def run_faiss_size(n: int, gen: Synthetic, real: dict, args) -> dict:
     timings["build_total_s"] = round(time.perf_counter() - t, 1)
     tune_truth, eval_truth, sketch_truth = np.split(truth, [len(tune_q), len(tune_q) + len(eval_q)])
     exact = indexes["exact-sq8"]
-    near = np.stack([exact.reconstruct(int(i)) for i in sketch_truth[:, :10].ravel()]).reshape(-1, 10, exact.d)
-    expanded = expand_query(sketch_q, near, 2.0).astype(np.float32)
+    rank = expansion()
+    top = sketch_truth[:, : rank.qe_top].ravel()
+    near = np.stack([exact.reconstruct(int(i)) for i in top]).reshape(len(sketch_q), rank.qe_top, exact.d)
+    expanded = expand_query(sketch_q, near, rank.qe_weight, rank.qe_alpha).astype(np.float32)
     qfile = work / "queries.npz"
     np.savez(
         qfile,
@@ -363,7 +377,7 @@ def run_faiss_size(n: int, gen: Synthetic, real: dict, args) -> dict:
         max_q = args.exact_queries if name == "exact-sq8" else args.queries
         entry |= run_measure(entry, qfile, args, max_q)
         Path(entry.pop("file")).unlink()
-    chosen = library_choice(n, entries)
+    chosen = library_choice(n, gen.photos.shape[1], entries)
     return {
         "photos": n,
         "nlist": args.nlist or ann.nlist_for(n),
@@ -461,21 +475,26 @@ def markdown(results: dict) -> str:
     lines += [f"Vectors: {gen.get('kind')}; bandwidth {gen.get('bandwidth')} (leave-one-out choice over "]
     lines += [f"{gen.get('real_photos')} real photo [Ret]s of sketchy-mini, zse-lite0); neighbour cosines "]
     lines += [f"real {results.get('real_neighbours')}, synthetic at 3,125: {results.get('synthetic_neighbours')}.", ""]
-    lines += ["p50/p95: ms per single query (k=100, synthetic queries). Recall@100 vs the exact float32 ranking for"]
-    lines += ["held-out synthetic vectors ('synth') and real sketch [Ret]s ('sketch', with recall@10: ann's expansion"]
-    lines += ["step uses their top 10); 'expanded': sketch [Ret]s expanded with their 10 nearest photos at weight 2,"]
-    lines += ["the query ann ranks with. Memory: index file; RSS of a fresh process"]
-    lines += ["that loaded it (and what loading added).", ""]
-    head = "| photos | index | search params | p50 ms | p95 ms | recall@100 synth | recall@100 expanded "
+    exp = settings.get("expansion") or {"qe_top": 10, "qe_weight": 2.0, "qe_alpha": 0.0}
+    lines += [f"Vector width: {results.get('dim', 128)}.", ""]
+    lines += ["p50/p95: ms per single query (synthetic queries; k = the 'judged at' depth). Recall@100: the share of"]
+    lines += ["the exact float32 top-100 among the index's first 'judged at' results (100; 300 for 4-bit codes, whose"]
+    lines += ["first 300 ann re-scores exactly), for held-out synthetic vectors ('synth') and real sketch [Ret]s"]
+    lines += ["('sketch', with recall@10: ann's expansion step uses their top photos); 'expanded': sketch [Ret]s"]
+    lines += [f"expanded with their {exp['qe_top']} nearest photos at weight {exp['qe_weight']:g}, alpha "]
+    lines[-1] += f"{exp['qe_alpha']:g} (the shipped weights' settings), the query ann ranks with. Memory: index file;"
+    lines += ["RSS of a fresh process that loaded it (and what loading added).", ""]
+    head = "| photos | index | search params | judged at | p50 ms | p95 ms | recall@100 synth | recall@100 expanded "
     head += "| recall@100 / @10 sketch | index MB | bytes/photo | RSS MB (+index) | auto |"
-    lines += [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in sorted(results.get("sizes", {}), key=int):
         entry = results["sizes"][size]
         for name, e in entry["indexes"].items():
             syn, sk, ex = e["synthetic"], e["sketch"], e["expanded"]
             mark = "**chosen**" if name == entry["auto_choice"] else ""
             lines.append(
-                f"| {int(size):,} | {name} `{e['type']}` | {e.get('search_params', {})} | {syn['p50_ms']} | "
+                f"| {int(size):,} | {name} `{e['type']}` | {e.get('search_params', {})} | {e.get('judged_at', K)} | "
+                f"{syn['p50_ms']} | "
                 f"{syn['p95_ms']} | {syn['recall_at_100']} | {ex['recall_at_100']} | "
                 f"{sk['recall_at_100']} / {sk['recall_at_10']} | "
                 f"{e['index_bytes'] / 2**20:.0f} | {e['bytes_per_photo']:.0f} | "
@@ -514,9 +533,25 @@ CORES_PER_NODE = 32  # a common CPU node; throughput assumed to scale linearly f
 # encoder) lets one T4-class GPU encode ~2,000-3,000 photos/s; JPEG decoding + resizing at ~200 photos/s
 # per core then bounds an 8-core GPU node at ~1,500 photos/s
 GPU_NODE_PHOTOS_PER_S = 1500.0
-TOKEN_ROW_BYTES = 4900  # int6 tokens: 50 fp16 scales + 50 x 128 x 6 bits (index_info.json: tokens.row_bytes)
-GLOBAL_ROW_BYTES = 648  # uint4 global embedding for clustering (index_info.json: global_embedder.row_bytes)
-DISK_PER_PHOTO = 5837  # everything on disk per photo at 70k (benchmarks/results/search.md)
+
+
+def real_index_sizes(index_dir: Path) -> dict:
+    """Bytes per photo of the real index (its index_info.json and its directory): tokens, global embedding,
+    everything on disk."""
+    from sketchfind.index.artefacts import read_info
+
+    info = read_info(index_dir)
+    photos = info["counts"]["photos"]
+    disk = sum(f.stat().st_size for f in Path(index_dir).rglob("*") if f.is_file())
+    tokens = info["tokens"]
+    return {
+        "photos": photos,
+        "token_row_bytes": tokens["row_bytes"],
+        "tokens_shape": f"{tokens['num_tokens']} x {tokens['width']}",
+        "token_storage": tokens.get("storage", ""),
+        "global_row_bytes": info["global_embedder"]["row_bytes"],
+        "disk_bytes_per_photo": round(disk / photos),
+    }
 
 
 def sizing_md(results: dict) -> str:
@@ -537,7 +572,8 @@ def sizing_md(results: dict) -> str:
         cells = " | ".join(f"{nbytes * n / 1e9:,.1f} GB" for n in (1e7, 1e8, 1e9))
         lines.append(f"| {label}{note} | {nbytes:,.0f} B | {cells} |")
 
-    row("[Ret] float32 (128 x 4 B)", 512)
+    dim, real = results.get("dim", 128), results.get("real_index", {})
+    row(f"[Ret] float32 ({dim} x 4 B)", dim * 4)
     for name, label in (
         ("exact-sq8", "[Ret] exact SQ8 scan (memory)"),
         ("ivf-sq8", "[Ret] IVF-SQ8 (memory)"),
@@ -545,12 +581,14 @@ def sizing_md(results: dict) -> str:
         ("hnsw-sq8", "[Ret] HNSW32-SQ8 (memory)"),
     ):
         row(label, per_photo.get(name))
-    row("tokens int6, 50 x 128 (disk)", TOKEN_ROW_BYTES)
-    row("global embedding uint4 (disk, clustering)", GLOBAL_ROW_BYTES)
-    row("whole index directory (disk)", DISK_PER_PHOTO, " (70k, search.md)")
-    row("Milvus HNSW M=16, float32 (memory)", 512 + 2 * 16 * 4 + 8, " (estimate: vector + level-0 links + id)")
+    if real:
+        at = f" ({real['photos']:,} photos of sketchy-mini, index_info.json)"
+        row(f"tokens {real['token_storage']}, {real['tokens_shape']} (disk)", real["token_row_bytes"], at)
+        row("global embedding (disk, clustering)", real["global_row_bytes"], at)
+        row("whole index directory (disk)", real["disk_bytes_per_photo"], at)
+    row("Milvus HNSW M=16, float32 (memory)", dim * 4 + 2 * 16 * 4 + 8, " (estimate: vector + level-0 links + id)")
     row("Milvus Lite HNSW, measured RSS", milvus_pp, " (measured here)")
-    row("Milvus IVF_SQ8 (memory)", 128 + 8, " (estimate: codes + id)")
+    row("Milvus IVF_SQ8 (memory)", dim + 8, " (estimate: codes + id)")
     lines += ["", "| encoding | photos/s | 10^7 | 10^8 | 10^9 | nodes for a 24 h build (10^7 / 10^8 / 10^9) |"]
     lines += ["|---|---|---|---|---|---|"]
     for label, rate in (
@@ -567,11 +605,19 @@ def sizing_md(results: dict) -> str:
     lines[-1] += "figure is an estimate, not a measurement: ~0.4 GFLOP per photo gives ~2,000-3,000 photos/s on a "
     lines[-1] += "T4-class GPU, and JPEG decoding + resizing (~200 photos/s per core) bounds an 8-core node at ~1,500."
     lines += ["The first stage must fit in memory; tokens are read only for the re-ranked head and can stay on disk "]
-    lines[-1] += "(memory-mapped shards). Beyond ~1.5 x 10^7 photos the IVF-SQ8 index (~138 B/photo) outgrows a "
-    lines[-1] += "2 GB budget: PQ codes (32-40 B/photo) would fit 5x more, but IVF-PQ32 missed the recall target on "
-    lines[-1] += "these vectors even re-ranked on SQ8 codes (`first_stage.md`), so 10^8-10^9 photos mean sharding "
-    lines[-1] += "(one IVF-SQ8 shard of <= 10^7 photos per 2 GB, or Milvus across nodes). Milvus HNSW keeps "
-    lines[-1] += "float32 vectors plus graph links in memory: ~5x the IVF-SQ8 bytes."
+    lines[-1] += "(memory-mapped shards). "
+    budget = 2 * 2**30  # ann.MEMORY_BUDGET
+    fits = {name: budget / b for name, b in per_photo.items() if name != "exact-sq8"}
+    if "ivf-sq8" in fits:
+        lines[-1] += f"The IVF-SQ8 index (~{per_photo['ivf-sq8']:.0f} B/photo) fits the 2 GiB budget up to "
+        lines[-1] += f"~{fits['ivf-sq8'] / 1e6:.1f}M photos; "
+    if "ivf-sq4" in fits:
+        lines[-1] += f"4-bit codes (IVF-SQ4, ~{per_photo['ivf-sq4']:.0f} B/photo; ann re-scores their first 300 "
+        lines[-1] += f"exactly) up to ~{fits['ivf-sq4'] / 1e6:.1f}M. "
+    lines[-1] += "PQ codes would fit more, but IVF-PQ missed the recall target on these vectors even re-ranked on "
+    lines[-1] += "SQ8 codes (`first_stage.md`), so 10^8-10^9 photos mean sharding (one shard of <= 10^7 photos per "
+    lines[-1] += "2 GiB, or Milvus across nodes). Milvus HNSW keeps float32 vectors plus graph links in memory: "
+    lines[-1] += f"~{(dim * 4 + 136) / (dim + 8):.1f}x the IVF-SQ8 bytes."
     return "\n".join(lines) + "\n"
 
 
@@ -580,7 +626,7 @@ def main() -> None:
     parser.add_argument("--real-index", type=Path, help="a real index (labelled by folder) to fit the vectors on")
     parser.add_argument("--sizes", default="70k,1M", help="gallery sizes for FAISS ('' for none)")
     parser.add_argument("--milvus", default="", help="gallery sizes for Milvus Lite, e.g. 70k,1M")
-    parser.add_argument("--candidates", default="ivf-sq8,ivf-pq-refine,hnsw-sq8")
+    parser.add_argument("--candidates", default="ivf-sq8,ivf-pq-refine,hnsw-sq8,ivf-sq4")
     parser.add_argument("--hnsw-max", default="1M", help="largest size HNSW is built at (its build is slow)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: the library's rule, ~4 sqrt(n))")
@@ -593,6 +639,7 @@ def main() -> None:
     parser.add_argument("--params", help=argparse.SUPPRESS)
     parser.add_argument("--query-file", help=argparse.SUPPRESS)
     parser.add_argument("--max-queries", type=int, default=200, help=argparse.SUPPRESS)
+    parser.add_argument("--depth", type=int, default=K, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         measure(args)
@@ -614,6 +661,10 @@ def main() -> None:
     results["real_neighbours"] = neighbour_stats(real["photos"])
     results["synthetic_neighbours"] = neighbour_stats(gen.sample(8, len(real["photos"])))
     results["settings"] = {"threads": args.threads, "k": K, "queries": args.queries, "chunk": CHUNK}
+    rank = expansion()
+    results["settings"]["expansion"] = {"qe_top": rank.qe_top, "qe_weight": rank.qe_weight, "qe_alpha": rank.qe_alpha}
+    results["dim"] = int(real["photos"].shape[1])
+    results["real_index"] = real_index_sizes(args.real_index)
 
     def write() -> None:  # after every size, so a long run keeps what it measured
         out_json.write_text(json.dumps(results, indent=2))

@@ -28,6 +28,21 @@ def test_recall_and_held_out_helpers_on_hand_computed_cases():
     assert ann.recall_at(found, truth, k=4) == pytest.approx((2 / 4 + 4 / 4) / 2)
     assert ann.without_self(np.array([[7, 1, 2], [3, 4, 5]]), np.array([7, 9]), k=2).tolist() == [[1, 2], [3, 4]]
     assert ann.nlist_for(1_000_000) == 4000 and ann.nlist_for(390) == 10
+    # the exact top-2 among the first 3 returned
+    assert ann.recall_at(np.array([[9, 2, 1, 3]]), np.array([[1, 2]]), k=2, depth=3) == 1.0
+    assert ann.recall_at(np.array([[9, 2, 1, 3]]), np.array([[1, 2]]), k=2) == 0.5
+    kinds = (
+        "SQ4",
+        "IVF16,SQ4",
+        "IVF16,SQ6",
+        "IVF16,PQ8x8np",
+        "SQ8",
+        "IVF16,SQ8",
+        "HNSW32,SQ8",
+        "IVF16,PQ8x8np,Refine(SQ8)",
+    )
+    coarse = [ann.coarse(faiss.index_factory(32, kind, faiss.METRIC_INNER_PRODUCT)) for kind in kinds]
+    assert coarse == [True] * 4 + [False] * 4
 
 
 def test_auto_is_the_exact_scan_below_the_threshold():
@@ -57,10 +72,33 @@ def test_auto_above_the_threshold_keeps_recall_on_new_queries(monkeypatch):
     assert sorted(whole[0].tolist()) == list(range(len(x)))
 
 
+def test_where_nothing_else_fits_the_budget_4_bit_codes_hold_the_exact_top_100_in_their_first_300(monkeypatch):
+    monkeypatch.setattr(ann, "APPROX_FROM", 10_000)
+    x = mixture(20_000)
+    sq4 = next(c for c in ann.CANDIDATES if c.name == "ivf-sq4")
+    monkeypatch.setattr(ann, "MEMORY_BUDGET", int(sq4.bytes_per_vector(x.shape[1]) * len(x)) + 1)
+    record = ann.build_first_stage(x, ann.AUTO, None, None).record
+    assert [c["name"] for c in record["tuning"]["candidates"] if "skipped" in c] == [
+        "ivf-sq8",
+        "ivf-pq-refine",
+        "hnsw-sq8",
+    ]
+    assert record["type"] == f"IVF{ann.nlist_for(len(x))},SQ4" and record["judged_at"] == ann.RESCORED_K == 300
+    assert record["recall_at_100"] >= ann.TUNE_TARGET
+    index = faiss.index_factory(x.shape[1], record["type"], faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    ann.set_search_params(index, record["search_params"])
+    queries = mixture(300, seed=7)  # not in the gallery
+    _, truth = faiss.knn(queries, x, 100, metric=faiss.METRIC_INNER_PRODUCT)
+    _, found = index.search(queries, ann.RESCORED_K)
+    assert ann.recall_at(found, truth, depth=ann.RESCORED_K) >= ann.RECALL_TARGET
+
+
 # ----------------------------------------------------------------------------- through the index store
 
 
-def write_synthetic(index_dir, model, n: int, start: int = 0):
+def write_synthetic(index_dir, model, n: int, start: int = 0, ann_type: str | None = None):
     """Commits n photos whose [Ret] tokens are mixture vectors (other tokens random)."""
     from sketchfind.index import PhotoRow, write_encoded
     from sketchfind.index.embedders import BackboneEmbedder
@@ -70,7 +108,7 @@ def write_synthetic(index_dir, model, n: int, start: int = 0):
     tokens = rng.normal(size=(n, T, D)).astype(np.float32)
     tokens[:, :k] = (mixture(n, k * D, seed=start, components=60) * np.sqrt(k * D)).reshape(n, k, D)
     rows = [PhotoRow(f"/synthetic/{start + i}.jpg", os.urandom(32), 1000, 0) for i in range(n)]
-    return write_encoded(index_dir, model, [(rows, tokens, rng.random((n, G)))], n_clusters=8)
+    return write_encoded(index_dir, model, [(rows, tokens, rng.random((n, G)))], n_clusters=8, ann_type=ann_type)
 
 
 @pytest.fixture
@@ -125,6 +163,33 @@ def test_appended_photos_are_added_and_retrained_only_when_the_gallery_has_doubl
         and not (root / first["trained"]["file"]).exists()
     )
     assert sorted(p.name for p in root.glob("ann-*")) == sorted([again["file"], again["trained"]["file"]])
+
+
+def test_ann_re_scores_the_head_of_a_coarse_first_stage_exactly_without_the_neighbour_augmentation(tmp_path):
+    import torch
+
+    from sketchfind.rerank import RankSettings, expand_query
+    from sketchfind.search import Searcher, ann_query, ann_ranking
+
+    model, root = tiny(), tmp_path / "idx"
+    write_synthetic(root, model, 3000, ann_type="IVF16,SQ4")
+    with Searcher.open(root, model, ann_params={"nprobe": 16}) as searcher:  # every list: only the codes are coarse
+        state = searcher.state
+        assert state.approximate
+        every = state.ret_embeddings(np.arange(3000))
+        settings = RankSettings(qe_weight=0.0, dba_top=0)
+        for photo in (5, 1234, 2999):
+            query = torch.from_numpy(state.tokens(np.array([photo])))  # a photo's tokens: its [Ret] as the query
+            found, scores, searched = ann_ranking(state, query, settings, 100)
+            exact = every @ searched
+            assert np.allclose(scores, exact[found], atol=1e-5) and np.all(np.diff(scores) <= 0)
+            # its own component's ~50 photos (beyond them the cosines of other components are near-ties)
+            assert found[0] == photo and ann.recall_at(found[None], np.argsort(-exact)[None, :40], k=40) >= 0.95
+        # the query expansion takes the exact nearest photos too, not the codes' nearest
+        query = torch.from_numpy(state.tokens(np.array([77])))
+        ret, searched = ann_query(state, query, RankSettings(qe_top=10, qe_weight=2.0, qe_alpha=3.0, dba_top=0))
+        near = every[np.argsort(-(every @ ret[0]), kind="stable")[:10]]
+        assert np.allclose(searched, expand_query(ret, near[None], 2.0, 3.0), atol=1e-5)
 
 
 def test_a_real_small_index_ranks_as_before(tmp_path):

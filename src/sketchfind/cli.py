@@ -408,7 +408,9 @@ def _first_stage_line(info: dict) -> str:
 def _tuned(ann: dict) -> str:
     if not ann.get("approximate"):
         return ""
-    return f", recall@100 {ann['recall_at_100']} (trained at {ann['trained']['photos']} photos)"
+    depth = ann.get("judged_at", 100)
+    within = f" within its first {depth}, which ann re-scores exactly" if depth > 100 else ""
+    return f", recall@100 {ann['recall_at_100']}{within} (trained at {ann['trained']['photos']} photos)"
 
 
 @app.command("remove")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, IndexStoreError
-from .index.ann import ParallelScan, first_stage, is_approximate, set_search_params, split_scan
+from .index.ann import RESCORED_K, ParallelScan, coarse, first_stage, is_approximate, set_search_params, split_scan
 from .index.artefacts import DEFAULT_ANN, Artefacts, default_search_params, load_or_build
 from .index.build import BuildReport, build_index, check_model, finish_index, load_index_model, remove_photos
 from .index.store import IndexStore, PhotoRecord, Snapshot, index_exists
@@ -117,9 +117,19 @@ class SearchState:
         """(n,) relation-network scores in (0, 1) of the query against photo tokens."""
         return probability(self.relation_logits(query, tokens))
 
+    @property
+    def approximate(self) -> bool:
+        """Whether ann's first stage is an approximate FAISS index (ann re-scores its head exactly)."""
+        return isinstance(self.first_stage, faiss.Index) and is_approximate(self.first_stage)
+
+    @property
+    def coarse(self) -> bool:
+        """Whether ann's first stage holds codes too coarse to order photos by themselves (:func:`ann.coarse`)."""
+        return isinstance(self.first_stage, faiss.Index) and coarse(self.first_stage)
+
     def ret_embeddings(self, positions: np.ndarray) -> np.ndarray:
         """(n, D) unit [Ret] embeddings of the photos at these positions: from the exact FAISS index's codes
-        in memory when ann searches one (128 bytes a photo), else decoded from the stored tokens."""
+        in memory when ann searches one (one byte a dimension), else decoded from the stored tokens."""
         index = self.first_stage
         exact = isinstance(index, ParallelScan) or (isinstance(index, faiss.Index) and not is_approximate(index))
         if exact and len(positions):
@@ -163,9 +173,13 @@ def ann_query(state: SearchState, query: torch.Tensor, rank: RankSettings) -> tu
     ret = normalize(state.model.retrieval_embedding(query).numpy()).astype(np.float32)  # (1, D)
     searched = ret
     if rank.qe_weight > 0:  # expand the query with its nearest photos, then search again
-        _, near = state.first_stage.search(ret, min(len(state.snapshot), rank.qe_top))
+        depth = max(rank.qe_top, RESCORED_K) if state.coarse else rank.qe_top  # coarse codes: re-scored exactly
+        _, near = state.first_stage.search(ret, min(len(state.snapshot), depth))
         near = near[0][near[0] >= 0]
-        searched = expand_query(ret, state.ret_embeddings(near)[None], rank.qe_weight, rank.qe_alpha).astype(np.float32)
+        emb = state.ret_embeddings(near)
+        if state.coarse:
+            emb = emb[np.argsort(-(emb @ ret[0]), kind="stable")[: rank.qe_top]]
+        searched = expand_query(ret, emb[None], rank.qe_weight, rank.qe_alpha).astype(np.float32)
     return ret, searched
 
 
@@ -183,9 +197,15 @@ def ann_ranking(
     cos, found, scored = cos[0][keep], found[0][keep], searched[0]
     if dba_n:
         head, scores, scored = rank_head(ret[0], found[:dba_n], state.ret_embeddings(found[:dba_n]), rank)
+    elif state.approximate:  # no neighbour augmentation: the head is still re-scored exactly (ann.RESCORED_K)
+        head = found[: min(RESCORED_K, len(found))]
+        exact = state.ret_embeddings(head) @ scored
+        order = np.argsort(-exact, kind="stable")
+        head, scores = head[order], exact[order]
+    if dba_n or state.approximate:
         # the tail keeps its order; its scores are capped so that they never read higher than the head's
-        tail = np.minimum(cos[dba_n:], scores[-1]) if len(scores) else cos[dba_n:]
-        found, cos = np.concatenate([head, found[dba_n:]]), np.concatenate([scores, tail])
+        tail = np.minimum(cos[len(head) :], scores[-1]) if len(scores) else cos[len(head) :]
+        found, cos = np.concatenate([head, found[len(head) :]]), np.concatenate([scores, tail])
     return found[:want], cos[:want], scored
 
 

@@ -44,6 +44,11 @@ TUNE_TARGET = 0.98
 CEILING_MARGIN = 0.005  # or within this of the index's own ceiling (all its codes scanned): SQ8 codes
 # reach only ~0.978 against the float ranking at 10M photos, so 0.98 would scan a quarter of the lists
 MEMORY_BUDGET = 2 * 2**30  # bytes the first-stage index may take in memory (the 10M-photo target)
+# photos ann re-scores exactly after the first stage: its head (RankSettings.dba_top), with [Ret]s decoded from
+# the stored tokens (Searcher.ret_embeddings). An index whose codes are too coarse to order photos well is judged
+# by how many of the exact top-100 it puts among its first RESCORED_K (Candidate.judged_at)
+RESCORED_K = 300
+COARSE_SQ = (faiss.ScalarQuantizer.QT_4bit, faiss.ScalarQuantizer.QT_4bit_uniform, faiss.ScalarQuantizer.QT_6bit)
 RETRAIN_GROWTH = 2.0  # retrain once the gallery is this many times larger (or smaller) than when trained
 TUNE_QUERIES = 500  # gallery vectors used as queries when tuning
 LATENCY_QUERIES = 100  # single queries timed at the chosen setting
@@ -64,6 +69,10 @@ class Candidate:
     grid: tuple[int, ...]
     fixed: dict = field(default_factory=dict)  # other search parameters, set as given
     code_bytes_per_dim: float = 1.0  # code bytes per vector dimension, without ids or graph links (SQ8: 1)
+    # recall@100 is the share of the exact top-100 among the index's first judged_at results: RECALL_K when its
+    # own order is what ann uses; RESCORED_K when its codes are too coarse for that and ann's exact re-scoring of
+    # its head puts them in order
+    judged_at: int = RECALL_K
 
     def factory_for(self, n: int, dim: int) -> str:
         """The factory string for a gallery of n vectors of width dim."""
@@ -76,13 +85,17 @@ class Candidate:
 
 
 # fastest first at the tuning target (benchmarks/results/first_stage.md: on [Ret]-like vectors IVF-SQ8 is
-# the fastest at every size measured; HNSW needs a large efSearch there, and the memory budget drops it
-# beyond ~5M photos)
+# the fastest at every size measured; HNSW needs a large efSearch there; with a 384-d [Ret] the memory budget
+# drops HNSW beyond ~3M photos and IVF-SQ8 beyond ~5.5M). Last, the smallest: 4-bit codes (half of SQ8's
+# bytes) order photos too coarsely on their own (only ~0.83 of the exact top-100 in their top 100), but their
+# first 300 hold >99% of it and ann re-scores those exactly, so 10M photos of a 384-d [Ret] (~200 bytes each)
+# fit the memory budget, where IVF-SQ8 (~392) does not
 CANDIDATES = (
     Candidate("ivf-sq8", "IVF{nlist},SQ8", "nprobe", NPROBE_GRID),
     # PQ codes of dim / 4 bytes + the SQ8 refine codes
     Candidate("ivf-pq-refine", "IVF{nlist},PQ{m}x8np,Refine(SQ8)", "nprobe", NPROBE_GRID, {"k_factor_rf": 4}, 1.25),
     Candidate("hnsw-sq8", "HNSW32,SQ8", "efSearch", EF_GRID),
+    Candidate("ivf-sq4", "IVF{nlist},SQ4", "nprobe", NPROBE_GRID, code_bytes_per_dim=0.5, judged_at=RESCORED_K),
 )
 
 
@@ -101,11 +114,13 @@ def nlist_for(n: int) -> int:
     return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
 
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K) -> float:
-    """Mean fraction of each row's true top-k (``truth``) among its returned top-k (``found``)."""
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K, depth: int | None = None) -> float:
+    """Mean fraction of each row's true top-k (``truth``) among its first ``depth`` (default k) returned
+    ids (``found``)."""
     if len(truth) == 0:
         return 1.0
-    hits = [len(np.intersect1d(f[:k][f[:k] >= 0], t[:k])) for f, t in zip(found, truth, strict=True)]
+    depth = depth or k
+    hits = [len(np.intersect1d(f[:depth][f[:depth] >= 0], t[:k])) for f, t in zip(found, truth, strict=True)]
     return float(np.mean(hits)) / k
 
 
@@ -135,6 +150,21 @@ def is_approximate(index: faiss.Index) -> bool:
     """Whether an index may miss some of the true nearest neighbours (IVF, HNSW, refined PQ)."""
     inner = faiss.downcast_index(index)
     return isinstance(inner, faiss.IndexRefine | faiss.IndexHNSW) or faiss.try_extract_index_ivf(index) is not None
+
+
+def coarse(index: faiss.Index) -> bool:
+    """Whether an index's codes are too coarse to order photos by themselves (scalar codes of fewer than 8 bits
+    a dimension, PQ codes without a refine): ann then re-scores their first RESCORED_K exactly."""
+    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+        return False
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(ivf if ivf is not None else index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner = faiss.downcast_index(inner.storage)
+    if isinstance(inner, faiss.IndexPQ | faiss.IndexIVFPQ):
+        return True
+    sq = getattr(inner, "sq", None)
+    return sq is not None and sq.qtype in COARSE_SQ
 
 
 def search_whole(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,18 +357,19 @@ def make_trained(candidate: Candidate, sample: np.ndarray, n: int) -> faiss.Inde
 
 
 def tune(index: faiss.Index, candidate: Candidate, queries: np.ndarray, self_ids: np.ndarray, truth: np.ndarray):
-    """Raises the search parameter until recall@100 reaches TUNE_TARGET (or the ceiling of the index's codes
-    less CEILING_MARGIN, if lower, but at least RECALL_TARGET) -> (params, recall, path)."""
-    path, ivf = [], faiss.try_extract_index_ivf(index)
-    _, whole = search_whole(index, queries, RECALL_K + 1)
-    ceiling = recall_at(without_self(whole, self_ids), truth)
+    """Raises the search parameter until recall@100 (the exact top-100 among the first ``candidate.judged_at``
+    results) reaches TUNE_TARGET (or the ceiling of the index's codes less CEILING_MARGIN, if lower, but at
+    least RECALL_TARGET) -> (params, recall, path)."""
+    path, ivf, depth = [], faiss.try_extract_index_ivf(index), candidate.judged_at
+    _, whole = search_whole(index, queries, depth + 1)
+    ceiling = recall_at(without_self(whole, self_ids, depth), truth, depth=depth)
     target = max(min(TUNE_TARGET, ceiling - CEILING_MARGIN), RECALL_TARGET)
     for value in candidate.grid:
         if ivf is not None and candidate.param == "nprobe" and value > ivf.nlist:
             break
         params = set_search_params(index, {**candidate.fixed, candidate.param: value})
-        _, found = index.search(queries, RECALL_K + 1)
-        recall = recall_at(without_self(found, self_ids), truth)
+        _, found = index.search(queries, depth + 1)
+        recall = recall_at(without_self(found, self_ids, depth), truth, depth=depth)
         path.append({candidate.param: value, "recall": round(recall, 4)})
         if recall >= target:
             return params, recall, path
@@ -383,8 +414,9 @@ def choose(embeddings: np.ndarray) -> FirstStage:
         entry = {"name": candidate.name, "type": candidate.factory_for(n, dim), "search_params": params}
         entry |= {
             "recall_at_100": round(recall, 4),
+            "judged_at": candidate.judged_at,
             "tuning": path,
-            "latency_ms": latency_ms(index, queries[:LATENCY_QUERIES]),
+            "latency_ms": latency_ms(index, queries[:LATENCY_QUERIES], candidate.judged_at),
         }
         tried.append(entry)
         if best is None or recall > best[2]["recall_at_100"]:
@@ -405,6 +437,7 @@ def choose(embeddings: np.ndarray) -> FirstStage:
         "nlist": faiss.extract_index_ivf(index).nlist if faiss.try_extract_index_ivf(index) is not None else None,
         "search_params": entry["search_params"],
         "recall_at_100": entry["recall_at_100"],
+        "judged_at": entry["judged_at"],
         "latency_ms": entry["latency_ms"],
         "trained": {"photos": n, "sample": sampled},
         "tuning": {
