@@ -328,18 +328,23 @@ def run_measure(entry: dict, qfile: Path, args, max_queries: int) -> dict:
 
 
 def library_choice(n: int, dim: int, entries: dict) -> str:
-    """What ``ann_type='auto'`` builds at this size (the library's rule applied to the measured tuning)."""
+    """What ``ann_type='auto'`` builds at this size (``ann.choose`` applied to the measured tuning): the first
+    candidate that fits the memory budget and reaches the recall target, else the best of those that fit, else
+    the exact scan."""
     from sketchfind.index import ann
 
     if n < ann.APPROX_FROM:
         return "exact-sq8"
+    best = None
     for cand in ann.CANDIDATES:
         entry = entries.get(cand.name)
         if entry is None or cand.bytes_per_vector(dim) * n > ann.MEMORY_BUDGET:
             continue
-        if entry["tuning_recall"] >= ann.TUNE_TARGET:
+        if entry["tuning_recall"] >= min(ann.TUNE_TARGET, ann.RECALL_TARGET):
             return cand.name
-    return "none"
+        if best is None or entry["tuning_recall"] > entries[best]["tuning_recall"]:
+            best = cand.name
+    return best or "exact-sq8"
 
 
 def run_faiss_size(n: int, gen: Synthetic, real: dict, args) -> dict:
