@@ -131,7 +131,7 @@ class SearchState:
         """(n, D) unit [Ret] embeddings of the photos at these positions: from the exact FAISS index's codes
         in memory when ann searches one (one byte a dimension), else decoded from the stored tokens."""
         index = self.first_stage
-        exact = isinstance(index, ParallelScan) or (isinstance(index, faiss.Index) and not is_approximate(index))
+        exact = isinstance(index, ParallelScan) or (isinstance(index, faiss.Index) and not self.approximate)
         if exact and len(positions):
             return normalize(index.reconstruct_batch(np.asarray(positions, np.int64)))
         return normalize(self.store.codec.decode_ret(self.store.read_codes(self.snapshot, positions)))
@@ -192,7 +192,9 @@ def ann_ranking(
     n = len(state.snapshot)
     dba_n = min(rank.dba_top, n)
     ret, searched = ann_query(state, query, rank)
-    cos, found = first_stage(state.first_stage, searched, max(want, dba_n), n)
+    # the head ann re-scores: the neighbour-augmented one, or coarse codes' first RESCORED_K without it
+    rescored = dba_n or (min(RESCORED_K, n) if state.coarse else 0)
+    cos, found = first_stage(state.first_stage, searched, max(want, rescored), n)
     keep = found[0] >= 0
     cos, found, scored = cos[0][keep], found[0][keep], searched[0]
     if dba_n:
