@@ -561,6 +561,8 @@ def real_index_sizes(index_dir: Path) -> dict:
 
 def sizing_md(results: dict) -> str:
     """The sizing table for 10^7, 10^8, 10^9 photos from the measured bytes per photo and throughputs."""
+    from sketchfind.index import ann
+
     largest = max(results.get("sizes", {"0": None}), key=int)
     measured = results.get("sizes", {}).get(largest) or {"indexes": {}}
     per_photo = {name: e["bytes_per_photo"] for name, e in measured["indexes"].items()}
@@ -611,10 +613,10 @@ def sizing_md(results: dict) -> str:
     lines[-1] += "T4-class GPU, and JPEG decoding + resizing (~200 photos/s per core) bounds an 8-core node at ~1,500."
     lines += ["The first stage must fit in memory; tokens are read only for the re-ranked head and can stay on disk "]
     lines[-1] += "(memory-mapped shards). "
-    budget = 2 * 2**30  # ann.MEMORY_BUDGET
-    fits = {name: budget / b for name, b in per_photo.items() if name != "exact-sq8"}
+    fits = {name: ann.MEMORY_BUDGET / b for name, b in per_photo.items() if name != "exact-sq8"}
     if "ivf-sq8" in fits:
-        lines[-1] += f"The IVF-SQ8 index (~{per_photo['ivf-sq8']:.0f} B/photo) fits the 2 GiB budget up to "
+        lines[-1] += f"The IVF-SQ8 index (~{per_photo['ivf-sq8']:.0f} B/photo) fits the "
+        lines[-1] += f"{ann.MEMORY_BUDGET / 2**30:g} GiB budget up to "
         lines[-1] += f"~{fits['ivf-sq8'] / 1e6:.1f}M photos; "
     if "ivf-sq4" in fits:
         lines[-1] += f"4-bit codes (IVF-SQ4, ~{per_photo['ivf-sq4']:.0f} B/photo; ann re-scores their first 300 "
